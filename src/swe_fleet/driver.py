@@ -1,0 +1,97 @@
+"""The council job's driver: what ``jobs/council.py`` runs on the cluster.
+
+Exit codes (the job's status follows them): 0 every event published; 1 the council failed
+(LLM backend or an unexpected error); 3 the spec is invalid; 4 events could not be published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import ray
+import structlog
+
+from swe_fleet._logging import configure_logging
+from swe_fleet.addresses import DEFAULT_NAMESPACE
+from swe_fleet.deliberation import run_deliberation
+from swe_fleet.errors import LLMError, PublishError, SpecError
+from swe_fleet.llm.engine import EngineGenerator
+from swe_fleet.publish import JetStreamPublisher
+from swe_fleet.spec import CouncilSpec
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK = 0
+EXIT_COUNCIL_FAILED = 1
+EXIT_BAD_SPEC = 3
+EXIT_PUBLISH_FAILED = 4
+
+#: Ray passes the job's metadata (with its submission id) to the driver in this variable.
+_RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def submission_id_from_ray(environ: dict[str, str] | None = None) -> str | None:
+    """The Jobs API submission id of the running job, or None outside a submitted job."""
+    raw = (environ if environ is not None else dict(os.environ)).get(_RAY_JOB_CONFIG_ENV)
+    if not raw:
+        return None
+    try:
+        meta = json.loads(raw).get("metadata") or {}
+    except ValueError:
+        return None
+    value = meta.get("job_submission_id")
+    return str(value) if value else None
+
+
+def run_council_job(spec_path: Path, *, nats_url: str | None, submission_id: str | None) -> int:
+    """Load the spec, run the council on the engine backend, publish every event."""
+    configure_logging(json=True)
+    try:
+        spec = CouncilSpec.from_file(spec_path).with_overrides(nats_url=nats_url)
+    except SpecError as exc:
+        log.error("spec.invalid", error=str(exc))
+        return EXIT_BAD_SPEC
+    sid = submission_id or submission_id_from_ray() or f"local-{spec.spec_hash()[:16]}"
+    structlog.contextvars.bind_contextvars(submission_id=sid, council=spec.name)
+    ray.init(namespace=os.environ.get("RAY_NAMESPACE") or DEFAULT_NAMESPACE, log_to_driver=True)
+    try:
+        return asyncio.run(_run(spec, sid))
+    finally:
+        ray.shutdown()
+
+
+async def _run(spec: CouncilSpec, submission_id: str) -> int:
+    try:
+        publisher = await JetStreamPublisher.connect(spec.publish)
+    except PublishError as exc:
+        log.error("publish.unreachable", error=str(exc))
+        return EXIT_PUBLISH_FAILED
+    generator = EngineGenerator(spec.model)
+    try:
+        await generator.start()
+        report = await run_deliberation(
+            spec, submission_id=submission_id, generator=generator, publisher=publisher
+        )
+    except LLMError as exc:
+        log.error("council.failed", error=str(exc))
+        return EXIT_COUNCIL_FAILED
+    except PublishError as exc:
+        log.error("publish.failed", error=str(exc), subject=exc.subject, key=exc.key)
+        return EXIT_PUBLISH_FAILED
+    finally:
+        await generator.close()
+        await publisher.close()
+    log.info(
+        "council.done",
+        completed=report.completed,
+        failed=report.failed,
+        tasks=len(report.results),
+        llm_calls=generator.stats.calls,
+        output_tokens=generator.stats.output_tokens,
+        generate_seconds=round(generator.stats.generate_seconds, 2),
+        phase_seconds=report.phase_seconds,
+    )
+    return EXIT_OK

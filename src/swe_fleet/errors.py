@@ -1,0 +1,123 @@
+"""The one error tree of swe-fleet.
+
+Every error a caller can act on derives from :class:`SweFleetError` and carries the
+fields that caller needs. Messages say what happened *and what to do next*.
+
+::
+
+    SweFleetError
+    ├── SpecError                 bad council spec (file, field)
+    ├── AddressError              an address of the wrong kind for its use (address, use)
+    ├── SubmissionError           Jobs API trouble (submission_id, url)
+    │   ├── DashboardUnreachable  the dashboard did not answer within the bound (url)
+    │   ├── SubmissionConflict    same submission_id, different request (submission_id)
+    │   └── JobWaitTimeout        the job did not reach a terminal state in time
+    ├── PublishError              JetStream publish failed after retries (subject, key)
+    │   └── NatsUnreachable       NATS did not answer within the bound (url)
+    ├── StreamConfigMismatch      an existing stream has an incompatible config (stream)
+    ├── LLMError                  the LLM backend failed (backend)
+    ├── ModelError                the model could not be located or prepared (model)
+    └── LocalStackError           a local process did not start or stop (process)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SweFleetError(Exception):
+    """Base of every error swe-fleet raises on purpose."""
+
+
+class SpecError(SweFleetError):
+    """A council spec could not be read or is invalid.
+
+    Attributes:
+        source: the file (or "<string>") the spec came from.
+        field: dotted path of the offending field, or None when the file itself is bad.
+    """
+
+    def __init__(self, message: str, *, source: str | Path = "<string>", field: str | None = None):
+        self.source = str(source)
+        self.field = field
+        where = f"{self.source}: {field}" if field else self.source
+        super().__init__(f"{where}: {message}")
+
+
+class AddressError(SweFleetError):
+    """An address was given where it cannot work (wrong scheme for its use, malformed)."""
+
+    def __init__(self, message: str, *, address: str, use: str):
+        self.address = address
+        self.use = use
+        super().__init__(message)
+
+
+class SubmissionError(SweFleetError):
+    """The Jobs API refused or failed a request."""
+
+    def __init__(self, message: str, *, submission_id: str | None = None, url: str | None = None):
+        self.submission_id = submission_id
+        self.url = url
+        super().__init__(message)
+
+
+class DashboardUnreachable(SubmissionError):
+    """The Ray dashboard (Jobs API) did not answer within the bound."""
+
+
+class SubmissionConflict(SubmissionError):
+    """A job with this submission_id exists but was submitted with a different request."""
+
+
+class JobWaitTimeout(SubmissionError):
+    """The job did not reach a terminal state within the wait bound."""
+
+
+class PublishError(SweFleetError):
+    """An event could not be published to JetStream after the retry budget."""
+
+    def __init__(self, message: str, *, subject: str | None = None, key: str | None = None):
+        self.subject = subject
+        self.key = key
+        super().__init__(message)
+
+
+class NatsUnreachable(PublishError):
+    """NATS did not accept a connection within the bound."""
+
+    def __init__(self, message: str, *, url: str):
+        self.url = url
+        super().__init__(message)
+
+
+class StreamConfigMismatch(SweFleetError):
+    """A JetStream stream exists with a config we cannot use; it is never silently changed."""
+
+    def __init__(self, message: str, *, stream: str):
+        self.stream = stream
+        super().__init__(message)
+
+
+class LLMError(SweFleetError):
+    """The LLM backend failed to produce completions."""
+
+    def __init__(self, message: str, *, backend: str):
+        self.backend = backend
+        super().__init__(message)
+
+
+class ModelError(SweFleetError):
+    """A model could not be located or prepared."""
+
+    def __init__(self, message: str, *, model: str):
+        self.model = model
+        super().__init__(message)
+
+
+class LocalStackError(SweFleetError):
+    """A process of the embedded local stack did not start (or stop) as expected."""
+
+    def __init__(self, message: str, *, process: str):
+        self.process = process
+        super().__init__(message)

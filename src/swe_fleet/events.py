@@ -1,0 +1,179 @@
+"""The wire contract: subjects, event models, ``schema_version`` and each event's idempotency key.
+
+Every event has a ``key`` that is unique per logical event and stable across retries, replays
+and job resubmissions; the publisher sends it as ``Nats-Msg-Id`` so JetStream drops duplicates.
+
+Key layout: ``{submission_id}/{task_id}/{phase}/{round}/{agent_id}`` for agent responses and
+``{submission_id}/{task_id}/deliberation`` for a task's result.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+SCHEMA_VERSION = 1
+
+AGENT_RESPONSE_COMPLETED = "agent.response.completed"
+AGENT_RESPONSE_FAILED = "agent.response.failed"
+DELIBERATION_COMPLETED = "council.deliberation.completed"
+COUNCIL_DEAD = "council.dead"
+
+#: Stream that holds every event of a council.
+AGENT_RESPONSES_STREAM = "AGENT_RESPONSES"
+AGENT_RESPONSES_SUBJECTS = ("agent.response.>", "council.deliberation.>", "council.job.>", COUNCIL_DEAD)
+
+Phase = Literal["propose", "vote"]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    submission_id: str
+    council: str
+    task_id: str
+    created_at: float = Field(default_factory=time.time)
+
+    @property
+    def subject(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @property
+    def key(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """The JSON payload on the wire."""
+        return self.model_dump_json().encode()
+
+
+class AgentResponseCompleted(_Event):
+    """One agent's response in one phase (and round) for one task."""
+
+    event: Literal["agent.response.completed"] = "agent.response.completed"
+    phase: Phase
+    round: Annotated[int, Field(ge=0)] = 0
+    agent_id: str
+    role: str
+    content: str
+    #: Parsed structured output (votes: ``{"scores": {agent_id: int}}``), when the phase has one.
+    data: dict[str, Any] | None = None
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    finish_reason: str | None = None
+
+    @property
+    def subject(self) -> str:
+        return AGENT_RESPONSE_COMPLETED
+
+    @property
+    def key(self) -> str:
+        return agent_response_key(self.submission_id, self.task_id, self.phase, self.round, self.agent_id)
+
+
+class AgentResponseFailed(_Event):
+    """An agent response that will not come, and why: no consumer waits for it."""
+
+    event: Literal["agent.response.failed"] = "agent.response.failed"
+    phase: Phase
+    round: Annotated[int, Field(ge=0)] = 0
+    agent_id: str
+    role: str
+    reason: str
+    content: str | None = None
+
+    @property
+    def subject(self) -> str:
+        return AGENT_RESPONSE_FAILED
+
+    @property
+    def key(self) -> str:
+        # Same key as the completed event would have: one outcome per agent response.
+        return agent_response_key(self.submission_id, self.task_id, self.phase, self.round, self.agent_id)
+
+
+class RankedAgent(BaseModel):
+    """One row of a task's ranking."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agent_id: str
+    rank: int
+    mean_score: float | None
+    votes: int
+
+
+class DeliberationCompleted(_Event):
+    """The outcome of one task: ranking, winner and the score matrix."""
+
+    event: Literal["council.deliberation.completed"] = "council.deliberation.completed"
+    winner: str | None
+    ranking: list[RankedAgent]
+    #: scores[voter][candidate] for every vote that counted.
+    scores: dict[str, dict[str, int]]
+    votes_counted: int
+    votes_expected: int
+    #: The winning proposal's text (the transcript is the stream itself, by key).
+    winning_proposal: str | None = None
+
+    @property
+    def subject(self) -> str:
+        return DELIBERATION_COMPLETED
+
+    @property
+    def key(self) -> str:
+        return f"{self.submission_id}/{self.task_id}/deliberation"
+
+
+CouncilEvent = Annotated[
+    AgentResponseCompleted | AgentResponseFailed | DeliberationCompleted,
+    Field(discriminator="event"),
+]
+_ADAPTER: TypeAdapter[CouncilEvent] = TypeAdapter(CouncilEvent)
+
+
+class UndecodableEvent(ValueError):
+    """A payload on a council subject that is not a valid event of this schema."""
+
+    def __init__(self, reason: str, payload: bytes):
+        self.reason = reason
+        self.payload = payload
+        super().__init__(reason)
+
+
+def agent_response_key(submission_id: str, task_id: str, phase: str, round_: int, agent_id: str) -> str:
+    """The idempotency key of one agent response."""
+    return f"{submission_id}/{task_id}/{phase}/{round_}/{agent_id}"
+
+
+def decode_event(payload: bytes) -> AgentResponseCompleted | AgentResponseFailed | DeliberationCompleted:
+    """Parse a wire payload into its typed event.
+
+    Raises:
+        UndecodableEvent: not JSON, not an event, or a newer ``schema_version``.
+    """
+    try:
+        raw = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UndecodableEvent(f"not JSON: {exc}", payload) from None
+    if isinstance(raw, dict) and raw.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
+        raise UndecodableEvent(
+            f"schema_version {raw['schema_version']} is newer than this consumer's "
+            f"({SCHEMA_VERSION}); upgrade swe-fleet",
+            payload,
+        )
+    try:
+        return _ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise UndecodableEvent(f"invalid event at {loc or '<root>'}: {first['msg']}", payload) from None
+
+
+def event_json_schema() -> dict[str, Any]:
+    """The JSON Schema of every council event (for consumers in other languages)."""
+    return _ADAPTER.json_schema()

@@ -1,0 +1,1 @@
+"""LLM backends implementing :class:`swe_fleet.chat.Generator`."""

