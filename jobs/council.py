@@ -15,9 +15,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Run one swe-fleet council (a Ray job driver).")
     parser.add_argument("--spec", type=Path, required=True, help="council spec (YAML/JSON)")
     parser.add_argument("--nats-url", help="override the spec's publish.nats_url")
-    parser.add_argument(
-        "--submission-id", help="event key prefix (default: the Jobs API submission id)"
-    )
+    parser.add_argument("--submission-id", help="event key prefix (default: the Jobs API submission id)")
     args = parser.parse_args()
     return run_council_job(args.spec, nats_url=args.nats_url, submission_id=args.submission_id)
 

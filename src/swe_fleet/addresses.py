@@ -241,9 +241,7 @@ def _classify(address: str) -> tuple[str, str, int | None]:
         try:
             port = parts.port
         except ValueError as exc:
-            raise AddressError(
-                f"{address!r}: the port is not a number.", address=address, use=kind
-            ) from exc
+            raise AddressError(f"{address!r}: the port is not a number.", address=address, use=kind) from exc
         if not parts.hostname:
             raise AddressError(f"{address!r}: no host.", address=address, use=kind)
         return kind, parts.hostname, port
@@ -263,7 +261,5 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw:
         return default
     if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise AddressError(
-            f"{name}={raw!r} is not a port number (1-65535).", address=raw, use=name
-        )
+        raise AddressError(f"{name}={raw!r} is not a port number (1-65535).", address=raw, use=name)
     return int(raw)

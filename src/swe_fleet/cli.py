@@ -68,7 +68,11 @@ class ExitCode(enum.IntEnum):
     INTERRUPTED = 130
 
 
-_STATUS_EXIT = {"SUCCEEDED": ExitCode.OK, "FAILED": ExitCode.JOB_FAILED, "STOPPED": ExitCode.JOB_STOPPED}
+_STATUS_EXIT = {
+    "SUCCEEDED": ExitCode.OK,
+    "FAILED": ExitCode.JOB_FAILED,
+    "STOPPED": ExitCode.JOB_STOPPED,
+}
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -110,7 +114,9 @@ def _load_spec(path: str) -> CouncilSpec:
 # ---- event rendering ---------------------------------------------------------------------------
 
 
-def format_event(event: AgentResponseCompleted | AgentResponseFailed | DeliberationCompleted) -> str:
+def format_event(
+    event: AgentResponseCompleted | AgentResponseFailed | DeliberationCompleted,
+) -> str:
     """One human-readable line per event."""
     if isinstance(event, AgentResponseCompleted):
         text = " ".join(event.content.split())
@@ -124,19 +130,32 @@ def format_event(event: AgentResponseCompleted | AgentResponseFailed | Deliberat
     ranking = ", ".join(
         f"{r.rank}. {r.agent_id} ({r.mean_score if r.mean_score is not None else '-'})" for r in event.ranking
     )
-    return f"{'result':<8} {event.task_id:<14} winner={event.winner} votes={event.votes_counted}/{event.votes_expected}  {ranking}"
+    votes = f"{event.votes_counted}/{event.votes_expected}"
+    return f"{'result':<8} {event.task_id:<14} winner={event.winner} votes={votes}  {ranking}"
+
+
+def _print_lines(lines: list[str]) -> None:
+    for line in lines:
+        err.print(line, markup=False)
 
 
 def print_rankings(results: Sequence[DeliberationCompleted]) -> None:
     for res in results:
-        table = Table(title=f"task {res.task_id}: winner {res.winner or '-'} "
-                      f"({res.votes_counted}/{res.votes_expected} votes counted)")
+        table = Table(
+            title=f"task {res.task_id}: winner {res.winner or '-'} "
+            f"({res.votes_counted}/{res.votes_expected} votes counted)"
+        )
         table.add_column("rank", justify="right")
         table.add_column("agent")
         table.add_column("mean score", justify="right")
         table.add_column("votes", justify="right")
         for r in res.ranking:
-            table.add_row(str(r.rank), r.agent_id, "-" if r.mean_score is None else f"{r.mean_score:.2f}", str(r.votes))
+            table.add_row(
+                str(r.rank),
+                r.agent_id,
+                "-" if r.mean_score is None else f"{r.mean_score:.2f}",
+                str(r.votes),
+            )
         out.print(table)
 
 
@@ -156,13 +175,29 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--env", "env_kind", type=click.Choice(["pinned", "image"]), default="pinned",
-              show_default=True, help="runtime env: pip pins (runtime_envs/pinned.yaml) or the baked image's")
-@click.option("--timeout", "timeout_s", type=float, default=1800, show_default=True,
-              help="seconds to wait for the job")
+@click.option(
+    "--env",
+    "env_kind",
+    type=click.Choice(["pinned", "image"]),
+    default="pinned",
+    show_default=True,
+    help="runtime env: pip pins (runtime_envs/pinned.yaml) or the baked image's",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=1800,
+    show_default=True,
+    help="seconds to wait for the job",
+)
 @click.option("--json", "as_json", is_flag=True, help="print events as JSON lines")
-@click.option("--workdir", type=click.Path(file_okay=False), default=None,
-              help="keep the stack's logs here (default: a temp dir, removed at the end)")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="keep the stack's logs here (default: a temp dir, removed at the end)",
+)
 def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir: str | None) -> None:
     """Run a council on the embedded local stack (nats-server, Ray head, vLLM on CPU).
 
@@ -190,21 +225,53 @@ def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir:
 
 @cli.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--address", default=None,
-              help="Jobs API URL http://HEAD:8265 (default: from RAY_ADDRESS / RAY_HOST)")
-@click.option("--nats-url", default=None, help="override the spec's publish.nats_url (as seen from the cluster)")
-@click.option("--env", "env_kind", type=click.Choice(["pinned", "image"]), default="pinned", show_default=True,
-              help="runtime env: pip pins (runtime_envs/pinned.yaml) or the baked image's")
+@click.option(
+    "--address",
+    default=None,
+    help="Jobs API URL http://HEAD:8265 (default: from RAY_ADDRESS / RAY_HOST)",
+)
+@click.option(
+    "--nats-url",
+    default=None,
+    help="override the spec's publish.nats_url (as seen from the cluster)",
+)
+@click.option(
+    "--env",
+    "env_kind",
+    type=click.Choice(["pinned", "image"]),
+    default="pinned",
+    show_default=True,
+    help="runtime env: pip pins (runtime_envs/pinned.yaml) or the baked image's",
+)
 @click.option("--submission-id", default=None, help="explicit id (default: derived from the request)")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="follow the job to a terminal state")
-@click.option("--timeout", "timeout_s", type=float, default=1800, show_default=True,
-              help="seconds to wait for the job")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=1800,
+    show_default=True,
+    help="seconds to wait for the job",
+)
 @click.option("--logs/--no-logs", default=False, show_default=True, help="print the job's log lines")
-@click.option("--request-timeout", type=float, default=10, show_default=True,
-              help="seconds for each Jobs API request")
-def submit(spec_path: str, address: str | None, nats_url: str | None, env_kind: str,
-           submission_id: str | None, wait: bool, timeout_s: float, logs: bool,
-           request_timeout: float) -> None:
+@click.option(
+    "--request-timeout",
+    type=float,
+    default=10,
+    show_default=True,
+    help="seconds for each Jobs API request",
+)
+def submit(
+    spec_path: str,
+    address: str | None,
+    nats_url: str | None,
+    env_kind: str,
+    submission_id: str | None,
+    wait: bool,
+    timeout_s: float,
+    logs: bool,
+    request_timeout: float,
+) -> None:
     """Submit a council job to a cluster through the Jobs API and follow it.
 
     The same request twice finds the existing job (no second job). Exit code follows the job.
@@ -215,8 +282,9 @@ def submit(spec_path: str, address: str | None, nats_url: str | None, env_kind: 
         spec = _load_spec(spec_path)
         url = address or ClusterAddresses.from_env(Role.CLIENT).dashboard_url
         client = CouncilJobClient(url, auth_token=auth_token_from_env(), request_timeout_s=request_timeout)
-        done = client.submit(CouncilRequest(spec=spec, env_kind=env_kind, nats_url=nats_url,
-                                            submission_id=submission_id))
+        done = client.submit(
+            CouncilRequest(spec=spec, env_kind=env_kind, nats_url=nats_url, submission_id=submission_id)
+        )
         verb = "submitted" if done.created else "already submitted"
         err.print(f"{verb}: {done.submission_id} ({done.dashboard_url})")
         out.print(done.submission_id)
@@ -224,9 +292,10 @@ def submit(spec_path: str, address: str | None, nats_url: str | None, env_kind: 
             return int(ExitCode.OK)
         try:
             status = client.wait(
-                done.submission_id, timeout_s=timeout_s,
+                done.submission_id,
+                timeout_s=timeout_s,
                 on_status=lambda s: err.print(f"job {done.submission_id}: {s.value}"),
-                on_log_lines=(lambda lines: [err.print(line, markup=False) for line in lines]) if logs else None,
+                on_log_lines=_print_lines if logs else None,
             )
         except KeyboardInterrupt:
             client.stop(done.submission_id)
@@ -237,25 +306,50 @@ def submit(spec_path: str, address: str | None, nats_url: str | None, env_kind: 
 
 
 @cli.command()
-@click.option("--nats-url", default="nats://127.0.0.1:4222", show_default=True, envvar="NATS_URL",
-              help="NATS server (env NATS_URL)")
+@click.option(
+    "--nats-url",
+    default="nats://127.0.0.1:4222",
+    show_default=True,
+    envvar="NATS_URL",
+    help="NATS server (env NATS_URL)",
+)
 @click.option("--stream", default="AGENT_RESPONSES", show_default=True)
-@click.option("--durable", default="swe-fleet-consume", show_default=True,
-              help="durable consumer name; resumes where it last acked")
+@click.option(
+    "--durable",
+    default="swe-fleet-consume",
+    show_default=True,
+    help="durable consumer name; resumes where it last acked",
+)
 @click.option("--submission-id", default=None, help="only events of this submission")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of human-readable lines")
-@click.option("--idle-timeout", type=float, default=None,
-              help="exit 0 after this many seconds without an event (default: run until Ctrl-C)")
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=None,
+    help="exit 0 after this many seconds without an event (default: run until Ctrl-C)",
+)
 @click.option("--max", "max_events", type=int, default=None, help="exit 0 after this many events")
-def consume(nats_url: str, stream: str, durable: str, submission_id: str | None, as_json: bool,
-            idle_timeout: float | None, max_events: int | None) -> None:
+def consume(
+    nats_url: str,
+    stream: str,
+    durable: str,
+    submission_id: str | None,
+    as_json: bool,
+    idle_timeout: float | None,
+    max_events: int | None,
+) -> None:
     """Print council events from a durable JetStream pull consumer (acked after printing)."""
     from swe_fleet.consume import ConsumerOptions, iter_events
 
     async def main() -> int:
         seen = 0
-        opts = ConsumerOptions(nats_url=nats_url, stream=stream, durable=durable,
-                               idle_timeout_s=idle_timeout, submission_id=submission_id)
+        opts = ConsumerOptions(
+            nats_url=nats_url,
+            stream=stream,
+            durable=durable,
+            idle_timeout_s=idle_timeout,
+            submission_id=submission_id,
+        )
         async for event in iter_events(opts):
             out.print(event.model_dump_json() if as_json else format_event(event), markup=False)
             seen += 1
@@ -280,7 +374,9 @@ def model_prepare() -> None:
         cached = is_prepared()
         started = time.monotonic()
         path = prepare_local_model()
-        err.print(f"model {'was already prepared' if cached else 'prepared'} in {time.monotonic() - started:.1f} s")
+        err.print(
+            f"model {'was already prepared' if cached else 'prepared'} in {time.monotonic() - started:.1f} s"
+        )
         out.print(str(path))
         return int(ExitCode.OK)
 
@@ -293,8 +389,12 @@ def local() -> None:
 
 
 @local.command("up")
-@click.option("--workdir", type=click.Path(file_okay=False), default=None,
-              help="where logs and the JetStream store live (default: a temp dir)")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="where logs and the JetStream store live (default: a temp dir)",
+)
 @click.option("--num-cpus", type=int, default=2, show_default=True)
 def local_up(workdir: str | None, num_cpus: int) -> None:
     """Start the local stack in the foreground; print its addresses; Ctrl-C stops it."""

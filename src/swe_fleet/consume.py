@@ -8,6 +8,7 @@ to ``council.dead`` with the payload and the reason, and is terminated: it never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -111,10 +112,8 @@ async def iter_events(opts: ConsumerOptions) -> AsyncIterator[Event]:
                     yield event
                 await msg.ack()
     finally:
-        try:
+        with contextlib.suppress(TimeoutError):  # close is local; bounded anyway
             await asyncio.wait_for(nc.close(), 5)
-        except TimeoutError:  # pragma: no cover - close is local; bounded anyway
-            pass
 
 
 async def _dead_letter(js: Any, msg: Any, reason: str) -> None:

@@ -104,14 +104,10 @@ def vote_slots(spec: CouncilSpec, proposals: Proposals) -> list[Slot]:
     slots: list[Slot] = []
     for task in spec.tasks:
         for voter in spec.agents:
-            candidates = tuple(
-                a.id for a in spec.agents if a.id != voter.id and (task.id, a.id) in proposals
-            )
+            candidates = tuple(a.id for a in spec.agents if a.id != voter.id and (task.id, a.id) in proposals)
             if not candidates:
                 continue
-            listing = "\n\n".join(
-                f"### Proposal by {c}\n{proposals[(task.id, c)]}" for c in candidates
-            )
+            listing = "\n\n".join(f"### Proposal by {c}\n{proposals[(task.id, c)]}" for c in candidates)
             # Placeholders, not numbers: small models copy an example's numbers verbatim.
             example = json.dumps({"scores": dict.fromkeys(candidates, "<score>")})
             slots.append(
@@ -182,9 +178,7 @@ def parse_vote(text: str, candidates: Sequence[str], lo: int, hi: int) -> dict[s
 Outcome = AgentResponseCompleted | AgentResponseFailed
 
 
-def outcome_event(
-    slot: Slot, completion: Completion, *, submission_id: str, spec: CouncilSpec
-) -> Outcome:
+def outcome_event(slot: Slot, completion: Completion, *, submission_id: str, spec: CouncilSpec) -> Outcome:
     """Turn one completion into its event: completed, or failed with the reason."""
     common: dict[str, Any] = {
         "submission_id": submission_id,
@@ -206,9 +200,7 @@ def outcome_event(
                 completion.text, slot.candidates, spec.protocol.min_score, spec.protocol.max_score
             )
         except ValueError as exc:
-            return AgentResponseFailed(
-                **common, reason=f"unparseable vote: {exc}", content=completion.text
-            )
+            return AgentResponseFailed(**common, reason=f"unparseable vote: {exc}", content=completion.text)
         data = {"scores": scores}
     return AgentResponseCompleted(
         **common,

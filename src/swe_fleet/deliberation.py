@@ -57,8 +57,14 @@ async def run_deliberation(
         report.completed += ok
         report.failed += bad
         report.phase_seconds[phase] = round(time.monotonic() - started, 3)
-        bound.info("phase.done", phase=phase, requests=len(slots), completed=ok, failed=bad,
-                   seconds=report.phase_seconds[phase])
+        bound.info(
+            "phase.done",
+            phase=phase,
+            requests=len(slots),
+            completed=ok,
+            failed=bad,
+            seconds=report.phase_seconds[phase],
+        )
         return events
 
     proposals_events = await run_phase(council.proposal_slots(spec))
@@ -81,6 +87,10 @@ async def run_deliberation(
         )
     await publisher.publish_all(report.results)
     for r in report.results:
-        bound.info("task.ranked", task_id=r.task_id, winner=r.winner,
-                   votes=f"{r.votes_counted}/{r.votes_expected}")
+        bound.info(
+            "task.ranked",
+            task_id=r.task_id,
+            winner=r.winner,
+            votes=f"{r.votes_counted}/{r.votes_expected}",
+        )
     return report

@@ -24,7 +24,12 @@ COUNCIL_DEAD = "council.dead"
 
 #: Stream that holds every event of a council.
 AGENT_RESPONSES_STREAM = "AGENT_RESPONSES"
-AGENT_RESPONSES_SUBJECTS = ("agent.response.>", "council.deliberation.>", "council.job.>", COUNCIL_DEAD)
+AGENT_RESPONSES_SUBJECTS = (
+    "agent.response.>",
+    "council.deliberation.>",
+    "council.job.>",
+    COUNCIL_DEAD,
+)
 
 Phase = Literal["propose", "vote"]
 
@@ -150,7 +155,9 @@ def agent_response_key(submission_id: str, task_id: str, phase: str, round_: int
     return f"{submission_id}/{task_id}/{phase}/{round_}/{agent_id}"
 
 
-def decode_event(payload: bytes) -> AgentResponseCompleted | AgentResponseFailed | DeliberationCompleted:
+def decode_event(
+    payload: bytes,
+) -> AgentResponseCompleted | AgentResponseFailed | DeliberationCompleted:
     """Parse a wire payload into its typed event.
 
     Raises:

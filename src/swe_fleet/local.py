@@ -100,7 +100,9 @@ class ManagedProcess:
             return ""
 
 
-def _spawn(name: str, argv: list[str], log_path: Path, env: Mapping[str, str] | None = None) -> ManagedProcess:
+def _spawn(
+    name: str, argv: list[str], log_path: Path, env: Mapping[str, str] | None = None
+) -> ManagedProcess:
     log_file: IO[bytes] = log_path.open("wb")
     try:
         popen = subprocess.Popen(
@@ -155,7 +157,7 @@ class NatsServer:
             "-a", "127.0.0.1", "-p", str(port if port else -1),
             "--http_port", "0",
         ]  # fmt: skip
-        self.process = _spawn("nats-server", argv, self.workdir / f"nats-{int(time.time()*1000)}.log")
+        self.process = _spawn("nats-server", argv, self.workdir / f"nats-{int(time.time() * 1000)}.log")
         _wait_for_line(self.process, re.compile(r"Server is ready"), NATS_READY_TIMEOUT_S)
         match = _wait_for_line(
             self.process, re.compile(r"Listening for client connections on [\d.]+:(\d+)"), 5
@@ -179,6 +181,8 @@ class RayHead:
     memory_bytes: int = 8 * 1024**3
     object_store_bytes: int = 512 * 1024**2
     env: Mapping[str, str] = field(default_factory=dict)
+    #: Keep the whole cluster on 127.0.0.1 (single node); False for heads that workers join.
+    loopback_only: bool = True
     dashboard_url: str = ""
     client_url: str = ""
     gcs_address: str = ""
@@ -221,6 +225,11 @@ class RayHead:
             # No Serve replicas to drain here; the default makes every stop take 30 s.
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
         }
+        if self.loopback_only:
+            # Ray turns --node-ip-address 127.0.0.1 into the host's interface address; this
+            # switch (meant for laptops) keeps every Ray socket on loopback. It also refuses
+            # worker nodes joining from elsewhere, which a local stack does not want anyway.
+            env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         env.pop("RAY_ADDRESS", None)  # a head resolves itself; an inherited address misleads it
         self.process = _spawn("ray-head", argv, self.workdir / "ray-head.log", env)
         self.dashboard_url = f"http://127.0.0.1:{ports['dashboard-port']}"
@@ -232,7 +241,7 @@ class RayHead:
     def _wait_for_dashboard(self, timeout_s: float) -> None:
         assert self.process is not None
         deadline = time.monotonic() + timeout_s
-        request = urllib.request.Request(
+        request = urllib.request.Request(  # noqa: S310 - our own http:// URL, built above
             f"{self.dashboard_url}/api/version",
             headers={"Authorization": f"Bearer {self.auth_token}"},
         )
@@ -258,7 +267,11 @@ class RayHead:
 
     def client_env(self) -> dict[str, str]:
         """Environment for a client process of this cluster (``ray job submit``, ``swe-fleet submit``)."""
-        return {"RAY_ADDRESS": self.dashboard_url, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.auth_token}
+        return {
+            "RAY_ADDRESS": self.dashboard_url,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": self.auth_token,
+        }
 
     def stop(self) -> None:
         if self.process:
@@ -287,7 +300,7 @@ class LocalStack:
         def start_nats() -> None:
             try:
                 self.nats.start()
-            except BaseException as exc:  # noqa: BLE001 - re-raised below in the caller's thread
+            except BaseException as exc:
                 errors.append(exc)
 
         t = threading.Thread(target=start_nats, name="start-nats")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 import nats
 import nats.errors
@@ -71,13 +71,16 @@ class PublishPolicy:
         )
 
 
-class _Publishable:
+class _Publishable(Protocol):
     """Anything with ``subject``, ``key`` and ``to_bytes()`` (every council event)."""
 
-    subject: str
-    key: str
+    @property
+    def subject(self) -> str: ...
 
-    def to_bytes(self) -> bytes: ...  # pragma: no cover
+    @property
+    def key(self) -> str: ...
+
+    def to_bytes(self) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,10 @@ async def connect_nats(url: str, *, timeout_s: float = 5.0, name: str = "swe-fle
 
 
 async def ensure_stream(
-    js: Any, name: str, subjects: Sequence[str] = AGENT_RESPONSES_SUBJECTS, duplicate_window_s: float = 600.0
+    js: Any,
+    name: str,
+    subjects: Sequence[str] = AGENT_RESPONSES_SUBJECTS,
+    duplicate_window_s: float = 600.0,
 ) -> api.StreamInfo:
     """Create the stream if missing; check an existing one covers our subjects.
 
@@ -133,13 +139,16 @@ async def ensure_stream(
         info = await js.stream_info(name)
     except nats.js.errors.NotFoundError:
         try:
-            return await js.add_stream(
-                api.StreamConfig(
-                    name=name,
-                    subjects=list(subjects),
-                    storage=api.StorageType.FILE,
-                    duplicate_window=duplicate_window_s,
-                )
+            return cast(
+                api.StreamInfo,
+                await js.add_stream(
+                    api.StreamConfig(
+                        name=name,
+                        subjects=list(subjects),
+                        storage=api.StorageType.FILE,
+                        duplicate_window=duplicate_window_s,
+                    )
+                ),
             )
         except nats.js.errors.BadRequestError:
             info = await js.stream_info(name)  # created concurrently by another publisher
@@ -150,7 +159,7 @@ async def ensure_stream(
             "Add them to the stream, or use another stream name (publish.stream).",
             stream=name,
         )
-    return info
+    return cast(api.StreamInfo, info)
 
 
 class JetStreamPublisher:

@@ -39,16 +39,28 @@ def run_locally(
         cached = is_prepared()
         t = time.monotonic()
         prepare_local_model()
-        on_info(f"model {LOCAL_MODEL_ALIAS}: {'cached' if cached else 'prepared'} ({time.monotonic() - t:.1f} s)")
+        on_info(
+            f"model {LOCAL_MODEL_ALIAS}: {'cached' if cached else 'prepared'} ({time.monotonic() - t:.1f} s)"
+        )
     with local_stack(workdir) as stack:
-        on_info(f"local stack up in {time.monotonic() - started:.1f} s: dashboard {stack.ray.dashboard_url}, "
-                f"NATS {stack.nats.url}")
+        on_info(
+            f"local stack up in {time.monotonic() - started:.1f} s: dashboard {stack.ray.dashboard_url}, "
+            f"NATS {stack.nats.url}"
+        )
         client = CouncilJobClient(stack.ray.dashboard_url, auth_token=stack.ray.auth_token)
         submitted = client.submit(CouncilRequest(spec=spec, env_kind=env_kind, nats_url=stack.nats.url))
         on_info(f"submitted {submitted.submission_id} through the Jobs API")
         try:
             status, results = asyncio.run(
-                _follow(client, submitted.submission_id, stack.nats.url, spec, timeout_s, on_event, on_info)
+                _follow(
+                    client,
+                    submitted.submission_id,
+                    stack.nats.url,
+                    spec,
+                    timeout_s,
+                    on_event,
+                    on_info,
+                )
             )
         except BaseException:
             with contextlib.suppress(Exception):
@@ -75,8 +87,7 @@ async def _follow(
     all_results = asyncio.Event()
 
     async def consume() -> None:
-        opts = ConsumerOptions(nats_url=nats_url, durable=None, submission_id=submission_id,
-                               fetch_wait_s=0.5)
+        opts = ConsumerOptions(nats_url=nats_url, durable=None, submission_id=submission_id, fetch_wait_s=0.5)
         async for event in iter_events(opts):
             on_event(event)
             if isinstance(event, DeliberationCompleted):
@@ -87,7 +98,9 @@ async def _follow(
     consumer = asyncio.create_task(consume())
     try:
         status = await asyncio.to_thread(
-            client.wait, submission_id, timeout_s=timeout_s,
+            client.wait,
+            submission_id,
+            timeout_s=timeout_s,
             on_status=lambda s: on_info(f"job {submission_id}: {s.value}"),
         )
         # Events published just before the job ended may still be on their way.

@@ -125,7 +125,10 @@ class CouncilSpec(_Strict):
 
     @model_validator(mode="after")
     def _ids_are_unique(self) -> CouncilSpec:
-        for what, ids in (("tasks", [t.id for t in self.tasks]), ("agents", [a.id for a in self.agents])):
+        for what, ids in (
+            ("tasks", [t.id for t in self.tasks]),
+            ("agents", [a.id for a in self.agents]),
+        ):
             seen: set[str] = set()
             for i, ident in enumerate(ids):
                 if ident in seen:
@@ -145,9 +148,7 @@ class CouncilSpec(_Strict):
             SpecError: naming ``source`` and the first invalid field.
         """
         if not isinstance(data, dict):
-            raise SpecError(
-                f"expected a mapping at the top level, got {type(data).__name__}", source=source
-            )
+            raise SpecError(f"expected a mapping at the top level, got {type(data).__name__}", source=source)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -182,9 +183,7 @@ class CouncilSpec(_Strict):
         """sha256 of the canonical JSON, hex."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
-    def with_overrides(
-        self, *, nats_url: str | None = None, model_name: str | None = None
-    ) -> CouncilSpec:
+    def with_overrides(self, *, nats_url: str | None = None, model_name: str | None = None) -> CouncilSpec:
         """A copy with the publish target and/or model replaced (validated again)."""
         data = self.model_dump(mode="json")
         if nats_url:

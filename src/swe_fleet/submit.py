@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import requests
 import yaml
@@ -147,9 +147,7 @@ class CouncilJobClient:
         self.url = jobs_api_url(dashboard_url)
         headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
         try:
-            self._client = _BoundedJobClient(
-                self.url, headers=headers, request_timeout_s=request_timeout_s
-            )
+            self._client = _BoundedJobClient(self.url, headers=headers, request_timeout_s=request_timeout_s)
         except (ConnectionError, requests.exceptions.RequestException) as exc:
             raise DashboardUnreachable(
                 f"the Ray dashboard at {self.url} did not answer within {request_timeout_s:.0f} s "
@@ -239,7 +237,9 @@ class CouncilJobClient:
                 again = self._call("looking up the job", lambda: self._client.find_job(sid), sid)
                 if again is None:
                     raise SubmissionError(
-                        f"submitting {sid} failed: {str(exc)[:500]}", url=self.url, submission_id=sid
+                        f"submitting {sid} failed: {str(exc)[:500]}",
+                        url=self.url,
+                        submission_id=sid,
                     ) from None
                 return self._existing(again, sid, request_hash)
         finally:
@@ -259,16 +259,28 @@ class CouncilJobClient:
         return Submitted(submission_id=sid, created=False, dashboard_url=self.url)
 
     def status(self, submission_id: str) -> JobStatus:
-        return self._call("reading job status", lambda: self._client.get_job_status(submission_id), submission_id)
+        return cast(
+            JobStatus,
+            self._call(
+                "reading job status", lambda: self._client.get_job_status(submission_id), submission_id
+            ),
+        )
 
     def info(self, submission_id: str) -> JobDetails:
-        return self._call("reading job info", lambda: self._client.get_job_info(submission_id), submission_id)
+        return cast(
+            JobDetails,
+            self._call("reading job info", lambda: self._client.get_job_info(submission_id), submission_id),
+        )
 
     def logs(self, submission_id: str) -> str:
-        return str(self._call("reading job logs", lambda: self._client.get_job_logs(submission_id), submission_id))
+        return str(
+            self._call("reading job logs", lambda: self._client.get_job_logs(submission_id), submission_id)
+        )
 
     def stop(self, submission_id: str) -> bool:
-        return bool(self._call("stopping the job", lambda: self._client.stop_job(submission_id), submission_id))
+        return bool(
+            self._call("stopping the job", lambda: self._client.stop_job(submission_id), submission_id)
+        )
 
     def list_jobs(self) -> list[JobDetails]:
         return list(self._call("listing jobs", self._client.list_jobs))

@@ -28,11 +28,20 @@ def test_client_defaults_derive_every_address_from_loopback() -> None:
 
 def test_ray_host_and_ports_derive_the_rest() -> None:
     """RAY_HOST, RAY_PORT and RAY_DASHBOARD_PORT derive all addresses when RAY_ADDRESS is unset."""
-    env = {"RAY_HOST": "head.svc", "RAY_PORT": "6380", "RAY_DASHBOARD_PORT": "9265",
-           "RAY_CLIENT_PORT": "10002", "RAY_NAMESPACE": "team-a"}
+    env = {
+        "RAY_HOST": "head.svc",
+        "RAY_PORT": "6380",
+        "RAY_DASHBOARD_PORT": "9265",
+        "RAY_CLIENT_PORT": "10002",
+        "RAY_NAMESPACE": "team-a",
+    }
     a = ClusterAddresses.from_env("client", env=env)
     assert (a.dashboard_url, a.client_url, a.gcs_address, a.namespace) == (
-        "http://head.svc:9265", "ray://head.svc:10002", "head.svc:6380", "team-a")
+        "http://head.svc:9265",
+        "ray://head.svc:10002",
+        "head.svc:6380",
+        "team-a",
+    )
 
 
 def test_client_http_ray_address_sets_host_and_dashboard_port() -> None:

@@ -20,7 +20,13 @@ def test_proposal_slots_cover_every_task_agent_pair_in_order() -> None:
     """One proposal per (task, agent), tasks outer, with the role's system prompt."""
     slots = council.proposal_slots(SPEC)
     assert [(s.task.id, s.agent.id) for s in slots] == [
-        ("t1", "a"), ("t1", "b"), ("t1", "c"), ("t2", "a"), ("t2", "b"), ("t2", "c")]
+        ("t1", "a"),
+        ("t1", "b"),
+        ("t1", "c"),
+        ("t2", "a"),
+        ("t2", "b"),
+        ("t2", "c"),
+    ]
     assert "first task" in slots[0].request.messages[1]["content"]
     assert slots[2].request.messages[0]["content"] == "custom"
     assert "architect" in slots[0].request.messages[0]["content"]
@@ -46,23 +52,29 @@ def test_failed_proposals_are_not_candidates() -> None:
     assert [(s.agent.id, s.candidates) for s in slots] == [("b", ("a",)), ("c", ("a",))]
 
 
-@pytest.mark.parametrize("text", [
-    '{"scores": {"b": 7, "c": 3}}',
-    'Sure! ```json\n{"b": 7, "c": 3}\n```',
-    '{"scores": {"b": 7.0, "c": 3, "extra": 1}}',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"scores": {"b": 7, "c": 3}}',
+        'Sure! ```json\n{"b": 7, "c": 3}\n```',
+        '{"scores": {"b": 7.0, "c": 3, "extra": 1}}',
+    ],
+)
 def test_parse_vote_accepts_wrapped_and_flat_forms(text: str) -> None:
     """Votes parse from the schema form, a flat object, or JSON wrapped in prose."""
     assert council.parse_vote(text, ["b", "c"], 1, 10) == {"b": 7, "c": 3}
 
 
-@pytest.mark.parametrize(("text", "reason"), [
-    ("no json here", "no JSON object"),
-    ('{"scores": {"b": 7}}', "no score for 'c'"),
-    ('{"b": 11, "c": 1}', "outside 1..10"),
-    ('{"b": "high", "c": 1}', "not an integer"),
-    ('{"b": 7, "c": 1', "no JSON object"),
-])
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("no json here", "no JSON object"),
+        ('{"scores": {"b": 7}}', "no score for 'c'"),
+        ('{"b": 11, "c": 1}', "outside 1..10"),
+        ('{"b": "high", "c": 1}', "not an integer"),
+        ('{"b": 7, "c": 1', "no JSON object"),
+    ],
+)
 def test_parse_vote_rejects_with_reason(text: str, reason: str) -> None:
     """Unusable votes raise ValueError saying why."""
     with pytest.raises(ValueError, match=reason):
@@ -81,7 +93,9 @@ def test_unparseable_vote_becomes_a_failed_event() -> None:
 def test_backend_error_and_empty_text_become_failed_events() -> None:
     """A per-request backend error and an empty answer both yield failed events with reasons."""
     slot = council.proposal_slots(SPEC)[0]
-    too_long = council.outcome_event(slot, Completion(text="", error="prompt too long"), submission_id="s", spec=SPEC)
+    too_long = council.outcome_event(
+        slot, Completion(text="", error="prompt too long"), submission_id="s", spec=SPEC
+    )
     empty = council.outcome_event(slot, Completion(text="  "), submission_id="s", spec=SPEC)
     assert isinstance(too_long, AgentResponseFailed) and too_long.reason == "prompt too long"
     assert isinstance(empty, AgentResponseFailed) and empty.reason == "empty response"
@@ -90,8 +104,12 @@ def test_backend_error_and_empty_text_become_failed_events() -> None:
 def test_completed_vote_carries_parsed_scores() -> None:
     """A good vote's event carries the parsed scores in data."""
     slot = council.vote_slots(SPEC, {("t1", "b"): "x", ("t1", "c"): "y"})[0]
-    event = council.outcome_event(slot, Completion(text='{"scores": {"b": 2, "c": 9}}', output_tokens=9),
-                                  submission_id="s", spec=SPEC)
+    event = council.outcome_event(
+        slot,
+        Completion(text='{"scores": {"b": 2, "c": 9}}', output_tokens=9),
+        submission_id="s",
+        spec=SPEC,
+    )
     assert isinstance(event, AgentResponseCompleted)
     assert event.data == {"scores": {"b": 2, "c": 9}}
     assert event.key == "s/t1/vote/0/a"
@@ -100,8 +118,14 @@ def test_completed_vote_carries_parsed_scores() -> None:
 def test_ranking_orders_by_mean_score() -> None:
     """Higher mean score ranks first; the winner's proposal is attached."""
     votes = {"a": {"b": 9, "c": 4}, "b": {"a": 5, "c": 6}, "c": {"a": 7, "b": 8}}
-    res = council.rank_task(SPEC, SPEC.tasks[0], votes, votes_expected=3,
-                            proposals={("t1", "b"): "B's plan"}, submission_id="s")
+    res = council.rank_task(
+        SPEC,
+        SPEC.tasks[0],
+        votes,
+        votes_expected=3,
+        proposals={("t1", "b"): "B's plan"},
+        submission_id="s",
+    )
     assert [r.agent_id for r in res.ranking] == ["b", "a", "c"]
     assert res.winner == "b" and res.winning_proposal == "B's plan"
     assert res.ranking[0].mean_score == 8.5

@@ -37,8 +37,12 @@ def test_failed_event_shares_the_completed_key() -> None:
 def test_deliberation_key_and_round_trip() -> None:
     """A deliberation result round-trips through bytes with its ranking intact."""
     e = DeliberationCompleted(
-        **COMMON, winner="a", ranking=[RankedAgent(agent_id="a", rank=1, mean_score=7.0, votes=1)],
-        scores={"b": {"a": 7}}, votes_counted=1, votes_expected=2,
+        **COMMON,
+        winner="a",
+        ranking=[RankedAgent(agent_id="a", rank=1, mean_score=7.0, votes=1)],
+        scores={"b": {"a": 7}},
+        votes_counted=1,
+        votes_expected=2,
     )
     assert e.key == "sub-1/t1/deliberation"
     back = decode_event(e.to_bytes())

@@ -27,7 +27,9 @@ async def _run(policy: PublishPolicy, errors: list[BaseException]) -> tuple[int,
 
 async def test_transient_errors_are_retried_until_success() -> None:
     """Timeouts and closed connections are retried; the publish then succeeds."""
-    calls, sleeps = await _run(PublishPolicy(), [nats.errors.TimeoutError(), nats.errors.ConnectionClosedError()])
+    calls, sleeps = await _run(
+        PublishPolicy(), [nats.errors.TimeoutError(), nats.errors.ConnectionClosedError()]
+    )
     assert calls == 3
     assert len(sleeps) == 2 and all(0 < s <= 5.0 for s in sleeps)
 
@@ -42,17 +44,21 @@ async def test_attempts_are_bounded() -> None:
 
 async def test_non_transient_errors_are_not_retried() -> None:
     """A bad subject is a bug, not weather: it surfaces on the first attempt."""
-    with pytest.raises(RetryError) as info:
-        await _run(PublishPolicy(), [nats.errors.BadSubjectError()])
-    assert info.value.last_attempt.attempt_number == 1
+    errors: list[BaseException] = [nats.errors.BadSubjectError(), nats.errors.BadSubjectError()]
+    with pytest.raises(nats.errors.BadSubjectError):
+        await _run(PublishPolicy(), errors)
+    assert len(errors) == 1  # exactly one attempt was made
 
 
-@pytest.mark.parametrize(("n", "parts", "expected"), [
-    (8, 2, [(0, 4), (4, 8)]),
-    (7, 3, [(0, 3), (3, 5), (5, 7)]),
-    (2, 4, [(0, 1), (1, 2)]),
-    (0, 2, []),
-])
+@pytest.mark.parametrize(
+    ("n", "parts", "expected"),
+    [
+        (8, 2, [(0, 4), (4, 8)]),
+        (7, 3, [(0, 3), (3, 5), (5, 7)]),
+        (2, 4, [(0, 1), (1, 2)]),
+        (0, 2, []),
+    ],
+)
 def test_split_evenly(n: int, parts: int, expected: list[tuple[int, int]]) -> None:
     """Shards are contiguous, cover everything once, differ in size by at most one."""
     assert split_evenly(n, parts) == expected

@@ -1,0 +1,179 @@
+"""CLI exit codes are a contract: each outcome, through a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from swe_fleet.local import NatsServer, RayHead, free_port
+from swe_fleet.spec import CouncilSpec
+from swe_fleet.submit import CouncilJobClient, CouncilRequest
+
+SWE_FLEET = str(Path(sys.executable).parent / "swe-fleet")
+
+
+def _run(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SWE_FLEET, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_invalid_spec_exits_3_naming_file_and_field(tmp_path: Path) -> None:
+    """A spec without tasks: exit 3, the file and field named, nothing contacted."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("agents: [{id: a, role: x}, {id: b, role: y}]\n")
+    proc = _run(["submit", str(bad), "--address", f"http://127.0.0.1:{free_port()}"])
+    assert proc.returncode == 3
+    assert str(bad) in proc.stderr and "tasks" in proc.stderr
+
+
+def test_unreadable_spec_exits_3(tmp_path: Path) -> None:
+    """A missing spec file: exit 3, naming it."""
+    proc = _run(["run", str(tmp_path / "missing.yaml")])
+    assert proc.returncode == 3
+    assert "missing.yaml" in proc.stderr
+
+
+def test_ray_client_address_for_jobs_api_exits_3(repo_root: Path) -> None:
+    """ray:// given to submit: exit 3 and the http:// address to use instead."""
+    proc = _run(
+        [
+            "submit",
+            str(repo_root / "examples" / "council.yaml"),
+            "--address",
+            "ray://127.0.0.1:10001",
+        ]
+    )
+    assert proc.returncode == 3
+    assert "http://127.0.0.1:8265" in proc.stderr
+
+
+def test_unreachable_dashboard_exits_5_quickly(repo_root: Path) -> None:
+    """Nobody on the dashboard port: exit 5 within the bound, naming the URL."""
+    url = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    proc = _run(
+        [
+            "submit",
+            str(repo_root / "examples" / "council.yaml"),
+            "--address",
+            url,
+            "--request-timeout",
+            "3",
+        ]
+    )
+    assert proc.returncode == 5, proc.stderr
+    assert url in proc.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_unreachable_nats_consume_exits_5(tmp_path: Path) -> None:
+    """consume against a closed port: exit 5 naming the NATS URL."""
+    url = f"nats://127.0.0.1:{free_port()}"
+    proc = _run(["consume", "--nats-url", url, "--idle-timeout", "1"])
+    assert proc.returncode == 5
+    assert url in proc.stderr
+
+
+@pytest.mark.integration
+def test_consume_json_prints_each_event_once(nats_server: NatsServer) -> None:
+    """consume --json prints one JSON line per event and exits 0 when idle."""
+    import asyncio
+
+    from swe_fleet.events import AgentResponseCompleted
+    from swe_fleet.publish import JetStreamPublisher
+    from swe_fleet.spec import PublishSpec
+
+    async def publish() -> None:
+        pub = await JetStreamPublisher.connect(PublishSpec(nats_url=nats_server.url))
+        await pub.publish_all(
+            [
+                AgentResponseCompleted(
+                    submission_id="s",
+                    council="c",
+                    task_id=f"t{i}",
+                    phase="propose",
+                    agent_id="a",
+                    role="r",
+                    content="x",
+                )
+                for i in range(3)
+            ]
+        )
+        await pub.close()
+
+    asyncio.run(publish())
+    proc = _run(["consume", "--nats-url", nats_server.url, "--json", "--idle-timeout", "2"])
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 3
+    again = _run(["consume", "--nats-url", nats_server.url, "--json", "--idle-timeout", "2"])
+    assert again.returncode == 0 and not again.stdout.strip()  # the durable consumer acked them
+
+
+@pytest.mark.integration
+@pytest.mark.llm
+@pytest.mark.slow
+class TestJobOutcomes:
+    """Exit codes that follow a real job's terminal state on the session cluster."""
+
+    def test_failed_job_exits_1(
+        self, ray_head: RayHead, session_nats: NatsServer, tmp_path: Path, repo_root: Path
+    ) -> None:
+        """A model folder that does not exist fails the job: submit exits 1."""
+        spec = (
+            (repo_root / "tests" / "data" / "tiny.yaml")
+            .read_text()
+            .replace("name: smollm2-135m", f"name: {tmp_path / 'no-such-model'}")
+        )
+        path = tmp_path / "broken-model.yaml"
+        path.write_text(spec)
+        proc = _run(
+            [
+                "submit",
+                str(path),
+                "--address",
+                ray_head.dashboard_url,
+                "--nats-url",
+                session_nats.url,
+                "--timeout",
+                "600",
+            ],
+            env=ray_head.client_env(),
+            timeout=700,
+        )
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert "FAILED" in proc.stderr
+
+    def test_stopped_job_exits_4(self, ray_head: RayHead, session_nats: NatsServer, repo_root: Path) -> None:
+        """A job stopped while running: following it exits 4 (and resubmission found the same job)."""
+        spec = CouncilSpec.from_file(repo_root / "tests" / "data" / "tiny.yaml")
+        client = CouncilJobClient(ray_head.dashboard_url, auth_token=ray_head.auth_token)
+        done = client.submit(CouncilRequest(spec=spec, nats_url=session_nats.url, submission_id="stop-me"))
+        client.stop(done.submission_id)
+        proc = _run(
+            [
+                "submit",
+                str(repo_root / "tests" / "data" / "tiny.yaml"),
+                "--address",
+                ray_head.dashboard_url,
+                "--nats-url",
+                session_nats.url,
+                "--submission-id",
+                "stop-me",
+            ],
+            env=ray_head.client_env(),
+        )
+        assert proc.returncode == 4, proc.stderr[-2000:]
+        assert "already submitted" in proc.stderr

@@ -1,0 +1,126 @@
+"""A council job through the real Jobs API, real vLLM on CPU, real JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from swe_fleet.consume import ConsumerOptions, iter_events
+from swe_fleet.local import NatsServer, RayHead
+from swe_fleet.spec import CouncilSpec
+from swe_fleet.submit import CouncilJobClient, CouncilRequest
+
+pytestmark = [pytest.mark.integration, pytest.mark.llm, pytest.mark.slow]
+
+JOB_TIMEOUT_S = 900
+
+
+def _consume_all(url: str, durable: str, submission_id: str) -> list[object]:
+    async def go() -> list[object]:
+        opts = ConsumerOptions(
+            nats_url=url,
+            durable=durable,
+            idle_timeout_s=3,
+            fetch_wait_s=0.5,
+            submission_id=submission_id,
+        )
+        return [e async for e in iter_events(opts)]
+
+    return asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def tiny_spec(repo_root: Path) -> CouncilSpec:
+    return CouncilSpec.from_file(repo_root / "tests" / "data" / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def client(ray_head: RayHead) -> CouncilJobClient:
+    return CouncilJobClient(ray_head.dashboard_url, auth_token=ray_head.auth_token)
+
+
+@pytest.fixture(scope="module")
+def tiny_job(
+    client: CouncilJobClient, session_nats: NatsServer, tiny_spec: CouncilSpec, prepared_model: Path
+) -> tuple[CouncilRequest, str]:
+    """The tiny council, submitted once through the Jobs API and run to the end."""
+    request = CouncilRequest(spec=tiny_spec, nats_url=session_nats.url)
+    submitted = client.submit(request)
+    assert submitted.created
+    status = client.wait(submitted.submission_id, timeout_s=JOB_TIMEOUT_S)
+    assert status.value == "SUCCEEDED", client.logs(submitted.submission_id)[-3000:]
+    return request, submitted.submission_id
+
+
+def test_job_events_reach_a_durable_consumer_exactly_once(
+    tiny_job: tuple[CouncilRequest, str], session_nats: NatsServer, tiny_spec: CouncilSpec
+) -> None:
+    """tasks x agents proposals, as many vote outcomes, one result per task; no key twice."""
+    _, sid = tiny_job
+    events = _consume_all(session_nats.url, "it-exactly-once", sid)
+    keys = [e.key for e in events]  # type: ignore[attr-defined]
+    assert len(keys) == len(set(keys)), "a key was delivered twice"
+    n_pairs = len(tiny_spec.tasks) * len(tiny_spec.agents)
+    by_phase = Counter((e.event, getattr(e, "phase", None)) for e in events)  # type: ignore[attr-defined]
+    proposals = (
+        by_phase[("agent.response.completed", "propose")] + by_phase[("agent.response.failed", "propose")]
+    )
+    votes = by_phase[("agent.response.completed", "vote")] + by_phase[("agent.response.failed", "vote")]
+    assert proposals == n_pairs
+    assert votes == n_pairs  # every agent votes on the other's proposal in every task
+    assert by_phase[("council.deliberation.completed", None)] == len(tiny_spec.tasks)
+
+
+def test_resubmitting_the_same_request_does_not_start_a_second_job(
+    tiny_job: tuple[CouncilRequest, str], client: CouncilJobClient
+) -> None:
+    """The same request finds the existing job: no HTTP 500, no second job."""
+    request, sid = tiny_job
+    again = client.submit(request)
+    assert again.submission_id == sid and not again.created
+    assert [j.submission_id for j in client.list_jobs()].count(sid) == 1
+
+
+def test_different_request_under_a_taken_id_is_a_conflict(
+    tiny_job: tuple[CouncilRequest, str], client: CouncilJobClient, tiny_spec: CouncilSpec
+) -> None:
+    """Reusing an explicit id for another spec raises SubmissionConflict naming the id."""
+    from swe_fleet.errors import SubmissionConflict
+
+    _, sid = tiny_job
+    other = CouncilRequest(spec=tiny_spec.with_overrides(nats_url="nats://127.0.0.1:1"), submission_id=sid)
+    with pytest.raises(SubmissionConflict, match=sid):
+        client.submit(other)
+
+
+def test_plain_ray_job_submit_from_the_readme_works(
+    repo_root: Path, ray_head: RayHead, session_nats: NatsServer, prepared_model: Path
+) -> None:
+    """The README's laptop line (ray job submit ... --runtime-env runtime_envs/pinned.yaml) runs a
+    council whose events carry Ray's own submission id."""
+    env = {**os.environ, **ray_head.client_env()}
+    cmd = [
+        str(Path(sys.executable).parent / "ray"), "job", "submit",
+        "--address", ray_head.dashboard_url,
+        "--runtime-env", "runtime_envs/pinned.yaml",
+        "--entrypoint-num-cpus", "0",
+        "--", "python", "jobs/council.py", "--spec", "examples/council.yaml",
+        "--nats-url", session_nats.url,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    match = re.search(r"Job '(raysubmit_\w+)' submitted successfully", output)
+    assert match, output[-2000:]
+    spec = CouncilSpec.from_file(repo_root / "examples" / "council.yaml")
+    events = _consume_all(session_nats.url, "it-ray-cli", match.group(1))
+    results = [e for e in events if e.event == "council.deliberation.completed"]  # type: ignore[attr-defined]
+    assert len(results) == len(spec.tasks)
+    assert len(events) == 2 * len(spec.tasks) * len(spec.agents) + len(spec.tasks)
