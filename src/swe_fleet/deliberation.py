@@ -14,11 +14,26 @@ from typing import Any, Protocol
 import structlog
 
 from swe_fleet import council
-from swe_fleet.chat import Generator
-from swe_fleet.events import AgentResponseCompleted, AgentResponseFailed, DeliberationCompleted
+from swe_fleet.chat import ChatRequest, Completion, Generator
+from swe_fleet.errors import LLMError
+from swe_fleet.events import AgentResponseCompleted, DeliberationCompleted
 from swe_fleet.spec import CouncilSpec
 
 log = structlog.get_logger(__name__)
+
+
+class UnavailableBackend:
+    """A generator that fails every request with one reason (the engine never started): the
+    council still publishes a failed event per agent response and a result per task."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def generate(self, batch: Sequence[ChatRequest]) -> list[Completion]:
+        return [Completion(text="", error=self.reason) for _ in batch]
+
+    async def close(self) -> None:
+        return None
 
 
 class Publisher(Protocol):
@@ -34,63 +49,58 @@ class DeliberationReport:
     completed: int = 0
     failed: int = 0
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    phase_requests: dict[str, int] = field(default_factory=dict)
+    #: Errors of batches that failed as a whole (their agents got failed events).
+    backend_errors: list[str] = field(default_factory=list)
 
 
 async def run_deliberation(
     spec: CouncilSpec, *, submission_id: str, generator: Generator, publisher: Publisher
 ) -> DeliberationReport:
-    """Propose -> vote -> rank, one generator batch per phase across all tasks and agents."""
+    """propose -> k x (critique -> revise) -> vote -> rank; one generator batch per phase
+    across all tasks and agents; every response published before the next phase starts."""
     report = DeliberationReport(submission_id=submission_id)
     bound = log.bind(submission_id=submission_id, council=spec.name)
+    state = council.CouncilState.start(spec)
 
-    async def run_phase(slots: list[council.Slot]) -> list[council.Outcome]:
-        phase = slots[0].phase if slots else "?"
+    async def run_phase(slots: list[council.Slot]) -> None:
+        if not slots:
+            return
+        phase, round_ = slots[0].phase, slots[0].round
         started = time.monotonic()
-        completions = await generator.generate([s.request for s in slots])
+        try:
+            completions = await generator.generate([s.request for s in slots])
+        except LLMError as exc:
+            # The whole batch failed: every agent of it gets a failed event (no consumer waits
+            # for a response that will not come) and the council goes on with what it has.
+            report.backend_errors.append(str(exc))
+            bound.error("phase.backend_failed", phase=phase, round=round_, error=str(exc))
+            completions = [Completion(text="", error=f"LLM backend failed: {exc}")] * len(slots)
         events = [
             council.outcome_event(s, c, submission_id=submission_id, spec=spec)
             for s, c in zip(slots, completions, strict=True)
         ]
         await publisher.publish_all(events)
+        council.apply(spec, state, phase, round_, events)
         ok = sum(isinstance(e, AgentResponseCompleted) for e in events)
-        bad = sum(isinstance(e, AgentResponseFailed) for e in events)
+        bad = len(events) - ok
         report.completed += ok
         report.failed += bad
-        report.phase_seconds[phase] = round(time.monotonic() - started, 3)
-        bound.info(
-            "phase.done",
-            phase=phase,
-            requests=len(slots),
-            completed=ok,
-            failed=bad,
-            seconds=report.phase_seconds[phase],
-        )
-        return events
+        name = f"{phase}" if phase in ("propose", "vote") else f"{phase}.{round_}"
+        report.phase_seconds[name] = round(time.monotonic() - started, 3)
+        report.phase_requests[name] = len(slots)
+        bound.info("phase.done", phase=phase, round=round_, requests=len(slots), completed=ok,
+                   failed=bad, seconds=report.phase_seconds[name])  # fmt: skip
 
-    proposals_events = await run_phase(council.proposal_slots(spec))
-    proposals = council.collect_proposals(proposals_events)
-    vote_slots = council.vote_slots(spec, proposals)
-    vote_events = await run_phase(vote_slots) if vote_slots else []
-    votes = council.collect_votes(vote_events)
+    await run_phase(council.proposal_slots(spec))
+    for round_ in range(1, spec.protocol.critique_rounds + 1):
+        await run_phase(council.critique_slots(spec, state, round_))
+        await run_phase(council.revise_slots(spec, state, round_))
+    await run_phase(council.vote_slots(spec, state))
 
-    for task in spec.tasks:
-        expected = sum(1 for s in vote_slots if s.task.id == task.id)
-        report.results.append(
-            council.rank_task(
-                spec,
-                task,
-                votes.get(task.id, {}),
-                votes_expected=expected,
-                proposals=proposals,
-                submission_id=submission_id,
-            )
-        )
+    report.results = council.results(spec, state, submission_id=submission_id)
     await publisher.publish_all(report.results)
     for r in report.results:
-        bound.info(
-            "task.ranked",
-            task_id=r.task_id,
-            winner=r.winner,
-            votes=f"{r.votes_counted}/{r.votes_expected}",
-        )
+        bound.info("task.ranked", task_id=r.task_id, winner=r.winner, rounds=r.rounds_run,
+                   early_stopped=r.early_stopped, votes=f"{r.votes_counted}/{r.votes_expected}")  # fmt: skip
     return report

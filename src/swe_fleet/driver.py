@@ -1,7 +1,9 @@
 """The council job's driver: what ``jobs/council.py`` runs on the cluster.
 
-Exit codes (the job's status follows them): 0 every event published; 1 the council failed
-(LLM backend or an unexpected error); 3 the spec is invalid; 4 events could not be published.
+Exit codes (the job's status follows them): 0 every event published; 1 the LLM backend failed
+(it did not start, or a whole batch failed; every affected response still got its
+``agent.response.failed`` event and every task its result); 3 the spec is invalid; 4 events
+could not be published.
 """
 
 from __future__ import annotations
@@ -10,17 +12,21 @@ import asyncio
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray
 import structlog
 
 from swe_fleet._logging import configure_logging
 from swe_fleet.addresses import DEFAULT_NAMESPACE
-from swe_fleet.deliberation import run_deliberation
+from swe_fleet.deliberation import UnavailableBackend, run_deliberation
 from swe_fleet.errors import LLMError, PublishError, SpecError
 from swe_fleet.llm.engine import EngineGenerator
 from swe_fleet.publish import JetStreamPublisher
 from swe_fleet.spec import CouncilSpec
+
+if TYPE_CHECKING:
+    from swe_fleet.llm.server import ServerGenerator
 
 log = structlog.get_logger(__name__)
 
@@ -63,21 +69,46 @@ def run_council_job(spec_path: Path, *, nats_url: str | None, submission_id: str
         ray.shutdown()
 
 
+def build_generator(spec: CouncilSpec) -> EngineGenerator | ServerGenerator:
+    """The spec's backend: vLLM engine actors, or a client of a vLLM server."""
+    if spec.backend == "server":
+        from swe_fleet.llm.server import ServerGenerator
+
+        return ServerGenerator(
+            spec.server.url,
+            spec.model.name,
+            concurrency=spec.server.concurrency,
+            request_timeout_s=spec.server.request_timeout_s,
+        )
+    return EngineGenerator(spec.model)
+
+
 async def _run(spec: CouncilSpec, submission_id: str) -> int:
     try:
         publisher = await JetStreamPublisher.connect(spec.publish)
     except PublishError as exc:
         log.error("publish.unreachable", error=str(exc))
         return EXIT_PUBLISH_FAILED
-    generator = EngineGenerator(spec.model)
+    generator = build_generator(spec)
+    replica_calls: list[int] = []
+    start_error: str | None = None
     try:
-        await generator.start()
+        try:
+            if isinstance(generator, EngineGenerator):
+                await generator.start()
+            else:
+                from swe_fleet.llm.server import wait_until_healthy
+
+                await wait_until_healthy(spec.server.url, timeout_s=120)
+        except LLMError as exc:
+            start_error = str(exc)
+            log.error("backend.unavailable", error=start_error)
+        active = UnavailableBackend(f"LLM backend unavailable: {start_error}") if start_error else generator
         report = await run_deliberation(
-            spec, submission_id=submission_id, generator=generator, publisher=publisher
+            spec, submission_id=submission_id, generator=active, publisher=publisher
         )
-    except LLMError as exc:
-        log.error("council.failed", error=str(exc))
-        return EXIT_COUNCIL_FAILED
+        if isinstance(generator, EngineGenerator) and not start_error:
+            replica_calls = await generator.replica_call_counts()
     except PublishError as exc:
         log.error("publish.failed", error=str(exc), subject=exc.subject, key=exc.key)
         return EXIT_PUBLISH_FAILED
@@ -86,12 +117,20 @@ async def _run(spec: CouncilSpec, submission_id: str) -> int:
         await publisher.close()
     log.info(
         "council.done",
+        backend=spec.backend,
         completed=report.completed,
         failed=report.failed,
         tasks=len(report.results),
+        phases=len(report.phase_seconds),
         llm_calls=generator.stats.calls,
+        replica_calls=replica_calls,
         output_tokens=generator.stats.output_tokens,
-        generate_seconds=round(generator.stats.generate_seconds, 2),
+        generate_seconds=round(generator.stats.generate_seconds, 3),
         phase_seconds=report.phase_seconds,
+        phase_requests=report.phase_requests,
+        backend_errors=report.backend_errors,
     )
+    if start_error or report.backend_errors:
+        # Every response has its event (failed ones say why), but the council did not really run.
+        return EXIT_COUNCIL_FAILED
     return EXIT_OK

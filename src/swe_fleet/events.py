@@ -31,7 +31,7 @@ AGENT_RESPONSES_SUBJECTS = (
     COUNCIL_DEAD,
 )
 
-Phase = Literal["propose", "vote"]
+Phase = Literal["propose", "critique", "revise", "vote"]
 
 
 class _Event(BaseModel):
@@ -122,8 +122,13 @@ class DeliberationCompleted(_Event):
     scores: dict[str, dict[str, int]]
     votes_counted: int
     votes_expected: int
-    #: The winning proposal's text (the transcript is the stream itself, by key).
+    #: The winning proposal's text (its final revision).
     winning_proposal: str | None = None
+    #: Critique rounds that ran for this task, and whether they ended early (no objections).
+    rounds_run: int = 0
+    early_stopped: bool = False
+    #: The transcript by reference: keys of this task's agent-response events, in order.
+    transcript: list[str] = Field(default_factory=list)
 
     @property
     def subject(self) -> str:

@@ -71,8 +71,23 @@ class AgentSpec(_Strict):
 
 
 class ProtocolSpec(_Strict):
-    """How the council deliberates."""
+    """How the council deliberates: propose -> k x (critique -> revise) -> vote.
 
+    Early stop: a critic that has no objection to a proposal writes ``no_objection_signal``
+    under that proposal's heading; when every critique of a task in a round says so for every
+    proposal, that task's rounds end (its proposals stand as they are).
+
+    Long prompts: proposals quoted in critique and vote prompts are cut to
+    ``max_proposal_chars`` and critiques quoted in revise prompts to ``max_critique_chars``
+    (the head is kept, a marker says how much was cut). A prompt that still does not fit the
+    model's context fails that one response with the limit named; the council goes on.
+    """
+
+    critique_rounds: Annotated[int, Field(ge=0, le=10)] = 1
+    early_stop: bool = True
+    no_objection_signal: Annotated[str, Field(min_length=2)] = "NO OBJECTION"
+    max_proposal_chars: Annotated[int, Field(ge=100)] = 1500
+    max_critique_chars: Annotated[int, Field(ge=100)] = 1000
     #: Score range a voter uses for each other agent's proposal.
     min_score: int = 1
     max_score: int = 10
@@ -100,6 +115,15 @@ class ModelSpec(_Strict):
     dtype: str = "bfloat16"
 
 
+class ServerSpec(_Strict):
+    """The server backend: a vLLM OpenAI-compatible server (``backend: server``)."""
+
+    url: Annotated[str, Field(pattern=r"^https?://")] = "http://127.0.0.1:8000"
+    #: Requests in flight at once (the server batches them).
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 16
+    request_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+
+
 class PublishSpec(_Strict):
     """Where events go."""
 
@@ -120,7 +144,9 @@ class CouncilSpec(_Strict):
     agents: Annotated[list[AgentSpec], Field(min_length=2)]
     protocol: ProtocolSpec = ProtocolSpec()
     model: ModelSpec = ModelSpec()
-    backend: Literal["engine"] = "engine"
+    #: ``engine``: vLLM in Ray actors (one ``LLM.chat`` per shard); ``server``: a vLLM server.
+    backend: Literal["engine", "server"] = "engine"
+    server: ServerSpec = ServerSpec()
     publish: PublishSpec = PublishSpec()
 
     @model_validator(mode="after")
@@ -183,13 +209,24 @@ class CouncilSpec(_Strict):
         """sha256 of the canonical JSON, hex."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
-    def with_overrides(self, *, nats_url: str | None = None, model_name: str | None = None) -> CouncilSpec:
-        """A copy with the publish target and/or model replaced (validated again)."""
+    def with_overrides(
+        self,
+        *,
+        nats_url: str | None = None,
+        model_name: str | None = None,
+        backend: str | None = None,
+        server_url: str | None = None,
+    ) -> CouncilSpec:
+        """A copy with the publish target, model or backend replaced (validated again)."""
         data = self.model_dump(mode="json")
         if nats_url:
             data["publish"]["nats_url"] = nats_url
         if model_name:
             data["model"]["name"] = model_name
+        if backend:
+            data["backend"] = backend
+        if server_url:
+            data["server"]["url"] = server_url
         return CouncilSpec.from_dict(data, source="<overrides>")
 
 

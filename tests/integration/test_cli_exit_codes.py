@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,6 +123,18 @@ def test_consume_json_prints_each_event_once(nats_server: NatsServer) -> None:
     assert again.returncode == 0 and not again.stdout.strip()  # the durable consumer acked them
 
 
+def _consume(url: str, submission_id: str) -> list[Any]:
+    import asyncio
+
+    from swe_fleet.consume import ConsumerOptions, iter_events
+
+    async def go() -> list[Any]:
+        opts = ConsumerOptions(nats_url=url, durable=None, idle_timeout_s=3, submission_id=submission_id)
+        return [e async for e in iter_events(opts)]
+
+    return asyncio.run(go())
+
+
 @pytest.mark.integration
 @pytest.mark.llm
 @pytest.mark.slow
@@ -155,6 +168,15 @@ class TestJobOutcomes:
         )
         assert proc.returncode == 1, proc.stderr[-2000:]
         assert "FAILED" in proc.stderr
+        # Not silence: every proposal has its failed event and every task its result.
+        sid = proc.stdout.strip().splitlines()[-1]
+        events = _consume(session_nats.url, sid)
+        failed = [e for e in events if e.event == "agent.response.failed"]
+        assert len(failed) == 4 and all("unavailable" in e.reason for e in failed)  # type: ignore[union-attr]
+        assert sorted(e.task_id for e in events if e.event == "council.deliberation.completed") == [
+            "add",
+            "rev",
+        ]
 
     def test_stopped_job_exits_4(self, ray_head: RayHead, session_nats: NatsServer, repo_root: Path) -> None:
         """A job stopped while running: following it exits 4 (and resubmission found the same job)."""

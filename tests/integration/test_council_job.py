@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,21 +19,19 @@ from swe_fleet.local import NatsServer, RayHead
 from swe_fleet.spec import CouncilSpec
 from swe_fleet.submit import CouncilJobClient, CouncilRequest
 
+from _council_checks import assert_complete_council
+
 pytestmark = [pytest.mark.integration, pytest.mark.llm, pytest.mark.slow]
 
 JOB_TIMEOUT_S = 900
 
 
-def _consume_all(url: str, durable: str, submission_id: str) -> list[object]:
-    async def go() -> list[object]:
+def _consume_all(url: str, durable: str, submission_id: str) -> list[dict[str, Any]]:
+    async def go() -> list[dict[str, Any]]:
         opts = ConsumerOptions(
-            nats_url=url,
-            durable=durable,
-            idle_timeout_s=3,
-            fetch_wait_s=0.5,
-            submission_id=submission_id,
+            nats_url=url, durable=durable, idle_timeout_s=3, fetch_wait_s=0.5, submission_id=submission_id
         )
-        return [e async for e in iter_events(opts)]
+        return [e.model_dump(mode="json") async for e in iter_events(opts)]
 
     return asyncio.run(go())
 
@@ -62,20 +62,14 @@ def tiny_job(
 def test_job_events_reach_a_durable_consumer_exactly_once(
     tiny_job: tuple[CouncilRequest, str], session_nats: NatsServer, tiny_spec: CouncilSpec
 ) -> None:
-    """tasks x agents proposals, as many vote outcomes, one result per task; no key twice."""
+    """Every proposal, critique, revision and vote reaches a durable consumer once; one result
+    per task; a second durable consumer sees the same set (nothing consumed away)."""
     _, sid = tiny_job
     events = _consume_all(session_nats.url, "it-exactly-once", sid)
-    keys = [e.key for e in events]  # type: ignore[attr-defined]
-    assert len(keys) == len(set(keys)), "a key was delivered twice"
-    n_pairs = len(tiny_spec.tasks) * len(tiny_spec.agents)
-    by_phase = Counter((e.event, getattr(e, "phase", None)) for e in events)  # type: ignore[attr-defined]
-    proposals = (
-        by_phase[("agent.response.completed", "propose")] + by_phase[("agent.response.failed", "propose")]
-    )
-    votes = by_phase[("agent.response.completed", "vote")] + by_phase[("agent.response.failed", "vote")]
-    assert proposals == n_pairs
-    assert votes == n_pairs  # every agent votes on the other's proposal in every task
-    assert by_phase[("council.deliberation.completed", None)] == len(tiny_spec.tasks)
+    phases = assert_complete_council(events, tiny_spec)
+    assert phases["vote"] == len(tiny_spec.tasks) * len(tiny_spec.agents)
+    again = _consume_all(session_nats.url, "it-exactly-once-2", sid)
+    assert sorted(map(str, again)) == sorted(map(str, events))
 
 
 def test_resubmitting_the_same_request_does_not_start_a_second_job(
@@ -121,6 +115,39 @@ def test_plain_ray_job_submit_from_the_readme_works(
     assert match, output[-2000:]
     spec = CouncilSpec.from_file(repo_root / "examples" / "council.yaml")
     events = _consume_all(session_nats.url, "it-ray-cli", match.group(1))
-    results = [e for e in events if e.event == "council.deliberation.completed"]  # type: ignore[attr-defined]
-    assert len(results) == len(spec.tasks)
-    assert len(events) == 2 * len(spec.tasks) * len(spec.agents) + len(spec.tasks)
+    assert_complete_council(events, spec)
+
+
+def test_engine_is_called_once_per_phase_per_replica_shard(
+    client: CouncilJobClient, session_nats: NatsServer, tiny_spec: CouncilSpec, prepared_model: Path
+) -> None:
+    """Two engine replicas: each serves exactly one LLM.chat per phase (counted inside the actors),
+    and every phase publishes tasks x agents events."""
+    doc = tiny_spec.model_dump(mode="json")
+    doc["model"]["replicas"] = 2
+    doc["protocol"]["early_stop"] = False
+    spec = CouncilSpec.from_dict(doc)
+    submitted = client.submit(CouncilRequest(spec=spec, nats_url=session_nats.url))
+    status = client.wait(submitted.submission_id, timeout_s=JOB_TIMEOUT_S)
+    logs = client.logs(submitted.submission_id)
+    assert status.value == "SUCCEEDED", logs[-3000:]
+    done = next(
+        json.loads(line)
+        for line in reversed(logs.splitlines())
+        if '"council.done"' in line and line.startswith("{")
+    )
+    phases = 2 + 2 * spec.protocol.critique_rounds  # propose, (critique, revise) x k, vote
+    assert done["phases"] == phases
+    assert done["replica_calls"] == [phases, phases]
+    assert done["llm_calls"] == 2 * phases
+    events = _consume_all(session_nats.url, "it-replicas", submitted.submission_id)
+    per_phase = Counter(
+        (e["phase"], e["round"]) for e in events if e["event"] != "council.deliberation.completed"
+    )
+    pairs = len(spec.tasks) * len(spec.agents)
+    assert per_phase == {
+        ("propose", 0): pairs,
+        ("critique", 1): pairs,
+        ("revise", 1): pairs,
+        ("vote", 0): pairs,
+    }

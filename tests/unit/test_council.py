@@ -1,4 +1,4 @@
-"""The protocol as pure functions: slots, routing, vote parsing, ranking and ties."""
+"""The protocol's pure pieces: slots, routing, vote parsing, ranking and ties."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 from swe_fleet import council
 from swe_fleet.chat import Completion
 from swe_fleet.events import AgentResponseCompleted, AgentResponseFailed
+from swe_fleet.ranking import rank_task
 from swe_fleet.spec import CouncilSpec
 
 SPEC = CouncilSpec.from_text("""
@@ -16,17 +17,21 @@ agents: [{id: a, role: architect}, {id: b, role: developer}, {id: c, role: qa, s
 """)
 
 
+def _state(proposals: dict[tuple[str, str], str]) -> council.CouncilState:
+    state = council.CouncilState.start(SPEC)
+    for (task, agent), text in proposals.items():
+        state.tasks[task].proposals[agent] = text
+    return state
+
+
+ALL = {(t, a): f"{t}-{a}" for t in ("t1", "t2") for a in ("a", "b", "c")}
+
+
 def test_proposal_slots_cover_every_task_agent_pair_in_order() -> None:
     """One proposal per (task, agent), tasks outer, with the role's system prompt."""
     slots = council.proposal_slots(SPEC)
     assert [(s.task.id, s.agent.id) for s in slots] == [
-        ("t1", "a"),
-        ("t1", "b"),
-        ("t1", "c"),
-        ("t2", "a"),
-        ("t2", "b"),
-        ("t2", "c"),
-    ]
+        ("t1", "a"), ("t1", "b"), ("t1", "c"), ("t2", "a"), ("t2", "b"), ("t2", "c")]  # fmt: skip
     assert "first task" in slots[0].request.messages[1]["content"]
     assert slots[2].request.messages[0]["content"] == "custom"
     assert "architect" in slots[0].request.messages[0]["content"]
@@ -34,8 +39,7 @@ def test_proposal_slots_cover_every_task_agent_pair_in_order() -> None:
 
 def test_vote_slots_route_other_agents_proposals_only() -> None:
     """Each voter scores the others' proposals for the same task, never its own."""
-    proposals = {(t, a): f"{t}-{a}" for t in ("t1", "t2") for a in ("a", "b", "c")}
-    slots = council.vote_slots(SPEC, proposals)
+    slots = council.vote_slots(SPEC, _state(ALL))
     assert len(slots) == 6
     first = slots[0]
     assert first.agent.id == "a" and first.candidates == ("b", "c")
@@ -46,35 +50,60 @@ def test_vote_slots_route_other_agents_proposals_only() -> None:
 
 
 def test_failed_proposals_are_not_candidates() -> None:
-    """A proposal that failed is not put to the vote; a voter with nobody to score gets no slot."""
-    proposals = {("t1", "a"): "x"}
-    slots = council.vote_slots(SPEC, proposals)
+    """A failed proposal is not voted on; a voter with nobody to score gets no slot."""
+    slots = council.vote_slots(SPEC, _state({("t1", "a"): "x"}))
     assert [(s.agent.id, s.candidates) for s in slots] == [("b", ("a",)), ("c", ("a",))]
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        '{"scores": {"b": 7, "c": 3}}',
-        'Sure! ```json\n{"b": 7, "c": 3}\n```',
-        '{"scores": {"b": 7.0, "c": 3, "extra": 1}}',
-    ],
-)
+def test_critique_slots_target_the_other_current_proposals() -> None:
+    """A critic sees the others' current proposals under headings and the no-objection signal."""
+    slots = council.critique_slots(SPEC, _state(ALL), 1)
+    assert len(slots) == 6
+    first = slots[0]
+    assert (first.phase, first.round, first.candidates) == ("critique", 1, ("b", "c"))
+    prompt = first.request.messages[1]["content"]
+    assert "### b\nt1-b" in prompt and "t1-a" not in prompt and "NO OBJECTION" in prompt
+
+
+def test_settled_tasks_get_no_more_critique_or_revise() -> None:
+    """A task that stopped early is skipped by later critique and revise batches."""
+    state = _state(ALL)
+    state.tasks["t1"].settled = True
+    assert {s.task.id for s in council.critique_slots(SPEC, state, 2)} == {"t2"}
+
+
+def test_route_critique_splits_sections_by_heading() -> None:
+    """Sections under ### <id> go to that agent; text without headings goes to everyone."""
+    text = "Intro.\n### b\nb forgets empty input.\n### c:\nNO OBJECTION\n"
+    assert council.route_critique(text, ["b", "c"]) == {"b": "b forgets empty input.", "c": "NO OBJECTION"}
+    assert council.route_critique("All fine.", ["b", "c"]) == {"b": "All fine.", "c": "All fine."}
+    proposal_form = "## Proposal by b\nToo slow."
+    assert council.route_critique(proposal_form, ["b"]) == {"b": "Too slow."}
+
+
+def test_shorten_is_deterministic_and_says_what_it_cut() -> None:
+    """Long text keeps its head and a marker with the number of characters cut."""
+    assert council.shorten("abc", 10) == "abc"
+    assert council.shorten("x" * 150, 100) == "x" * 100 + "\n[... 50 characters cut]"
+
+
+@pytest.mark.parametrize("text", [
+    '{"scores": {"b": 7, "c": 3}}',
+    'Sure! ```json\n{"b": 7, "c": 3}\n```',
+    '{"scores": {"b": 7.0, "c": 3, "extra": 1}}',
+])  # fmt: skip
 def test_parse_vote_accepts_wrapped_and_flat_forms(text: str) -> None:
     """Votes parse from the schema form, a flat object, or JSON wrapped in prose."""
     assert council.parse_vote(text, ["b", "c"], 1, 10) == {"b": 7, "c": 3}
 
 
-@pytest.mark.parametrize(
-    ("text", "reason"),
-    [
-        ("no json here", "no JSON object"),
-        ('{"scores": {"b": 7}}', "no score for 'c'"),
-        ('{"b": 11, "c": 1}', "outside 1..10"),
-        ('{"b": "high", "c": 1}', "not an integer"),
-        ('{"b": 7, "c": 1', "no JSON object"),
-    ],
-)
+@pytest.mark.parametrize(("text", "reason"), [
+    ("no json here", "no JSON object"),
+    ('{"scores": {"b": 7}}', "no score for 'c'"),
+    ('{"b": 11, "c": 1}', "outside 1..10"),
+    ('{"b": "high", "c": 1}', "not an integer"),
+    ('{"b": 7, "c": 1', "no JSON object"),
+])  # fmt: skip
 def test_parse_vote_rejects_with_reason(text: str, reason: str) -> None:
     """Unusable votes raise ValueError saying why."""
     with pytest.raises(ValueError, match=reason):
@@ -83,7 +112,7 @@ def test_parse_vote_rejects_with_reason(text: str, reason: str) -> None:
 
 def test_unparseable_vote_becomes_a_failed_event() -> None:
     """A vote that cannot be parsed is an agent.response.failed with the text kept, never a crash."""
-    slot = council.vote_slots(SPEC, {("t1", "b"): "x", ("t1", "a"): "y"})[0]
+    slot = council.vote_slots(SPEC, _state(ALL))[0]
     event = council.outcome_event(slot, Completion(text="I like them all"), submission_id="s", spec=SPEC)
     assert isinstance(event, AgentResponseFailed)
     assert event.reason.startswith("unparseable vote")
@@ -94,38 +123,33 @@ def test_backend_error_and_empty_text_become_failed_events() -> None:
     """A per-request backend error and an empty answer both yield failed events with reasons."""
     slot = council.proposal_slots(SPEC)[0]
     too_long = council.outcome_event(
-        slot, Completion(text="", error="prompt too long"), submission_id="s", spec=SPEC
+        slot, Completion(text="", error="too long"), submission_id="s", spec=SPEC
     )
     empty = council.outcome_event(slot, Completion(text="  "), submission_id="s", spec=SPEC)
-    assert isinstance(too_long, AgentResponseFailed) and too_long.reason == "prompt too long"
+    assert isinstance(too_long, AgentResponseFailed) and too_long.reason == "too long"
     assert isinstance(empty, AgentResponseFailed) and empty.reason == "empty response"
 
 
 def test_completed_vote_carries_parsed_scores() -> None:
     """A good vote's event carries the parsed scores in data."""
-    slot = council.vote_slots(SPEC, {("t1", "b"): "x", ("t1", "c"): "y"})[0]
-    event = council.outcome_event(
-        slot,
-        Completion(text='{"scores": {"b": 2, "c": 9}}', output_tokens=9),
-        submission_id="s",
-        spec=SPEC,
-    )
+    slot = council.vote_slots(SPEC, _state(ALL))[0]
+    completion = Completion(text='{"scores": {"b": 2, "c": 9}}', output_tokens=9)
+    event = council.outcome_event(slot, completion, submission_id="s", spec=SPEC)
     assert isinstance(event, AgentResponseCompleted)
     assert event.data == {"scores": {"b": 2, "c": 9}}
     assert event.key == "s/t1/vote/0/a"
 
 
+def _rank(votes: dict[str, dict[str, int]], proposals: dict[tuple[str, str], str] | None = None):  # type: ignore[no-untyped-def]
+    return rank_task(
+        SPEC, SPEC.tasks[0], votes, votes_expected=3, proposals=proposals or {}, submission_id="s"
+    )
+
+
 def test_ranking_orders_by_mean_score() -> None:
     """Higher mean score ranks first; the winner's proposal is attached."""
     votes = {"a": {"b": 9, "c": 4}, "b": {"a": 5, "c": 6}, "c": {"a": 7, "b": 8}}
-    res = council.rank_task(
-        SPEC,
-        SPEC.tasks[0],
-        votes,
-        votes_expected=3,
-        proposals={("t1", "b"): "B's plan"},
-        submission_id="s",
-    )
+    res = _rank(votes, {("t1", "b"): "B's plan"})
     assert [r.agent_id for r in res.ranking] == ["b", "a", "c"]
     assert res.winner == "b" and res.winning_proposal == "B's plan"
     assert res.ranking[0].mean_score == 8.5
@@ -134,17 +158,15 @@ def test_ranking_orders_by_mean_score() -> None:
 
 def test_ties_break_on_vote_count_then_spec_order() -> None:
     """Equal means: more votes first; then the agent listed first in the spec."""
-    votes = {"a": {"c": 6}, "b": {"a": 6, "c": 6}}
-    res = council.rank_task(SPEC, SPEC.tasks[0], votes, votes_expected=3, proposals={}, submission_id="s")
+    res = _rank({"a": {"c": 6}, "b": {"a": 6, "c": 6}})
     assert [r.agent_id for r in res.ranking] == ["c", "a", "b"]
-    votes2 = {"c": {"a": 5, "b": 5}}
-    res2 = council.rank_task(SPEC, SPEC.tasks[0], votes2, votes_expected=3, proposals={}, submission_id="s")
+    res2 = _rank({"c": {"a": 5, "b": 5}})
     assert [r.agent_id for r in res2.ranking] == ["a", "b", "c"]
 
 
 def test_no_valid_votes_means_no_winner() -> None:
     """When no vote counted, nobody wins and every mean is None."""
-    res = council.rank_task(SPEC, SPEC.tasks[0], {}, votes_expected=3, proposals={}, submission_id="s")
+    res = _rank({})
     assert res.winner is None
     assert all(r.mean_score is None for r in res.ranking)
     assert res.votes_counted == 0 and res.votes_expected == 3

@@ -183,6 +183,13 @@ class EngineGenerator:
             self.stats.per_replica_calls[i] = self.stats.per_replica_calls.get(i, 0) + 1
         return out
 
+    async def replica_call_counts(self, timeout_s: float = 30.0) -> list[int]:
+        """How many ``chat`` calls each replica actually served (counted inside the actors)."""
+        counts: list[int] = await asyncio.wait_for(
+            asyncio.gather(*(r.call_count.remote() for r in self.replicas)), timeout_s
+        )
+        return counts
+
     async def close(self) -> None:
         for r in self.replicas:
             ray.kill(r)

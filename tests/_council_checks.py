@@ -1,0 +1,41 @@
+"""Checks shared by the tests that run real councils: every response accounted for, once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from swe_fleet.spec import CouncilSpec
+
+
+def assert_complete_council(events: Sequence[dict[str, Any]], spec: CouncilSpec) -> Counter[str]:
+    """Given one submission's events (as JSON dicts), assert the deliberation is complete:
+    no key twice; tasks x agents proposals and votes; one critique per agent per round that ran;
+    at most one revision per agent per round; one result per task whose transcript is exactly
+    that task's agent-response events. Returns the count per phase."""
+    agent_events = [e for e in events if e["event"] != "council.deliberation.completed"]
+    results = [e for e in events if e["event"] == "council.deliberation.completed"]
+    keys = [_key(e) for e in agent_events] + [
+        f"{r['submission_id']}/{r['task_id']}/deliberation" for r in results
+    ]
+    assert len(keys) == len(set(keys)), "an event key appeared twice"
+    n_agents = len(spec.agents)
+    phases = Counter(e["phase"] for e in agent_events)
+    assert phases["propose"] == len(spec.tasks) * n_agents
+    assert sorted(r["task_id"] for r in results) == sorted(t.id for t in spec.tasks)
+    for r in results:
+        task_events = [e for e in agent_events if e["task_id"] == r["task_id"]]
+        assert sorted(r["transcript"]) == sorted(_key(e) for e in task_events)
+        assert len(r["ranking"]) == n_agents
+        per_round = Counter((e["phase"], e["round"]) for e in task_events)
+        assert r["rounds_run"] <= spec.protocol.critique_rounds
+        for round_ in range(1, r["rounds_run"] + 1):
+            assert per_round[("critique", round_)] == n_agents
+            assert per_round[("revise", round_)] <= n_agents
+        assert per_round[("vote", 0)] == r["votes_expected"] == n_agents
+    return phases
+
+
+def _key(e: dict[str, Any]) -> str:
+    return f"{e['submission_id']}/{e['task_id']}/{e['phase']}/{e['round']}/{e['agent_id']}"

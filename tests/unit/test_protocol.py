@@ -1,0 +1,233 @@
+"""The whole protocol against a deterministic in-process generator (the protocol is pure; this is
+the one place a fake LLM belongs): phase order, batching, routing, early stop, long context."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from swe_fleet.chat import ChatRequest, Completion
+from swe_fleet.deliberation import run_deliberation
+from swe_fleet.events import AgentResponseCompleted, AgentResponseFailed, DeliberationCompleted
+from swe_fleet.spec import CouncilSpec
+
+BASE = """
+name: p
+tasks: [{id: t1, prompt: first task}, {id: t2, prompt: second task}]
+agents: [{id: a, role: architect}, {id: b, role: developer}, {id: c, role: qa}]
+"""
+
+
+def _phase(req: ChatRequest) -> str:
+    user = req.messages[-1]["content"]
+    if req.json_schema:
+        return "vote"
+    if "critique each" in user:
+        return "critique"
+    if "revised proposal" in user:
+        return "revise"
+    return "propose"
+
+
+class ScriptedLLM:
+    """Answers by phase; records every batch it was given."""
+
+    def __init__(self, answer: Callable[[str, ChatRequest], str]) -> None:
+        self.answer = answer
+        self.batches: list[list[ChatRequest]] = []
+
+    async def generate(self, batch: Sequence[ChatRequest]) -> list[Completion]:
+        self.batches.append(list(batch))
+        return [Completion(text=self.answer(_phase(r), r), output_tokens=5) for r in batch]
+
+    async def close(self) -> None:
+        return None
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    async def publish_all(self, events: Sequence[Any], concurrency: int = 64) -> list[Any]:
+        self.events.extend(events)
+        return list(events)
+
+
+def _task_of(req: ChatRequest) -> str:
+    return re.search(r"Task (\w+):", req.messages[-1]["content"]).group(1)  # type: ignore[union-attr]
+
+
+def default_answer(phase: str, req: ChatRequest) -> str:
+    task = _task_of(req)
+    if phase == "vote":
+        cands = req.json_schema["properties"]["scores"]["required"]  # type: ignore[index]
+        return json.dumps({"scores": {c: 3 + len(c) + (task == "t2") for c in cands}})
+    if phase == "critique":
+        targets = re.findall(r"^### (\w+)$", req.messages[-1]["content"], re.MULTILINE)
+        return "\n".join(f"### {t}\n{t} in {task} misses edge cases." for t in targets)
+    if phase == "revise":
+        return f"revised plan for {task}"
+    return f"plan for {task}"
+
+
+async def _run(spec_text: str, answer: Callable[[str, ChatRequest], str] = default_answer):  # type: ignore[no-untyped-def]
+    spec = CouncilSpec.from_text(spec_text)
+    llm, pub = ScriptedLLM(answer), Recorder()
+    report = await run_deliberation(spec, submission_id="sub", generator=llm, publisher=pub)
+    return spec, llm, pub, report
+
+
+async def test_phases_run_in_order_one_batch_each_across_all_tasks() -> None:
+    """propose, (critique, revise) x k, vote: one generator call per phase with every task in it."""
+    _, llm, pub, _ = await _run(BASE + "protocol: {critique_rounds: 2, early_stop: false}\n")
+    assert [_phase(b[0]) for b in llm.batches] == [
+        "propose",
+        "critique",
+        "revise",
+        "critique",
+        "revise",
+        "vote",
+    ]
+    for batch in llm.batches:
+        assert len(batch) == 6 and {_task_of(r) for r in batch} == {"t1", "t2"}
+    phases = Counter((e.phase, e.round) for e in pub.events if not isinstance(e, DeliberationCompleted))
+    assert phases == {("propose", 0): 6, ("critique", 1): 6, ("revise", 1): 6,
+                      ("critique", 2): 6, ("revise", 2): 6, ("vote", 0): 6}  # fmt: skip
+    keys = [e.key for e in pub.events]
+    assert len(keys) == len(set(keys))
+
+
+async def test_each_agent_speaks_with_its_role_prompt_in_every_phase() -> None:
+    """Every request carries its agent's role system prompt."""
+    _, llm, _, _ = await _run(BASE)
+    spec = CouncilSpec.from_text(BASE)
+    expected = {a.resolved_system_prompt() for a in spec.agents}
+    seen = Counter(r.messages[0]["content"] for b in llm.batches for r in b)
+    assert set(seen) == expected
+    assert len(set(seen.values())) == 1  # every agent spoke equally often
+
+
+async def test_revision_sees_only_the_critique_addressed_to_it() -> None:
+    """Agent b's revise prompt holds the sections about b from a and c, not those about c."""
+    _, llm, _, _ = await _run(BASE)
+    revise = next(b for b in llm.batches if _phase(b[0]) == "revise")
+    prompt_b = next(r for r in revise if _task_of(r) == "t1" and "developer" in r.messages[0]["content"])
+    text = prompt_b.messages[-1]["content"]
+    assert "From a:\nb in t1 misses edge cases." in text and "From c:\nb in t1" in text
+    assert "c in t1" not in text
+
+
+async def test_votes_are_on_the_final_revisions_and_rank_deterministically() -> None:
+    """Voters score the revised proposals; a rerun gives the same ranking and scores."""
+    _, llm, _, report = await _run(BASE)
+    vote_prompt = llm.batches[-1][0].messages[-1]["content"]
+    assert "revised plan for t1" in vote_prompt
+    _, _, _, report2 = await _run(BASE)
+    assert [r.model_dump(exclude={"created_at"}) for r in report.results] == [
+        r.model_dump(exclude={"created_at"}) for r in report2.results]  # fmt: skip
+    # scores = 3 + len(id) (+1 on t2): ties everywhere, broken by vote count then spec order
+    assert [x.agent_id for x in report.results[0].ranking] == ["a", "b", "c"]
+    assert report.results[0].transcript[0] == "sub/t1/propose/0/a"
+
+
+async def test_early_stop_ends_rounds_for_tasks_without_objections() -> None:
+    """When every critique of t1 says NO OBJECTION, t1 skips revise and later rounds; t2 goes on."""
+
+    def answer(phase: str, req: ChatRequest) -> str:
+        if phase == "critique" and _task_of(req) == "t1":
+            targets = re.findall(r"^### (\w+)$", req.messages[-1]["content"], re.MULTILINE)
+            return "\n".join(f"### {t}\nNO OBJECTION" for t in targets)
+        return default_answer(phase, req)
+
+    _, _, pub, report = await _run(BASE + "protocol: {critique_rounds: 3}\n", answer)
+    t1 = [
+        (e.phase, e.round)
+        for e in pub.events
+        if e.task_id == "t1" and not isinstance(e, DeliberationCompleted)
+    ]
+    assert ("revise", 1) not in t1 and ("critique", 2) not in t1
+    t2_rounds = {e.round for e in pub.events if e.task_id == "t2" and getattr(e, "phase", "") == "critique"}
+    assert t2_rounds == {1, 2, 3}
+    res = {r.task_id: r for r in report.results}
+    assert res["t1"].early_stopped and res["t1"].rounds_run == 1
+    assert not res["t2"].early_stopped and res["t2"].rounds_run == 3
+
+
+async def test_long_proposals_are_cut_deterministically_in_others_prompts() -> None:
+    """A 5000-character proposal reaches critics cut to max_proposal_chars with a marker."""
+
+    def answer(phase: str, req: ChatRequest) -> str:
+        if phase == "propose" and "architect" in req.messages[0]["content"]:
+            return "A" * 5000
+        return default_answer(phase, req)
+
+    _, llm, _, _ = await _run(BASE + "protocol: {max_proposal_chars: 300}\n", answer)
+    critique = next(b for b in llm.batches if _phase(b[0]) == "critique")
+    text = critique[1].messages[-1]["content"]  # b critiques a and c on t1
+    assert "A" * 300 + "\n[... 4700 characters cut]" in text and "A" * 301 not in text
+
+
+async def test_unparseable_votes_fail_alone_and_are_counted() -> None:
+    """Votes that are not JSON become failed events; the ranking says how many counted."""
+
+    def answer(phase: str, req: ChatRequest) -> str:
+        if phase == "vote" and "QA" in req.messages[0]["content"]:
+            return "they are all great"
+        return default_answer(phase, req)
+
+    _, _, pub, report = await _run(BASE, answer)
+    failed = [e for e in pub.events if isinstance(e, AgentResponseFailed)]
+    assert len(failed) == 2 and all(e.phase == "vote" and e.agent_id == "c" for e in failed)
+    assert all((r.votes_counted, r.votes_expected) == (2, 3) for r in report.results)
+
+
+async def test_failed_proposal_leaves_the_council_for_that_task() -> None:
+    """An agent whose proposal failed is not critiqued, revised or voted on, but still judges."""
+
+    class OneFails(ScriptedLLM):
+        async def generate(self, batch: Sequence[ChatRequest]) -> list[Completion]:
+            out = await super().generate(batch)
+            return [
+                Completion(text="", error="prompt too long")
+                if _phase(r) == "propose" and _task_of(r) == "t1" and "QA" in r.messages[0]["content"]
+                else c
+                for r, c in zip(batch, out, strict=True)
+            ]
+
+    spec = CouncilSpec.from_text(BASE)
+    llm, pub = OneFails(default_answer), Recorder()
+    report = await run_deliberation(spec, submission_id="sub", generator=llm, publisher=pub)
+    c_t1 = [e for e in pub.events if getattr(e, "agent_id", None) == "c" and e.task_id == "t1"]
+    assert [(type(e), e.phase) for e in c_t1] == [
+        (AgentResponseFailed, "propose"),
+        (AgentResponseCompleted, "critique"),
+        (AgentResponseCompleted, "vote"),
+    ]
+    ranking = {r.agent_id: r for r in report.results[0].ranking}
+    assert ranking["c"].mean_score is None and ranking["c"].rank == 3
+    completed = [e for e in pub.events if isinstance(e, AgentResponseCompleted)]
+    # propose 5 of 6; critique 6; revise 5 (not c on t1); vote 6 (c votes on a and b in t1)
+    assert len(completed) == 5 + 6 + 5 + 6
+
+
+async def test_a_failing_backend_yields_failed_events_and_results_not_silence() -> None:
+    """When the backend raises for a whole batch, every agent of it gets a failed event naming
+    the error, and every task still gets its (winnerless) result."""
+    from swe_fleet.errors import LLMError
+
+    class Broken(ScriptedLLM):
+        async def generate(self, batch: Sequence[ChatRequest]) -> list[Completion]:
+            raise LLMError("engine actor died", backend="engine")
+
+    spec = CouncilSpec.from_text(BASE)
+    pub = Recorder()
+    report = await run_deliberation(
+        spec, submission_id="sub", generator=Broken(default_answer), publisher=pub
+    )
+    failed = [e for e in pub.events if isinstance(e, AgentResponseFailed)]
+    assert len(failed) == 6 and all("engine actor died" in e.reason for e in failed)
+    assert [r.winner for r in report.results] == [None, None]
+    assert report.backend_errors == ["engine actor died"]
