@@ -49,6 +49,8 @@ from swe_fleet.errors import (
 from swe_fleet.events import (
     AgentResponseCompleted,
     AgentResponseFailed,
+    AnyEvent,
+    CouncilJobFailed,
     DeliberationCompleted,
 )
 from swe_fleet.spec import CouncilSpec
@@ -114,9 +116,7 @@ def _load_spec(path: str) -> CouncilSpec:
 # ---- event rendering ---------------------------------------------------------------------------
 
 
-def format_event(
-    event: AgentResponseCompleted | AgentResponseFailed | DeliberationCompleted,
-) -> str:
+def format_event(event: AnyEvent) -> str:
     """One human-readable line per event."""
     if isinstance(event, AgentResponseCompleted):
         text = " ".join(event.content.split())
@@ -127,6 +127,8 @@ def format_event(
         )
     if isinstance(event, AgentResponseFailed):
         return f"{event.phase:<8} {event.task_id:<14} {event.agent_id:<12} FAIL {event.reason}"
+    if isinstance(event, CouncilJobFailed):
+        return f"{'JOB':<8} {event.submission_id} FAILED: {event.reason}"
     ranking = ", ".join(
         f"{r.rank}. {r.agent_id} ({r.mean_score if r.mean_score is not None else '-'})" for r in event.ranking
     )
@@ -246,6 +248,12 @@ def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir:
 @click.option("--submission-id", default=None, help="explicit id (default: derived from the request)")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="follow the job to a terminal state")
 @click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="if this request's job ended FAILED/STOPPED, run it again under the same id "
+    "(it resumes from its checkpoint)",
+)
+@click.option(
     "--timeout",
     "timeout_s",
     type=float,
@@ -268,13 +276,15 @@ def submit(
     env_kind: str,
     submission_id: str | None,
     wait: bool,
+    retry_failed: bool,
     timeout_s: float,
     logs: bool,
     request_timeout: float,
 ) -> None:
     """Submit a council job to a cluster through the Jobs API and follow it.
 
-    The same request twice finds the existing job (no second job). Exit code follows the job.
+    The same request twice finds the existing job (no second job); --retry-failed reruns a
+    failed or stopped one, resuming from its checkpoint. Exit code follows the job.
     """
     from swe_fleet.submit import CouncilJobClient, CouncilRequest
 
@@ -283,7 +293,8 @@ def submit(
         url = address or ClusterAddresses.from_env(Role.CLIENT).dashboard_url
         client = CouncilJobClient(url, auth_token=auth_token_from_env(), request_timeout_s=request_timeout)
         done = client.submit(
-            CouncilRequest(spec=spec, env_kind=env_kind, nats_url=nats_url, submission_id=submission_id)
+            CouncilRequest(spec=spec, env_kind=env_kind, nats_url=nats_url, submission_id=submission_id),
+            retry_failed=retry_failed,
         )
         verb = "submitted" if done.created else "already submitted"
         err.print(f"{verb}: {done.submission_id} ({done.dashboard_url})")

@@ -25,9 +25,7 @@ from swe_fleet.events import (
     AGENT_RESPONSES_STREAM,
     COUNCIL_DEAD,
     DELIBERATION_COMPLETED,
-    AgentResponseCompleted,
-    AgentResponseFailed,
-    DeliberationCompleted,
+    AnyEvent,
     UndecodableEvent,
     decode_event,
 )
@@ -37,7 +35,7 @@ log = structlog.get_logger(__name__)
 
 COUNCIL_SUBJECTS = (AGENT_RESPONSE_COMPLETED, AGENT_RESPONSE_FAILED, DELIBERATION_COMPLETED)
 
-Event = AgentResponseCompleted | AgentResponseFailed | DeliberationCompleted
+Event = AnyEvent
 
 
 @dataclass(frozen=True)

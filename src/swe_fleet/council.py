@@ -39,6 +39,8 @@ __all__ = [
     "critique_slots",
     "outcome_event",
     "parse_vote",
+    "phase_plan",
+    "phase_slots",
     "proposal_slots",
     "results",
     "revise_slots",
@@ -82,13 +84,57 @@ class TaskState:
 
 @dataclass
 class CouncilState:
-    """The whole council's state between phases (pure data; the driver can checkpoint it)."""
+    """The whole council's state between phases (pure data; the driver checkpoints it)."""
 
     tasks: dict[str, TaskState]
 
     @classmethod
     def start(cls, spec: CouncilSpec) -> CouncilState:
         return cls(tasks={t.id: TaskState() for t in spec.tasks})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (round numbers become string keys)."""
+        return {
+            tid: {
+                **{k: v for k, v in ts.__dict__.items() if k != "critiques"},
+                "critiques": {
+                    str(r): {t: [list(n) for n in notes] for t, notes in by_target.items()}
+                    for r, by_target in ts.critiques.items()
+                },
+            }
+            for tid, ts in self.tasks.items()
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CouncilState:
+        """Inverse of :meth:`to_dict`."""
+        tasks = {}
+        for tid, raw in data.items():
+            critiques = {
+                int(r): {t: [(n[0], n[1]) for n in notes] for t, notes in by_target.items()}
+                for r, by_target in raw["critiques"].items()
+            }
+            tasks[tid] = TaskState(**{**raw, "critiques": critiques})
+        return cls(tasks=tasks)
+
+
+def phase_plan(spec: CouncilSpec) -> list[tuple[Phase, int]]:
+    """Every phase the council runs, in order: propose, (critique, revise) x k, vote."""
+    plan: list[tuple[Phase, int]] = [("propose", 0)]
+    for r in range(1, spec.protocol.critique_rounds + 1):
+        plan += [("critique", r), ("revise", r)]
+    return [*plan, ("vote", 0)]
+
+
+def phase_slots(spec: CouncilSpec, state: CouncilState, phase: Phase, round_: int) -> list[Slot]:
+    """The batch of one planned phase."""
+    if phase == "propose":
+        return proposal_slots(spec)
+    if phase == "critique":
+        return critique_slots(spec, state, round_)
+    if phase == "revise":
+        return revise_slots(spec, state, round_)
+    return vote_slots(spec, state)
 
 
 # ---- prompts -----------------------------------------------------------------------------------

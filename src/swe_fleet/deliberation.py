@@ -36,6 +36,14 @@ class UnavailableBackend:
         return None
 
 
+class Checkpoints(Protocol):
+    """Where council state survives the driver (see :mod:`swe_fleet.checkpoint`)."""
+
+    async def load(self, submission_id: str) -> dict[str, Any] | None: ...
+
+    async def save(self, submission_id: str, checkpoint: dict[str, Any]) -> None: ...
+
+
 class Publisher(Protocol):
     async def publish_all(self, events: Sequence[Any], concurrency: int = 64) -> Sequence[Any]: ...
 
@@ -50,15 +58,27 @@ class DeliberationReport:
     failed: int = 0
     phase_seconds: dict[str, float] = field(default_factory=dict)
     phase_requests: dict[str, int] = field(default_factory=dict)
+    #: The last phase a previous run had completed, when this run resumed.
+    resumed_after: str | None = None
     #: Errors of batches that failed as a whole (their agents got failed events).
     backend_errors: list[str] = field(default_factory=list)
 
 
 async def run_deliberation(
-    spec: CouncilSpec, *, submission_id: str, generator: Generator, publisher: Publisher
+    spec: CouncilSpec,
+    *,
+    submission_id: str,
+    generator: Generator,
+    publisher: Publisher,
+    checkpoints: Checkpoints | None = None,
 ) -> DeliberationReport:
     """propose -> k x (critique -> revise) -> vote -> rank; one generator batch per phase
-    across all tasks and agents; every response published before the next phase starts."""
+    across all tasks and agents; every response published before the next phase starts.
+
+    With ``checkpoints``, the state is saved after each phase (once its events are published)
+    and a run of the same submission resumes after the last saved phase. Events of a phase that
+    was cut short are published again under the same keys, so JetStream drops the duplicates.
+    """
     report = DeliberationReport(submission_id=submission_id)
     bound = log.bind(submission_id=submission_id, council=spec.name)
     state = council.CouncilState.start(spec)
@@ -92,11 +112,22 @@ async def run_deliberation(
         bound.info("phase.done", phase=phase, round=round_, requests=len(slots), completed=ok,
                    failed=bad, seconds=report.phase_seconds[name])  # fmt: skip
 
-    await run_phase(council.proposal_slots(spec))
-    for round_ in range(1, spec.protocol.critique_rounds + 1):
-        await run_phase(council.critique_slots(spec, state, round_))
-        await run_phase(council.revise_slots(spec, state, round_))
-    await run_phase(council.vote_slots(spec, state))
+    done: list[str] = []
+    if checkpoints is not None:
+        saved = await checkpoints.load(submission_id)
+        if saved is not None:
+            done = list(saved["done"])
+            state = council.CouncilState.from_dict(saved["state"])
+            report.resumed_after = done[-1] if done else None
+            bound.info("council.resumed", after=report.resumed_after, phases_done=len(done))
+    for phase, round_ in council.phase_plan(spec):
+        name = phase if phase in ("propose", "vote") else f"{phase}.{round_}"
+        if name in done:
+            continue
+        await run_phase(council.phase_slots(spec, state, phase, round_))
+        done.append(name)
+        if checkpoints is not None:
+            await checkpoints.save(submission_id, {"done": done, "state": state.to_dict()})
 
     report.results = council.results(spec, state, submission_id=submission_id)
     await publisher.publish_all(report.results)

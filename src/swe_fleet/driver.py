@@ -12,17 +12,19 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ray
 import structlog
 
 from swe_fleet._logging import configure_logging
 from swe_fleet.addresses import DEFAULT_NAMESPACE
+from swe_fleet.checkpoint import KVCheckpoints
 from swe_fleet.deliberation import UnavailableBackend, run_deliberation
 from swe_fleet.errors import LLMError, PublishError, SpecError
+from swe_fleet.events import CouncilJobFailed
 from swe_fleet.llm.engine import EngineGenerator
-from swe_fleet.publish import JetStreamPublisher
+from swe_fleet.publish import JetStreamPublisher, connect_nats
 from swe_fleet.spec import CouncilSpec
 
 if TYPE_CHECKING:
@@ -89,6 +91,40 @@ async def _run(spec: CouncilSpec, submission_id: str) -> int:
     except PublishError as exc:
         log.error("publish.unreachable", error=str(exc))
         return EXIT_PUBLISH_FAILED
+    try:
+        return await _run_council(spec, submission_id, publisher)
+    except Exception as exc:
+        # Whatever went wrong, consumers learn that this job will publish nothing more.
+        log.exception("council.crashed")
+        await _publish_job_failed(publisher, spec, submission_id, f"{type(exc).__name__}: {exc}")
+        return EXIT_COUNCIL_FAILED
+    finally:
+        await publisher.close()
+
+
+async def _publish_job_failed(
+    publisher: JetStreamPublisher, spec: CouncilSpec, submission_id: str, reason: str
+) -> None:
+    event = CouncilJobFailed(submission_id=submission_id, council=spec.name, task_id="*", reason=reason)
+    try:
+        await asyncio.wait_for(publisher.publish(event), spec.publish.retry_budget_s + 5)
+    except (PublishError, TimeoutError) as exc:
+        log.error("job_failed.unpublished", error=str(exc))
+
+
+async def _open_checkpoints(spec: CouncilSpec) -> tuple[Any, KVCheckpoints]:
+    nc = await connect_nats(
+        spec.publish.nats_url, timeout_s=spec.publish.connect_timeout_s, name="swe-fleet-ckpt"
+    )
+    try:
+        return nc, await KVCheckpoints.open(nc.jetstream(timeout=spec.publish.ack_timeout_s))
+    except BaseException:
+        await nc.close()
+        raise
+
+
+async def _run_council(spec: CouncilSpec, submission_id: str, publisher: JetStreamPublisher) -> int:
+    ckpt_nc, checkpoints = await _open_checkpoints(spec)
     generator = build_generator(spec)
     replica_calls: list[int] = []
     start_error: str | None = None
@@ -105,7 +141,7 @@ async def _run(spec: CouncilSpec, submission_id: str) -> int:
             log.error("backend.unavailable", error=start_error)
         active = UnavailableBackend(f"LLM backend unavailable: {start_error}") if start_error else generator
         report = await run_deliberation(
-            spec, submission_id=submission_id, generator=active, publisher=publisher
+            spec, submission_id=submission_id, generator=active, publisher=publisher, checkpoints=checkpoints
         )
         if isinstance(generator, EngineGenerator) and not start_error:
             replica_calls = await generator.replica_call_counts()
@@ -114,7 +150,7 @@ async def _run(spec: CouncilSpec, submission_id: str) -> int:
         return EXIT_PUBLISH_FAILED
     finally:
         await generator.close()
-        await publisher.close()
+        await ckpt_nc.close()
     log.info(
         "council.done",
         backend=spec.backend,
@@ -129,6 +165,7 @@ async def _run(spec: CouncilSpec, submission_id: str) -> int:
         phase_seconds=report.phase_seconds,
         phase_requests=report.phase_requests,
         backend_errors=report.backend_errors,
+        resumed_after=report.resumed_after,
     )
     if start_error or report.backend_errors:
         # Every response has its event (failed ones say why), but the council did not really run.

@@ -13,8 +13,10 @@ fields that caller needs. Messages say what happened *and what to do next*.
     │   ├── SubmissionConflict    same submission_id, different request (submission_id)
     │   └── JobWaitTimeout        the job did not reach a terminal state in time
     ├── PublishError              JetStream publish failed after retries (subject, key)
-    │   └── NatsUnreachable       NATS did not answer within the bound (url)
-    ├── StreamConfigMismatch      an existing stream has an incompatible config (stream)
+    │   ├── NatsUnreachable       NATS did not answer within the bound (url)
+    │   └── OutboxWritten         ... and the events not acknowledged are in an outbox file (path, count)
+    ├── OutboxError               an outbox file cannot be written, read or parsed (path, line)
+    ├── StreamConfigMismatch      an existing stream has an incompatible config (stream, differences)
     ├── LLMError                  the LLM backend failed (backend)
     ├── ModelError                the model could not be located or prepared (model)
     └── LocalStackError           a local process did not start or stop (process)
@@ -91,11 +93,49 @@ class NatsUnreachable(PublishError):
         super().__init__(message)
 
 
-class StreamConfigMismatch(SweFleetError):
-    """A JetStream stream exists with a config we cannot use; it is never silently changed."""
+class OutboxWritten(PublishError):
+    """Publishing failed, and every event not acknowledged was appended to an outbox file.
 
-    def __init__(self, message: str, *, stream: str):
+    Nothing is lost: ``swe-fleet outbox replay PATH`` publishes them later, deduplicated by key.
+
+    Attributes:
+        path: the outbox file (JSONL, one event per line).
+        count: how many events this failure appended to it.
+    """
+
+    def __init__(
+        self, message: str, *, path: Path, count: int, subject: str | None = None, key: str | None = None
+    ):
+        self.path = path
+        self.count = count
+        super().__init__(message, subject=subject, key=key)
+
+
+class OutboxError(SweFleetError):
+    """An outbox file could not be written, read, or has a line that is not an outbox entry.
+
+    Attributes:
+        path: the outbox file.
+        line: 1-based number of the offending line, or None when the file itself is the problem.
+    """
+
+    def __init__(self, message: str, *, path: Path, line: int | None = None):
+        self.path = path
+        self.line = line
+        super().__init__(message)
+
+
+class StreamConfigMismatch(SweFleetError):
+    """A JetStream stream exists with a config we cannot use; it is never silently changed.
+
+    Attributes:
+        stream: the stream's name.
+        differences: one human-readable line per incompatible setting.
+    """
+
+    def __init__(self, message: str, *, stream: str, differences: tuple[str, ...] = ()):
         self.stream = stream
+        self.differences = differences
         super().__init__(message)
 
 

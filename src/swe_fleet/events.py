@@ -21,6 +21,7 @@ AGENT_RESPONSE_COMPLETED = "agent.response.completed"
 AGENT_RESPONSE_FAILED = "agent.response.failed"
 DELIBERATION_COMPLETED = "council.deliberation.completed"
 COUNCIL_DEAD = "council.dead"
+COUNCIL_JOB_FAILED = "council.job.failed"
 
 #: Stream that holds every event of a council.
 AGENT_RESPONSES_STREAM = "AGENT_RESPONSES"
@@ -139,11 +140,29 @@ class DeliberationCompleted(_Event):
         return f"{self.submission_id}/{self.task_id}/deliberation"
 
 
+class CouncilJobFailed(_Event):
+    """The job died and will publish nothing more (``task_id`` is ``*``: it concerns every task)."""
+
+    event: Literal["council.job.failed"] = "council.job.failed"
+    reason: str
+
+    @property
+    def subject(self) -> str:
+        return COUNCIL_JOB_FAILED
+
+    @property
+    def key(self) -> str:
+        return f"{self.submission_id}/job/failed"
+
+
 CouncilEvent = Annotated[
-    AgentResponseCompleted | AgentResponseFailed | DeliberationCompleted,
+    AgentResponseCompleted | AgentResponseFailed | DeliberationCompleted | CouncilJobFailed,
     Field(discriminator="event"),
 ]
 _ADAPTER: TypeAdapter[CouncilEvent] = TypeAdapter(CouncilEvent)
+
+#: Every event type a council consumer can receive.
+AnyEvent = AgentResponseCompleted | AgentResponseFailed | DeliberationCompleted | CouncilJobFailed
 
 
 class UndecodableEvent(ValueError):
@@ -160,9 +179,7 @@ def agent_response_key(submission_id: str, task_id: str, phase: str, round_: int
     return f"{submission_id}/{task_id}/{phase}/{round_}/{agent_id}"
 
 
-def decode_event(
-    payload: bytes,
-) -> AgentResponseCompleted | AgentResponseFailed | DeliberationCompleted:
+def decode_event(payload: bytes) -> AnyEvent:
     """Parse a wire payload into its typed event.
 
     Raises:

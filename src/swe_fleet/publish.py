@@ -1,12 +1,21 @@
 """JetStream publisher: ensure the stream, publish each event with its key as ``Nats-Msg-Id``,
-retry only transient errors within bounded attempts and total time, check every PubAck.
+retry only transient errors within bounded attempts and total time, check every PubAck, and
+spool whatever was not acknowledged to the outbox so nothing is lost.
+
+Exactly once, by key: JetStream drops a message whose ``Nats-Msg-Id`` it stored within the
+stream's *duplicate window*. A retry (or an outbox replay) of a publish whose first attempt did
+land, but whose ack was lost, is therefore answered ``duplicate`` as long as it comes within the
+window. The window must cover the retry horizon (:attr:`PublishPolicy.retry_horizon_s`); by default
+it is :func:`default_duplicate_window_s`, ``max(600 s, 2 x budget)``, and an existing stream with a
+shorter window is refused (:class:`~swe_fleet.errors.StreamConfigMismatch`), never changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 import nats
@@ -19,33 +28,55 @@ from tenacity import (
     RetryError,
     retry_if_exception_type,
     stop_after_attempt,
-    stop_after_delay,
+    stop_before_delay,
     wait_exponential_jitter,
 )
 
-from swe_fleet.errors import NatsUnreachable, PublishError, StreamConfigMismatch
+from swe_fleet.errors import (
+    NatsUnreachable,
+    OutboxError,
+    OutboxWritten,
+    PublishError,
+    StreamConfigMismatch,
+)
 from swe_fleet.events import AGENT_RESPONSES_SUBJECTS
+from swe_fleet.outbox import append_to_outbox, default_outbox_path, entries_of
 from swe_fleet.spec import PublishSpec
 
 log = structlog.get_logger(__name__)
 
-#: Errors that go away by themselves (a reconnect, a leader election, a slow server).
+#: Errors that go away by themselves (a reconnect, a restart, a leader election, a slow server).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    # no PubAck in time (also FlushTimeoutError), or asyncio's own timeout
     nats.errors.TimeoutError,
+    TimeoutError,
+    # the connection is down, being re-established, or was given up (we reconnect it)
     nats.errors.ConnectionClosedError,
     nats.errors.ConnectionReconnectingError,
-    nats.errors.NoRespondersError,
     nats.errors.StaleConnectionError,
     nats.errors.OutboundBufferLimitError,
-    nats.js.errors.ServiceUnavailableError,
+    NatsUnreachable,
+    # nobody serves the subject yet: the stream is still recovering after a server restart
+    nats.errors.NoRespondersError,
     nats.js.errors.NoStreamResponseError,
-    asyncio.TimeoutError,
+    # 503: JetStream not (yet) available
+    nats.js.errors.ServiceUnavailableError,
 )
+
+#: Floor of :func:`default_duplicate_window_s` (JetStream's own default is 2 minutes).
+MIN_DUPLICATE_WINDOW_S = 600.0
 
 
 @dataclass(frozen=True)
 class PublishPolicy:
-    """How hard one publish tries: attempts and total time both bound it."""
+    """How hard one publish tries: attempts and total time both bound it.
+
+    Attributes:
+        ack_timeout_s: wait for one PubAck (clamped to what is left of the budget).
+        max_attempts: attempts per event, the first included.
+        budget_s: total seconds one event may spend being retried; no attempt starts after it.
+        initial_wait_s, max_wait_s: exponential backoff with jitter between attempts.
+    """
 
     ack_timeout_s: float = 5.0
     max_attempts: int = 12
@@ -57,22 +88,41 @@ class PublishPolicy:
     def from_spec(cls, spec: PublishSpec) -> PublishPolicy:
         return cls(ack_timeout_s=spec.ack_timeout_s, budget_s=spec.retry_budget_s)
 
+    @property
+    def retry_horizon_s(self) -> float:
+        """Longest time between the first and the last copy of one event reaching the server."""
+        return self.budget_s + self.ack_timeout_s
+
     def retrying(self, sleep: Callable[[float], Any] | None = None) -> AsyncRetrying:
         """A fresh tenacity controller for one publish (``sleep`` injectable for tests)."""
         kwargs: dict[str, Any] = {}
         if sleep is not None:
             kwargs["sleep"] = sleep
         return AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.budget_s),
-            wait=wait_exponential_jitter(multiplier=self.initial_wait_s, max=self.max_wait_s),
+            # stop_before_delay: never sleep into an attempt that would start after the budget.
+            stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.budget_s),
+            wait=wait_exponential_jitter(
+                multiplier=self.initial_wait_s, max=self.max_wait_s, jitter=self.initial_wait_s
+            ),
             retry=retry_if_exception_type(TRANSIENT_ERRORS),
             reraise=False,
             **kwargs,
         )
 
 
+def default_duplicate_window_s(policy: PublishPolicy | None = None) -> float:
+    """The duplicate window a new stream gets: ``max(600, 2 x budget, retry horizon)`` seconds.
+
+    Twice the retry budget covers every retry of a publish with room to spare; the 10-minute
+    floor also covers a prompt outbox replay. A longer window costs server memory (one id per
+    message in the window), not correctness.
+    """
+    p = policy or PublishPolicy()
+    return max(MIN_DUPLICATE_WINDOW_S, 2 * p.budget_s, p.retry_horizon_s)
+
+
 class _Publishable(Protocol):
-    """Anything with ``subject``, ``key`` and ``to_bytes()`` (every council event)."""
+    """Anything with ``subject``, ``key`` and ``to_bytes()`` (every council event, outbox entries)."""
 
     @property
     def subject(self) -> str: ...
@@ -91,6 +141,23 @@ class PublishResult:
     stream: str
     seq: int
     duplicate: bool
+
+
+@dataclass(frozen=True)
+class PublishOutcome:
+    """What :meth:`JetStreamPublisher.try_publish_all` did.
+
+    Attributes:
+        results: one per event, in input order; None where the event was not acknowledged.
+        failure: the first publish that failed after its retries, or None.
+    """
+
+    results: list[PublishResult | None]
+    failure: PublishError | None = None
+    acknowledged: list[PublishResult] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "acknowledged", [r for r in self.results if r is not None])
 
 
 async def connect_nats(url: str, *, timeout_s: float = 5.0, name: str = "swe-fleet") -> Any:
@@ -124,17 +191,67 @@ async def connect_nats(url: str, *, timeout_s: float = 5.0, name: str = "swe-fle
         ) from None
 
 
+def subject_covers(pattern: str, subject: str) -> bool:
+    """Whether every subject matched by ``subject`` (may hold wildcards) is matched by ``pattern``."""
+    p_tokens, s_tokens = pattern.split("."), subject.split(".")
+    for i, p in enumerate(p_tokens):
+        if p == ">":
+            return len(s_tokens) > i
+        if i >= len(s_tokens):
+            return False
+        s = s_tokens[i]
+        if s == ">" or (p != "*" and p != s):
+            return False
+    return len(p_tokens) == len(s_tokens)
+
+
+def stream_config_differences(
+    config: api.StreamConfig, subjects: Sequence[str], retry_horizon_s: float
+) -> list[str]:
+    """What makes an existing stream unfit for our events (empty: fit). Pure, for tests."""
+    differences = []
+    have = list(config.subjects or [])
+    missing = [s for s in subjects if not any(subject_covers(h, s) for h in have)]
+    if missing:
+        differences.append(f"subjects {have} do not cover {missing}")
+    if config.storage == api.StorageType.MEMORY:
+        differences.append("storage is memory (events must survive a server restart: file storage)")
+    window = config.duplicate_window or 0.0
+    if window < retry_horizon_s:
+        differences.append(
+            f"duplicate_window {window:g} s is shorter than the retry horizon {retry_horizon_s:g} s "
+            "(a retried event could be stored twice)"
+        )
+    return differences
+
+
 async def ensure_stream(
     js: Any,
     name: str,
     subjects: Sequence[str] = AGENT_RESPONSES_SUBJECTS,
-    duplicate_window_s: float = 600.0,
+    duplicate_window_s: float | None = None,
+    *,
+    policy: PublishPolicy | None = None,
 ) -> api.StreamInfo:
-    """Create the stream if missing; check an existing one covers our subjects.
+    """Create the stream if missing (file storage, ``duplicate_window_s``); check an existing one.
+
+    Args:
+        duplicate_window_s: window of a stream this call creates; default
+            :func:`default_duplicate_window_s` of ``policy``. Must cover ``policy``'s retry horizon.
+        policy: the retry policy of the publishers; an existing stream's window must cover its
+            :attr:`~PublishPolicy.retry_horizon_s` (default policy when None).
 
     Raises:
-        StreamConfigMismatch: the stream exists without our subjects; it is not changed.
+        StreamConfigMismatch: the stream exists with subjects that do not cover ours, memory
+            storage, or a duplicate window shorter than the retry horizon; it is not changed.
+        ValueError: ``duplicate_window_s`` is shorter than the retry horizon.
     """
+    policy = policy or PublishPolicy()
+    window = default_duplicate_window_s(policy) if duplicate_window_s is None else duplicate_window_s
+    if window < policy.retry_horizon_s:
+        raise ValueError(
+            f"duplicate_window_s={window:g} is shorter than the retry horizon {policy.retry_horizon_s:g} s"
+        )
     try:
         info = await js.stream_info(name)
     except nats.js.errors.NotFoundError:
@@ -146,45 +263,103 @@ async def ensure_stream(
                         name=name,
                         subjects=list(subjects),
                         storage=api.StorageType.FILE,
-                        duplicate_window=duplicate_window_s,
+                        duplicate_window=window,
                     )
                 ),
             )
         except nats.js.errors.BadRequestError:
             info = await js.stream_info(name)  # created concurrently by another publisher
-    missing = [s for s in subjects if s not in (info.config.subjects or [])]
-    if missing:
+    differences = stream_config_differences(info.config, subjects, policy.retry_horizon_s)
+    if differences:
         raise StreamConfigMismatch(
-            f"stream {name!r} exists without subjects {missing}; it is left unchanged. "
-            "Add them to the stream, or use another stream name (publish.stream).",
+            f"stream {name!r} exists with an incompatible config: {'; '.join(differences)}. "
+            "It is left unchanged: fix the stream (nats stream edit) or use another stream name "
+            "(publish.stream).",
             stream=name,
+            differences=tuple(differences),
         )
     return cast(api.StreamInfo, info)
 
 
 class JetStreamPublisher:
-    """Publishes council events to JetStream, exactly once per event key."""
+    """Publishes council events to JetStream, exactly once per event key.
 
-    def __init__(self, nc: Any, stream: str, policy: PublishPolicy) -> None:
+    A connection that NATS closed for good (reconnect attempts exhausted) is opened again by the
+    next publish, so a long outage costs the events of that outage (spooled), not the publisher.
+    """
+
+    def __init__(
+        self,
+        nc: Any,
+        stream: str,
+        policy: PublishPolicy,
+        *,
+        url: str | None = None,
+        connect_timeout_s: float = 5.0,
+        outbox: Path | None = None,
+    ) -> None:
+        """Wrap a connection. ``url`` enables reconnecting after the client gave up; ``outbox``
+        is the spool file (default: :func:`~swe_fleet.outbox.default_outbox_path` of the
+        events' ``submission_id``)."""
         self._nc = nc
         self._js = nc.jetstream(timeout=policy.ack_timeout_s)
+        self._url = url
+        self._connect_timeout_s = connect_timeout_s
+        self._reconnect_lock = asyncio.Lock()
+        self._closed = False
         self.stream = stream
         self.policy = policy
+        self.outbox = outbox
         self.published = 0
         self.duplicates = 0
 
     @classmethod
-    async def connect(cls, spec: PublishSpec) -> JetStreamPublisher:
-        """Connect to ``spec.nats_url`` and ensure the stream exists."""
-        nc = await connect_nats(spec.nats_url, timeout_s=spec.connect_timeout_s)
-        pub = cls(nc, spec.stream, PublishPolicy.from_spec(spec))
+    async def connect(
+        cls,
+        spec: PublishSpec,
+        *,
+        duplicate_window_s: float | None = None,
+        outbox: Path | None = None,
+    ) -> JetStreamPublisher:
+        """Connect to ``spec.nats_url`` and ensure the stream exists (see :func:`ensure_stream`)."""
+        return await cls.open(
+            spec.nats_url,
+            stream=spec.stream,
+            policy=PublishPolicy.from_spec(spec),
+            connect_timeout_s=spec.connect_timeout_s,
+            duplicate_window_s=duplicate_window_s,
+            outbox=outbox,
+        )
+
+    @classmethod
+    async def open(
+        cls,
+        nats_url: str,
+        *,
+        stream: str,
+        policy: PublishPolicy,
+        connect_timeout_s: float = 5.0,
+        duplicate_window_s: float | None = None,
+        outbox: Path | None = None,
+    ) -> JetStreamPublisher:
+        """Connect to ``nats_url`` and ensure ``stream`` exists.
+
+        Raises:
+            NatsUnreachable: no connection, or JetStream did not answer, within the bounds.
+            StreamConfigMismatch: the stream exists with an incompatible config.
+        """
+        nc = await connect_nats(nats_url, timeout_s=connect_timeout_s)
+        pub = cls(nc, stream, policy, url=nats_url, connect_timeout_s=connect_timeout_s, outbox=outbox)
         try:
-            await asyncio.wait_for(ensure_stream(pub._js, spec.stream), spec.connect_timeout_s * 2)
+            await asyncio.wait_for(
+                ensure_stream(pub._js, stream, duplicate_window_s=duplicate_window_s, policy=policy),
+                connect_timeout_s * 2,
+            )
         except TimeoutError:
             await nc.close()
             raise NatsUnreachable(
-                f"NATS at {spec.nats_url} answered but JetStream did not; start nats-server with -js",
-                url=spec.nats_url,
+                f"NATS at {nats_url} answered but JetStream did not; start nats-server with -js",
+                url=nats_url,
             ) from None
         except BaseException:
             await nc.close()
@@ -197,14 +372,22 @@ class JetStreamPublisher:
         Raises:
             PublishError: retries exhausted or a non-transient error (subject and key named).
         """
+        if self._closed:
+            raise PublishError("the publisher is closed", subject=event.subject, key=event.key)
         payload = event.to_bytes()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.policy.budget_s
         try:
             async for attempt in self.policy.retrying():
                 with attempt:
+                    # No attempt outlives the budget: the wait is clamped to what is left of it.
+                    timeout = min(self.policy.ack_timeout_s, max(deadline - loop.time(), 0.05))
+                    if self._nc.is_closed:
+                        await self._reconnect(timeout)
                     ack = await self._js.publish(
                         event.subject,
                         payload,
-                        timeout=self.policy.ack_timeout_s,
+                        timeout=timeout,
                         stream=self.stream,
                         headers={"Nats-Msg-Id": event.key},
                     )
@@ -212,7 +395,8 @@ class JetStreamPublisher:
             last = exc.last_attempt.exception()
             raise PublishError(
                 f"publishing {event.subject} key={event.key} failed after "
-                f"{exc.last_attempt.attempt_number} attempts: {type(last).__name__}: {last}",
+                f"{exc.last_attempt.attempt_number} attempts within {self.policy.budget_s:g} s: "
+                f"{type(last).__name__}: {last}",
                 subject=event.subject,
                 key=event.key,
             ) from last
@@ -222,10 +406,19 @@ class JetStreamPublisher:
                 subject=event.subject,
                 key=event.key,
             ) from exc
+        return self._checked(event, ack)
+
+    def _checked(self, event: _Publishable, ack: api.PubAck) -> PublishResult:
         if ack.stream != self.stream:
             raise PublishError(
                 f"{event.subject} was stored in stream {ack.stream!r}, not {self.stream!r}: "
                 "two streams claim the subject",
+                subject=event.subject,
+                key=event.key,
+            )
+        if not isinstance(ack.seq, int) or ack.seq <= 0:
+            raise PublishError(
+                f"{event.subject} key={event.key}: PubAck without a stream sequence ({ack!r})",
                 subject=event.subject,
                 key=event.key,
             )
@@ -234,18 +427,95 @@ class JetStreamPublisher:
         self.duplicates += duplicate
         return PublishResult(key=event.key, stream=ack.stream, seq=ack.seq, duplicate=duplicate)
 
-    async def publish_all(self, events: Sequence[_Publishable], concurrency: int = 64) -> list[PublishResult]:
-        """Publish every event, at most ``concurrency`` in flight; results in input order."""
+    async def _reconnect(self, timeout_s: float) -> None:
+        """Open a new connection after the client gave up reconnecting (one at a time)."""
+        if self._url is None:
+            raise nats.errors.ConnectionClosedError
+        async with self._reconnect_lock:
+            if not self._nc.is_closed:
+                return  # another publish reconnected meanwhile
+            nc = await connect_nats(self._url, timeout_s=min(timeout_s, self._connect_timeout_s))
+            self._nc, self._js = nc, nc.jetstream(timeout=self.policy.ack_timeout_s)
+            log.info("publish.reconnected", url=self._url)
+
+    async def try_publish_all(self, events: Sequence[_Publishable], concurrency: int = 64) -> PublishOutcome:
+        """Publish every event, at most ``concurrency`` in flight, and report instead of raising.
+
+        After the first failure no new publish starts; those in flight finish (each acked or
+        failed), so :attr:`PublishOutcome.results` tells exactly which events were acknowledged.
+        """
+        results: list[PublishResult | None] = [None] * len(events)
+        failures: list[PublishError] = []
+        await self._publish_into(events, concurrency, results, failures)
+        return PublishOutcome(results=results, failure=failures[0] if failures else None)
+
+    async def _publish_into(
+        self,
+        events: Sequence[_Publishable],
+        concurrency: int,
+        results: list[PublishResult | None],
+        failures: list[PublishError],
+    ) -> None:
         sem = asyncio.Semaphore(concurrency)
 
-        async def one(e: _Publishable) -> PublishResult:
+        async def one(i: int, e: _Publishable) -> None:
             async with sem:
-                return await self.publish(e)
+                if failures:
+                    return
+                try:
+                    results[i] = await self.publish(e)
+                except PublishError as exc:
+                    failures.append(exc)
 
-        return list(await asyncio.gather(*(one(e) for e in events)))
+        await asyncio.gather(*(one(i, e) for i, e in enumerate(events)))
+
+    async def publish_all(self, events: Sequence[_Publishable], concurrency: int = 64) -> list[PublishResult]:
+        """Publish every event, at most ``concurrency`` in flight; results in input order.
+
+        When a publish fails after its retries, every event of this call that was not
+        acknowledged (the failed ones and those not yet sent) is appended to the outbox first.
+        Cancellation spools the unacknowledged events the same way, then propagates.
+
+        Raises:
+            OutboxWritten: a publish failed; the outbox path and count are on the error.
+            OutboxError: a publish failed and the outbox could not be written either.
+        """
+        results: list[PublishResult | None] = [None] * len(events)
+        failures: list[PublishError] = []
+        try:
+            await self._publish_into(events, concurrency, results, failures)
+        except asyncio.CancelledError:
+            unacked = [e for e, r in zip(events, results, strict=True) if r is None]
+            try:
+                path = self._spool(unacked)
+                log.warning("publish.cancelled.spooled", outbox=str(path), count=len(unacked))
+            except OutboxError as exc:
+                log.error("publish.cancelled.lost", count=len(unacked), error=str(exc))
+            raise
+        if not failures:
+            return cast(list[PublishResult], results)
+        failure = failures[0]
+        unacked = [e for e, r in zip(events, results, strict=True) if r is None]
+        path = self._spool(unacked)
+        log.error("publish.spooled", outbox=str(path), count=len(unacked), error=str(failure))
+        raise OutboxWritten(
+            f"{failure} -- {len(unacked)} unacknowledged event(s) of {len(events)} were appended to "
+            f"the outbox {path}; publish them with: swe-fleet outbox replay {path} --nats-url URL",
+            path=path,
+            count=len(unacked),
+            subject=failure.subject,
+            key=failure.key,
+        ) from failure
+
+    def _spool(self, events: Sequence[_Publishable]) -> Path:
+        submission_id = getattr(events[0], "submission_id", None) if events else None
+        path = self.outbox or default_outbox_path(submission_id)
+        append_to_outbox(path, entries_of(events))
+        return path
 
     async def close(self) -> None:
-        """Flush and close (bounded)."""
+        """Flush and close (bounded); later publishes raise :class:`PublishError`."""
+        self._closed = True
         try:
             await asyncio.wait_for(self._nc.drain(), 10)
         except (TimeoutError, nats.errors.Error):

@@ -182,8 +182,14 @@ class CouncilJobClient:
     def server_ray_version(self) -> str | None:
         return getattr(self._client, "_server_ray_version", None)
 
-    def submit(self, request: CouncilRequest, *, root: Path | None = None) -> Submitted:
+    def submit(
+        self, request: CouncilRequest, *, root: Path | None = None, retry_failed: bool = False
+    ) -> Submitted:
         """Submit the council job, or find the one this request already started.
+
+        With ``retry_failed``, an existing job of this request that ended FAILED or STOPPED is
+        deleted and submitted again under the same id: its driver resumes from the checkpoint
+        and events already published are deduplicated by key.
 
         Raises:
             SubmissionConflict: the id is taken by a job with a different request.
@@ -193,7 +199,11 @@ class CouncilJobClient:
         request_hash = request.request_hash()
         existing = self._call("looking up the job", lambda: self._client.find_job(sid), sid)
         if existing is not None:
-            return self._existing(existing, sid, request_hash)
+            found = self._existing(existing, sid, request_hash)
+            if not (retry_failed and existing.status in (JobStatus.FAILED, JobStatus.STOPPED)):
+                return found
+            # Ray answers HTTP 500 for a reused id until the old job is deleted.
+            self._call("deleting the failed job", lambda: self._client.delete_job(sid), sid)
 
         root = root or project_root()
         runtime_env = load_runtime_env(request.env_kind, root)

@@ -8,14 +8,17 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from swe_fleet.checkpoint import KVCheckpoints
 from swe_fleet.consume import ConsumerOptions, iter_events
 from swe_fleet.local import NatsServer, RayHead
+from swe_fleet.publish import connect_nats
 from swe_fleet.spec import CouncilSpec
 from swe_fleet.submit import CouncilJobClient, CouncilRequest
 
@@ -151,3 +154,45 @@ def test_engine_is_called_once_per_phase_per_replica_shard(
         ("revise", 1): pairs,
         ("vote", 0): pairs,
     }
+
+
+def _checkpoint(url: str, submission_id: str) -> dict[str, Any] | None:
+    async def go() -> dict[str, Any] | None:
+        nc = await connect_nats(url)
+        try:
+            store = await KVCheckpoints.open(nc.jetstream())
+            return await store.load(submission_id)
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def test_killed_driver_resumes_from_its_checkpoint_without_duplicates(
+    client: CouncilJobClient, session_nats: NatsServer, tiny_spec: CouncilSpec, prepared_model: Path
+) -> None:
+    """Stop the job after its first phase is checkpointed, rerun the same submission: it resumes
+    after the saved phase and every event is in the stream exactly once."""
+    doc = tiny_spec.model_dump(mode="json")
+    doc["name"] = "resume"
+    doc["protocol"]["early_stop"] = False
+    request = CouncilRequest(spec=CouncilSpec.from_dict(doc), nats_url=session_nats.url)
+    sid = client.submit(request).submission_id
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while (saved := _checkpoint(session_nats.url, sid)) is None:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        assert not client.status(sid).is_terminal(), client.logs(sid)[-2000:]
+        time.sleep(0.5)
+    client.stop(sid)
+    assert client.wait(sid, timeout_s=120).value == "STOPPED"
+    done_before = saved["done"]
+    assert "vote" not in done_before
+
+    again = client.submit(request, retry_failed=True)
+    assert again.submission_id == sid and again.created
+    status = client.wait(sid, timeout_s=JOB_TIMEOUT_S)
+    logs = client.logs(sid)
+    assert status.value == "SUCCEEDED", logs[-3000:]
+    assert '"council.resumed"' in logs
+    events = _consume_all(session_nats.url, "it-resume", sid)
+    assert_complete_council(events, request.spec)

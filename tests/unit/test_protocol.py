@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pytest
+
 from swe_fleet.chat import ChatRequest, Completion
 from swe_fleet.deliberation import run_deliberation
 from swe_fleet.events import AgentResponseCompleted, AgentResponseFailed, DeliberationCompleted
@@ -231,3 +233,52 @@ async def test_a_failing_backend_yields_failed_events_and_results_not_silence() 
     assert len(failed) == 6 and all("engine actor died" in e.reason for e in failed)
     assert [r.winner for r in report.results] == [None, None]
     assert report.backend_errors == ["engine actor died"]
+
+
+class MemoryCheckpoints:
+    def __init__(self) -> None:
+        self.saved: dict[str, Any] = {}
+
+    async def load(self, submission_id: str) -> dict[str, Any] | None:
+        raw = self.saved.get(submission_id)
+        return json.loads(raw) if raw else None
+
+    async def save(self, submission_id: str, checkpoint: dict[str, Any]) -> None:
+        self.saved[submission_id] = json.dumps(checkpoint)  # must survive JSON, like the KV store
+
+
+async def test_a_crashed_run_resumes_after_the_last_checkpointed_phase() -> None:
+    """The driver dies in revise; the rerun skips propose and critique, runs revise and vote,
+    and ranks exactly like an uninterrupted run."""
+
+    class DriverDied(Exception):
+        """Stands for the driver process being killed mid-phase."""
+
+    class CrashInRevise(ScriptedLLM):
+        async def generate(self, batch: Sequence[ChatRequest]) -> list[Completion]:
+            if _phase(batch[0]) == "revise":
+                raise DriverDied
+            return await super().generate(batch)
+
+    spec = CouncilSpec.from_text(BASE)
+    store, pub = MemoryCheckpoints(), Recorder()
+    with pytest.raises(DriverDied):
+        await run_deliberation(
+            spec,
+            submission_id="sub",
+            generator=CrashInRevise(default_answer),
+            publisher=pub,
+            checkpoints=store,
+        )
+    assert json.loads(store.saved["sub"])["done"] == ["propose", "critique.1"]
+    llm2, pub2 = ScriptedLLM(default_answer), Recorder()
+    resumed = await run_deliberation(
+        spec, submission_id="sub", generator=llm2, publisher=pub2, checkpoints=store
+    )
+    assert [_phase(b[0]) for b in llm2.batches] == ["revise", "vote"]
+    assert resumed.resumed_after == "critique.1"
+    assert {e.phase for e in pub2.events if not isinstance(e, DeliberationCompleted)} == {"revise", "vote"}
+    _, _, _, straight = await _run(BASE)
+    assert [r.model_dump(exclude={"created_at"}) for r in resumed.results] == [
+        r.model_dump(exclude={"created_at"}) for r in straight.results
+    ]

@@ -1,0 +1,68 @@
+"""Council checkpoints in a JetStream key-value bucket, keyed by submission id.
+
+The driver saves ``{"done": [phase names], "state": CouncilState.to_dict()}`` after every phase;
+a resubmitted job with the same submission id loads it and resumes after the last done phase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import nats.js.errors
+from nats.js import api
+
+from swe_fleet.errors import PublishError
+
+BUCKET = "COUNCIL_CHECKPOINTS"
+#: Checkpoints outlive any retry of a job, not forever.
+TTL_S = 7 * 24 * 3600.0
+
+
+def checkpoint_key(submission_id: str) -> str:
+    """KV keys allow ``[-/_=.a-zA-Z0-9]``: anything else becomes ``_``."""
+    return "".join(c if c.isalnum() or c in "-_=." else "_" for c in submission_id)
+
+
+class KVCheckpoints:
+    """Load and save council checkpoints in the ``COUNCIL_CHECKPOINTS`` bucket (bounded waits)."""
+
+    def __init__(self, kv: Any, timeout_s: float = 10.0) -> None:
+        self._kv = kv
+        self._timeout_s = timeout_s
+
+    @classmethod
+    async def open(cls, js: Any, timeout_s: float = 10.0) -> KVCheckpoints:
+        """Bind to the bucket, creating it (file storage) when missing."""
+        try:
+            kv = await asyncio.wait_for(js.key_value(BUCKET), timeout_s)
+        except nats.js.errors.BucketNotFoundError:
+            kv = await asyncio.wait_for(
+                js.create_key_value(
+                    api.KeyValueConfig(bucket=BUCKET, history=1, ttl=TTL_S, storage=api.StorageType.FILE)
+                ),
+                timeout_s,
+            )
+        return cls(kv, timeout_s)
+
+    async def load(self, submission_id: str) -> dict[str, Any] | None:
+        try:
+            entry = await asyncio.wait_for(self._kv.get(checkpoint_key(submission_id)), self._timeout_s)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        data: dict[str, Any] = json.loads(entry.value)
+        return data
+
+    async def save(self, submission_id: str, checkpoint: dict[str, Any]) -> None:
+        key = checkpoint_key(submission_id)
+        try:
+            await asyncio.wait_for(self._kv.put(key, json.dumps(checkpoint).encode()), self._timeout_s)
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise PublishError(
+                f"saving the checkpoint of {submission_id} failed: {type(exc).__name__}: {exc}",
+                subject=f"$KV.{BUCKET}.{key}",
+                key=key,
+            ) from exc
