@@ -51,7 +51,15 @@ def bench_spec(tasks: int, *, backend: str = "engine", server_url: str | None = 
         "tasks": [{"id": f"task{i}", "prompt": TASK_PROMPTS[i % len(TASK_PROMPTS)]} for i in range(tasks)],
         "agents": [{"id": aid, "role": role} for aid, role in AGENTS],
         "protocol": {"critique_rounds": 1, "early_stop": False},
-        "model": {"name": "smollm2-135m", "max_tokens": 64, "vote_max_tokens": 64, "temperature": 0.0},
+        # The engine gets the machine's 2 cores, like the in-process ceiling (Ray would otherwise
+        # pin OMP_NUM_THREADS to the actor's 1 CPU).
+        "model": {
+            "name": "smollm2-135m",
+            "max_tokens": 64,
+            "vote_max_tokens": 64,
+            "temperature": 0.0,
+            "num_cpus": 2,
+        },
         "backend": backend,
     }
     if server_url:

@@ -161,6 +161,19 @@ def print_rankings(results: Sequence[DeliberationCompleted]) -> None:
         out.print(table)
 
 
+ENV_OPTION = click.option(
+    "--env",
+    "env_kind",
+    type=click.Choice(["pinned", "image"]),
+    default="pinned",
+    show_default=True,
+    help="runtime env: pip pins (runtime_envs/pinned.yaml) or the baked image's",
+)
+
+TIMEOUT_OPTION = click.option(
+    "--timeout", "timeout_s", type=float, default=1800, show_default=True, help="seconds to wait for the job"
+)
+
 # ---- commands ----------------------------------------------------------------------------------
 
 
@@ -177,22 +190,8 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option(
-    "--env",
-    "env_kind",
-    type=click.Choice(["pinned", "image"]),
-    default="pinned",
-    show_default=True,
-    help="runtime env: pip pins (runtime_envs/pinned.yaml) or the baked image's",
-)
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=float,
-    default=1800,
-    show_default=True,
-    help="seconds to wait for the job",
-)
+@ENV_OPTION
+@TIMEOUT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print events as JSON lines")
 @click.option(
     "--workdir",
@@ -237,14 +236,7 @@ def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir:
     default=None,
     help="override the spec's publish.nats_url (as seen from the cluster)",
 )
-@click.option(
-    "--env",
-    "env_kind",
-    type=click.Choice(["pinned", "image"]),
-    default="pinned",
-    show_default=True,
-    help="runtime env: pip pins (runtime_envs/pinned.yaml) or the baked image's",
-)
+@ENV_OPTION
 @click.option("--submission-id", default=None, help="explicit id (default: derived from the request)")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="follow the job to a terminal state")
 @click.option(
@@ -253,14 +245,7 @@ def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir:
     help="if this request's job ended FAILED/STOPPED, run it again under the same id "
     "(it resumes from its checkpoint)",
 )
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=float,
-    default=1800,
-    show_default=True,
-    help="seconds to wait for the job",
-)
+@TIMEOUT_OPTION
 @click.option("--logs/--no-logs", default=False, show_default=True, help="print the job's log lines")
 @click.option(
     "--request-timeout",
@@ -297,19 +282,20 @@ def submit(
             retry_failed=retry_failed,
         )
         verb = "submitted" if done.created else "already submitted"
-        err.print(f"{verb}: {done.submission_id} ({done.dashboard_url})")
+        attempt = "" if done.job_id == done.submission_id else f" as Ray job {done.job_id}"
+        err.print(f"{verb}: {done.submission_id}{attempt} ({done.dashboard_url})")
         out.print(done.submission_id)
         if not wait:
             return int(ExitCode.OK)
         try:
             status = client.wait(
-                done.submission_id,
+                done.job_id,
                 timeout_s=timeout_s,
-                on_status=lambda s: err.print(f"job {done.submission_id}: {s.value}"),
+                on_status=lambda s: err.print(f"job {done.job_id}: {s.value}"),
                 on_log_lines=_print_lines if logs else None,
             )
         except KeyboardInterrupt:
-            client.stop(done.submission_id)
+            client.stop(done.job_id)
             raise
         return int(_STATUS_EXIT.get(status.value, ExitCode.JOB_FAILED))
 
@@ -431,3 +417,59 @@ def local_up(workdir: str | None, num_cpus: int) -> None:
 def main(argv: Sequence[str] | None = None) -> Any:
     """Console entry point."""
     return cli.main(args=list(argv) if argv is not None else None, prog_name="swe-fleet")
+
+
+@cli.group()
+def outbox() -> None:
+    """Events a publisher could not get acknowledged, spooled on disk (JSONL), and their replay."""
+
+
+@outbox.command("replay")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option(
+    "--nats-url",
+    default="nats://127.0.0.1:4222",
+    show_default=True,
+    envvar="NATS_URL",
+    help="NATS server (env NATS_URL)",
+)
+@click.option("--stream", default="AGENT_RESPONSES", show_default=True)
+@click.option("--keep", is_flag=True, help="keep the file after every event was acknowledged")
+@click.option(
+    "--retry-budget",
+    type=float,
+    default=60,
+    show_default=True,
+    help="seconds of retrying one event before giving up (the file is then left as it is)",
+)
+@click.option("--connect-timeout", type=float, default=5, show_default=True, help="seconds to reach NATS")
+def outbox_replay(
+    path: str, nats_url: str, stream: str, keep: bool, retry_budget: float, connect_timeout: float
+) -> None:
+    """Publish every event of the outbox PATH, keyed, so events already stored count as duplicates.
+
+    Removes PATH when every event was acknowledged. Exit 0 done, 3 unreadable or corrupt outbox
+    (the line is named; nothing published), 5 NATS unreachable (PATH unchanged).
+    """
+    from swe_fleet.errors import OutboxError
+    from swe_fleet.outbox import replay_outbox
+
+    def body() -> int:
+        try:
+            result = asyncio.run(
+                replay_outbox(
+                    Path(path),
+                    nats_url,
+                    stream=stream,
+                    retry_budget_s=retry_budget,
+                    connect_timeout_s=connect_timeout,
+                    remove_when_done=not keep,
+                )
+            )
+        except OutboxError as exc:
+            _fail(ExitCode.BAD_INPUT, str(exc))
+        out.print(f"published={result.published} duplicates={result.duplicates}", markup=False)
+        err.print(f"{path}: {'removed' if result.removed else 'kept'}", markup=False)
+        return int(ExitCode.OK)
+
+    _guard(body)

@@ -138,6 +138,41 @@ def _wait_for_line(proc: ManagedProcess, pattern: re.Pattern[str], timeout_s: fl
     )
 
 
+def wait_for_http_ok(
+    proc: ManagedProcess,
+    url: str,
+    timeout_s: float,
+    *,
+    what: str,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Poll ``url`` until it answers 200 (bounded); fail fast if ``proc`` exits.
+
+    Raises:
+        LocalStackError: the process exited, or no 200 within ``timeout_s`` (the process is
+            then stopped); the log tail is in the message.
+    """
+    request = urllib.request.Request(url, headers=dict(headers or {}))  # noqa: S310 - our own http:// URL
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise LocalStackError(
+                f"{proc.name} exited with code {proc.popen.returncode} before {url} answered:\n{proc.tail()}",
+                process=proc.name,
+            )
+        try:
+            with urllib.request.urlopen(request, timeout=2) as resp:  # noqa: S310 - our own http URL
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    proc.stop()
+    raise LocalStackError(
+        f"{what} at {url} did not answer within {timeout_s:.0f} s:\n{proc.tail()}", process=proc.name
+    )
+
+
 @dataclass
 class NatsServer:
     """A real nats-server with JetStream on a free loopback port and a temp store."""
@@ -240,29 +275,12 @@ class RayHead:
 
     def _wait_for_dashboard(self, timeout_s: float) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + timeout_s
-        request = urllib.request.Request(  # noqa: S310 - our own http:// URL, built above
+        wait_for_http_ok(
+            self.process,
             f"{self.dashboard_url}/api/version",
+            timeout_s,
             headers={"Authorization": f"Bearer {self.auth_token}"},
-        )
-        while time.monotonic() < deadline:
-            if not self.process.alive():
-                raise LocalStackError(
-                    f"ray head exited with code {self.process.popen.returncode}:\n{self.process.tail()}",
-                    process="ray-head",
-                )
-            try:
-                with urllib.request.urlopen(request, timeout=2) as resp:  # noqa: S310 - our own http URL
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError, TimeoutError):
-                pass
-            time.sleep(0.5)
-        self.process.stop()
-        raise LocalStackError(
-            f"the Ray dashboard at {self.dashboard_url} did not answer within {timeout_s:.0f} s:\n"
-            f"{self.process.tail()}",
-            process="ray-head",
+            what="the Ray dashboard",
         )
 
     def client_env(self) -> dict[str, str]:
@@ -406,29 +424,9 @@ class VLLMServer:
 
     def _wait_for_health(self, timeout_s: float) -> None:
         assert self.process is not None
-        url = f"{self.base_url}/health"
         started = time.monotonic()
-        deadline = started + timeout_s
-        while time.monotonic() < deadline:
-            if not self.process.alive():
-                raise LocalStackError(
-                    f"vllm-server exited with code {self.process.popen.returncode} before it was "
-                    f"healthy:\n{self.process.tail()}",
-                    process="vllm-server",
-                )
-            try:
-                with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - our own http URL
-                    if resp.status == 200:
-                        log.info("local.vllm.healthy", url=url, seconds=round(time.monotonic() - started, 1))
-                        return
-            except (urllib.error.URLError, OSError, TimeoutError):
-                pass
-            time.sleep(0.5)
-        self.process.stop()
-        raise LocalStackError(
-            f"the vLLM server at {url} was not healthy within {timeout_s:.0f} s:\n{self.process.tail()}",
-            process="vllm-server",
-        )
+        wait_for_http_ok(self.process, f"{self.base_url}/health", timeout_s, what="the vLLM server")
+        log.info("local.vllm.healthy", url=self.base_url, seconds=round(time.monotonic() - started, 1))
 
     def stop(self) -> None:
         if self.process:

@@ -17,7 +17,7 @@ from swe_fleet.events import DeliberationCompleted
 from swe_fleet.local import local_stack
 from swe_fleet.model import is_prepared, prepare_local_model
 from swe_fleet.spec import LOCAL_MODEL_ALIAS, CouncilSpec
-from swe_fleet.submit import CouncilJobClient, CouncilRequest
+from swe_fleet.submit import CouncilJobClient, CouncilRequest, Submitted
 
 #: After the job ends, how long to wait for events still in flight.
 DRAIN_IDLE_S = 5.0
@@ -52,23 +52,15 @@ def run_locally(
         on_info(f"submitted {submitted.submission_id} through the Jobs API")
         try:
             status, results = asyncio.run(
-                _follow(
-                    client,
-                    submitted.submission_id,
-                    stack.nats.url,
-                    spec,
-                    timeout_s,
-                    on_event,
-                    on_info,
-                )
+                _follow(client, submitted, stack.nats.url, spec, timeout_s, on_event, on_info)
             )
         except BaseException:
             with contextlib.suppress(Exception):
-                client.stop(submitted.submission_id)
+                client.stop(submitted.job_id)
             raise
         if status != "SUCCEEDED":
-            tail = "\n".join(client.logs(submitted.submission_id).splitlines()[-25:])
-            on_info(f"job {submitted.submission_id} ended {status}; last log lines:\n{tail}")
+            tail = "\n".join(client.logs(submitted.job_id).splitlines()[-25:])
+            on_info(f"job {submitted.job_id} ended {status}; last log lines:\n{tail}")
         on_results(results)
         on_info(f"done in {time.monotonic() - started:.1f} s: {status}")
         return status
@@ -76,7 +68,7 @@ def run_locally(
 
 async def _follow(
     client: CouncilJobClient,
-    submission_id: str,
+    submitted: Submitted,
     nats_url: str,
     spec: CouncilSpec,
     timeout_s: float,
@@ -87,7 +79,9 @@ async def _follow(
     all_results = asyncio.Event()
 
     async def consume() -> None:
-        opts = ConsumerOptions(nats_url=nats_url, durable=None, submission_id=submission_id, fetch_wait_s=0.5)
+        opts = ConsumerOptions(
+            nats_url=nats_url, durable=None, submission_id=submitted.submission_id, fetch_wait_s=0.5
+        )
         async for event in iter_events(opts):
             on_event(event)
             if isinstance(event, DeliberationCompleted):
@@ -99,9 +93,9 @@ async def _follow(
     try:
         status = await asyncio.to_thread(
             client.wait,
-            submission_id,
+            submitted.job_id,
             timeout_s=timeout_s,
-            on_status=lambda s: on_info(f"job {submission_id}: {s.value}"),
+            on_status=lambda s: on_info(f"job {submitted.job_id}: {s.value}"),
         )
         # Events published just before the job ended may still be on their way.
         with contextlib.suppress(TimeoutError):

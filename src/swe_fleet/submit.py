@@ -34,6 +34,8 @@ from swe_fleet.errors import (
 from swe_fleet.spec import CouncilSpec
 
 RUNTIME_ENV_KINDS = ("pinned", "image")
+#: Retries of one deliberation (``--retry-failed``) before the id must change.
+MAX_ATTEMPTS = 20
 ENTRYPOINT_FILE = "council.py"
 STAGED_SPEC_FILE = "spec.json"
 
@@ -71,6 +73,11 @@ def load_runtime_env(kind: str, root: Path | None = None) -> dict[str, Any]:
     return data
 
 
+def attempt_job_id(submission_id: str, attempt: int) -> str:
+    """The Ray submission id of attempt ``attempt`` (0 is the first) of a deliberation."""
+    return submission_id if attempt == 0 else f"{submission_id}-retry{attempt}"
+
+
 @dataclass(frozen=True)
 class CouncilRequest:
     """Everything that defines one council submission (and so its submission_id)."""
@@ -100,9 +107,14 @@ class CouncilRequest:
 
 @dataclass(frozen=True)
 class Submitted:
-    """The job a submission refers to; ``created`` is False when it already existed."""
+    """The job a submission refers to; ``created`` is False when it already existed.
+
+    ``submission_id`` names the deliberation (event keys, checkpoint); ``job_id`` is the Ray
+    submission id of this attempt (the same for the first attempt, ``{id}-retry{n}`` after).
+    """
 
     submission_id: str
+    job_id: str
     created: bool
     dashboard_url: str
 
@@ -187,9 +199,11 @@ class CouncilJobClient:
     ) -> Submitted:
         """Submit the council job, or find the one this request already started.
 
-        With ``retry_failed``, an existing job of this request that ended FAILED or STOPPED is
-        deleted and submitted again under the same id: its driver resumes from the checkpoint
-        and events already published are deduplicated by key.
+        Ray never accepts a submission id twice, so a retry is a new Ray job (``{id}-retry{n}``)
+        of the same deliberation: its driver publishes under the same ``submission_id`` (event
+        keys) and resumes from that id's checkpoint, so events already published are dropped
+        as duplicates. With ``retry_failed``, the latest attempt of this request is retried
+        when it ended FAILED or STOPPED; otherwise the latest attempt is returned as it is.
 
         Raises:
             SubmissionConflict: the id is taken by a job with a different request.
@@ -197,20 +211,52 @@ class CouncilJobClient:
         """
         sid = request.derived_submission_id()
         request_hash = request.request_hash()
-        existing = self._call("looking up the job", lambda: self._client.find_job(sid), sid)
-        if existing is not None:
-            found = self._existing(existing, sid, request_hash)
-            if not (retry_failed and existing.status in (JobStatus.FAILED, JobStatus.STOPPED)):
-                return found
-            # Ray answers HTTP 500 for a reused id until the old job is deleted.
-            self._call("deleting the failed job", lambda: self._client.delete_job(sid), sid)
+        attempt, latest = self._latest_attempt(sid)
+        if latest is not None:
+            self._check_same_request(latest, sid, request_hash)
+            if not (retry_failed and latest.status in (JobStatus.FAILED, JobStatus.STOPPED)):
+                return Submitted(sid, attempt_job_id(sid, attempt), created=False, dashboard_url=self.url)
+            attempt += 1
+        job_id = attempt_job_id(sid, attempt)
+        try:
+            self._submit_attempt(request, sid, job_id, attempt, request_hash, root or project_root())
+        except RuntimeError as exc:
+            # A concurrent submitter won the race for this id: that job is ours too.
+            again = self._find(job_id, sid)
+            if again is None:
+                raise SubmissionError(
+                    f"submitting {job_id} failed: {str(exc)[:500]}", url=self.url, submission_id=sid
+                ) from None
+            self._check_same_request(again, sid, request_hash)
+            return Submitted(sid, job_id, created=False, dashboard_url=self.url)
+        return Submitted(sid, job_id, created=True, dashboard_url=self.url)
 
-        root = root or project_root()
+    def _latest_attempt(self, sid: str) -> tuple[int, JobDetails | None]:
+        """(attempt number, job) of the newest Ray job of this deliberation; (0, None) if none."""
+        latest: JobDetails | None = None
+        attempt = 0
+        for n in range(MAX_ATTEMPTS):
+            job_id = attempt_job_id(sid, n)
+            found = self._find(job_id, sid)
+            if found is None:
+                break
+            attempt, latest = n, found
+        return attempt, latest
+
+    def _find(self, job_id: str, sid: str) -> JobDetails | None:
+        return cast(
+            "JobDetails | None", self._call("looking up the job", lambda: self._client.find_job(job_id), sid)
+        )
+
+    def _submit_attempt(
+        self, request: CouncilRequest, sid: str, job_id: str, attempt: int, request_hash: str, root: Path
+    ) -> None:
         runtime_env = load_runtime_env(request.env_kind, root)
+        spec = request.effective_spec()
         staging = Path(tempfile.mkdtemp(prefix="swe-fleet-job-"))
         try:
             shutil.copy2(root / "jobs" / ENTRYPOINT_FILE, staging / ENTRYPOINT_FILE)
-            (staging / STAGED_SPEC_FILE).write_text(request.effective_spec().to_json())
+            (staging / STAGED_SPEC_FILE).write_text(spec.to_json())
             runtime_env["working_dir"] = str(staging)
             runtime_env.pop("excludes", None)
             if request.env_kind == "pinned":
@@ -218,11 +264,11 @@ class CouncilJobClient:
             env_vars = {**runtime_env.get("env_vars", {}), **request.extra_env_vars}
             if env_vars:
                 runtime_env["env_vars"] = env_vars
-            spec = request.effective_spec()
             metadata = {
                 "swe_fleet_version": swe_fleet.__version__,
                 "council": spec.name,
                 "deliberation_id": sid,
+                "attempt": str(attempt),
                 "spec_hash": spec.spec_hash(),
                 "request_hash": request_hash,
                 "runtime_env": request.env_kind,
@@ -231,32 +277,21 @@ class CouncilJobClient:
                 self._client.submit_job(
                     entrypoint=f"python {ENTRYPOINT_FILE} --spec {STAGED_SPEC_FILE} --submission-id {sid}",
                     runtime_env=runtime_env,
-                    submission_id=sid,
+                    submission_id=job_id,
                     metadata=metadata,
                     entrypoint_num_cpus=0,
                 )
             except requests.exceptions.RequestException as exc:
                 raise DashboardUnreachable(
-                    f"submitting {sid}: the Ray dashboard at {self.url} did not answer "
+                    f"submitting {job_id}: the Ray dashboard at {self.url} did not answer "
                     f"({type(exc).__name__})",
                     url=self.url,
                     submission_id=sid,
                 ) from None
-            except RuntimeError as exc:
-                # A concurrent submitter won the race for this id: that job is ours too.
-                again = self._call("looking up the job", lambda: self._client.find_job(sid), sid)
-                if again is None:
-                    raise SubmissionError(
-                        f"submitting {sid} failed: {str(exc)[:500]}",
-                        url=self.url,
-                        submission_id=sid,
-                    ) from None
-                return self._existing(again, sid, request_hash)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return Submitted(submission_id=sid, created=True, dashboard_url=self.url)
 
-    def _existing(self, job: JobDetails, sid: str, request_hash: str) -> Submitted:
+    def _check_same_request(self, job: JobDetails, sid: str, request_hash: str) -> None:
         theirs = (job.metadata or {}).get("request_hash")
         if theirs != request_hash:
             raise SubmissionConflict(
@@ -266,7 +301,6 @@ class CouncilJobClient:
                 submission_id=sid,
                 url=self.url,
             )
-        return Submitted(submission_id=sid, created=False, dashboard_url=self.url)
 
     def status(self, submission_id: str) -> JobStatus:
         return cast(

@@ -183,7 +183,7 @@ class TestJobOutcomes:
         spec = CouncilSpec.from_file(repo_root / "tests" / "data" / "tiny.yaml")
         client = CouncilJobClient(ray_head.dashboard_url, auth_token=ray_head.auth_token)
         done = client.submit(CouncilRequest(spec=spec, nats_url=session_nats.url, submission_id="stop-me"))
-        client.stop(done.submission_id)
+        client.stop(done.job_id)
         proc = _run(
             [
                 "submit",

@@ -189,9 +189,10 @@ def test_killed_driver_resumes_from_its_checkpoint_without_duplicates(
     assert "vote" not in done_before
 
     again = client.submit(request, retry_failed=True)
-    assert again.submission_id == sid and again.created
-    status = client.wait(sid, timeout_s=JOB_TIMEOUT_S)
-    logs = client.logs(sid)
+    assert (again.submission_id, again.job_id, again.created) == (sid, f"{sid}-retry1", True)
+    assert not client.submit(request).created  # the retry is the latest attempt now
+    status = client.wait(again.job_id, timeout_s=JOB_TIMEOUT_S)
+    logs = client.logs(again.job_id)
     assert status.value == "SUCCEEDED", logs[-3000:]
     assert '"council.resumed"' in logs
     events = _consume_all(session_nats.url, "it-resume", sid)

@@ -85,3 +85,11 @@ def test_image_runtime_env_installs_nothing(repo_root: Path) -> None:
     """The baked image's runtime env has no pip/conda: the image carries the pins."""
     env = yaml.safe_load((repo_root / "runtime_envs" / "image.yaml").read_text())
     assert "pip" not in env and "conda" not in env and "uv" not in env
+
+
+def test_retries_get_their_own_ray_job_ids() -> None:
+    """Ray never takes an id twice: attempt 0 is the id itself, retries are {id}-retry{n}."""
+    from swe_fleet.submit import attempt_job_id
+
+    assert attempt_job_id("council-x", 0) == "council-x"
+    assert attempt_job_id("council-x", 2) == "council-x-retry2"
