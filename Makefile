@@ -44,7 +44,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-## Exactly what CI runs.
+## Exactly what CI (.ci/run) runs.
 check: lint typecheck test
 
 clean:

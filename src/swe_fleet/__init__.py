@@ -20,6 +20,8 @@ from swe_fleet.errors import (
     LocalStackError,
     ModelError,
     NatsUnreachable,
+    OutboxError,
+    OutboxWritten,
     PublishError,
     SpecError,
     StreamConfigMismatch,
@@ -30,6 +32,7 @@ from swe_fleet.errors import (
 from swe_fleet.events import (
     AgentResponseCompleted,
     AgentResponseFailed,
+    CouncilJobFailed,
     DeliberationCompleted,
     decode_event,
 )
@@ -41,6 +44,7 @@ __all__ = [
     "AgentResponseFailed",
     "AgentSpec",
     "ClusterAddresses",
+    "CouncilJobFailed",
     "CouncilSpec",
     "DashboardUnreachable",
     "DeliberationCompleted",
@@ -50,6 +54,8 @@ __all__ = [
     "ModelError",
     "ModelSpec",
     "NatsUnreachable",
+    "OutboxError",
+    "OutboxWritten",
     "PublishError",
     "PublishSpec",
     "Role",

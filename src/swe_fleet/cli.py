@@ -1,4 +1,4 @@
-"""``swe-fleet``: run, submit, consume, model prepare, local up.
+"""``swe-fleet``: run, submit, consume, outbox replay, model prepare, local up.
 
 Exit codes are a contract (scripts and CI depend on them):
 
@@ -449,7 +449,8 @@ def outbox_replay(
     """Publish every event of the outbox PATH, keyed, so events already stored count as duplicates.
 
     Removes PATH when every event was acknowledged. Exit 0 done, 3 unreadable or corrupt outbox
-    (the line is named; nothing published), 5 NATS unreachable (PATH unchanged).
+    (the line is named; nothing published), 5 NATS unreachable (PATH unchanged), 1 an event was
+    refused for good (e.g. no stream takes its subject; PATH unchanged).
     """
     from swe_fleet.errors import OutboxError
     from swe_fleet.outbox import replay_outbox

@@ -25,6 +25,7 @@ from swe_fleet.events import (
     AGENT_RESPONSE_FAILED,
     AGENT_RESPONSES_STREAM,
     COUNCIL_DEAD,
+    COUNCIL_JOB_FAILED,
     DELIBERATION_COMPLETED,
     AnyEvent,
     UndecodableEvent,
@@ -34,7 +35,12 @@ from swe_fleet.publish import TRANSIENT_ERRORS, connect_nats, ensure_stream
 
 log = structlog.get_logger(__name__)
 
-COUNCIL_SUBJECTS = (AGENT_RESPONSE_COMPLETED, AGENT_RESPONSE_FAILED, DELIBERATION_COMPLETED)
+COUNCIL_SUBJECTS = (
+    AGENT_RESPONSE_COMPLETED,
+    AGENT_RESPONSE_FAILED,
+    DELIBERATION_COMPLETED,
+    COUNCIL_JOB_FAILED,
+)
 
 Event = AnyEvent
 
@@ -179,20 +185,23 @@ async def iter_events(opts: ConsumerOptions) -> AsyncIterator[Event]:
             try:
                 msgs = await conn.sub.fetch(opts.fetch_batch, timeout=opts.fetch_wait_s)
             except TRANSIENT_ERRORS as exc:
-                if isinstance(exc, TimeoutError) and conn.connected:  # a quiet stream
-                    outage.end()
-                    idle_s = time.monotonic() - last_message
-                    if opts.idle_timeout_s is not None and idle_s > opts.idle_timeout_s:
-                        return
+                if not (isinstance(exc, TimeoutError) and conn.connected):
+                    # NATS is away (or the consumer is not served yet): not idleness.
+                    await outage.wait(exc)
+                    last_message = time.monotonic()
+                    # Closed: the client gave up reconnecting. Connected but refused again and
+                    # again: the consumer is gone (deleted, or an ephemeral one expired); binding
+                    # anew creates it.
+                    if conn.closed or (conn.connected and outage.waits >= 3):
+                        with contextlib.suppress(*TRANSIENT_ERRORS):
+                            await conn.reopen()
                     continue
-                # NATS is away (or the consumer is not served yet): not idleness.
-                await outage.wait(exc)
-                last_message = time.monotonic()
-                if conn.closed:
-                    with contextlib.suppress(*TRANSIENT_ERRORS):
-                        await conn.reopen()
-                continue
+                msgs = []  # a quiet stream
             outage.end()
+            if not msgs:  # a timeout, or the server ended the pull early (a stale 404/408)
+                if opts.idle_timeout_s is not None and time.monotonic() - last_message > opts.idle_timeout_s:
+                    return
+                continue
             last_message = time.monotonic()
             for msg in msgs:
                 try:

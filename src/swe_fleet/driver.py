@@ -3,7 +3,7 @@
 Exit codes (the job's status follows them): 0 every event published; 1 the LLM backend failed
 (it did not start, or a whole batch failed; every affected response still got its
 ``agent.response.failed`` event and every task its result); 3 the spec is invalid; 4 events
-could not be published.
+could not be published (those not acknowledged are in the outbox named in the log).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from swe_fleet._logging import configure_logging
 from swe_fleet.addresses import DEFAULT_NAMESPACE
 from swe_fleet.checkpoint import KVCheckpoints
 from swe_fleet.deliberation import UnavailableBackend, run_deliberation
-from swe_fleet.errors import LLMError, PublishError, SpecError
+from swe_fleet.errors import LLMError, OutboxWritten, PublishError, SpecError
 from swe_fleet.events import CouncilJobFailed
 from swe_fleet.llm.engine import EngineGenerator
 from swe_fleet.publish import JetStreamPublisher, connect_nats
@@ -145,6 +145,10 @@ async def _run_council(spec: CouncilSpec, submission_id: str, publisher: JetStre
         )
         if isinstance(generator, EngineGenerator) and not start_error:
             replica_calls = await generator.replica_call_counts()
+    except OutboxWritten as exc:
+        # Nothing is lost: the unacknowledged events wait in the outbox for `swe-fleet outbox replay`.
+        log.error("publish.outbox", outbox=str(exc.path), count=exc.count, error=str(exc))
+        return EXIT_PUBLISH_FAILED
     except PublishError as exc:
         log.error("publish.failed", error=str(exc), subject=exc.subject, key=exc.key)
         return EXIT_PUBLISH_FAILED

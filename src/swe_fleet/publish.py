@@ -423,6 +423,8 @@ class JetStreamPublisher:
         # No attempt outlives the budget: the ack wait is clamped to what is left of it.
         timeout = min(self.policy.ack_timeout_s, max(deadline - loop.time(), 0.05))
         if self._nc.is_closed:
+            if self._closed:  # close() ran meanwhile: do not open a new connection behind it
+                raise PublishError("the publisher was closed", subject=event.subject, key=event.key)
             await self._reconnect(timeout)
         return cast(
             api.PubAck,
@@ -462,6 +464,9 @@ class JetStreamPublisher:
             if not self._nc.is_closed:
                 return  # another publish reconnected meanwhile
             nc = await connect_nats(self._url, timeout_s=min(timeout_s, self._connect_timeout_s))
+            if self._closed:
+                await close_nats(nc)
+                raise nats.errors.ConnectionClosedError
             self._nc, self._js = nc, nc.jetstream(timeout=self.policy.ack_timeout_s)
             log.info("publish.reconnected", url=self._url)
 

@@ -230,6 +230,33 @@ async def test_consumer_iterates_on_across_a_nats_sigkill_and_restart(nats_serve
     assert set(seen) == {e.key for e in _events("across", 200)}
 
 
+async def test_consumer_deleted_under_the_iterator_is_created_again(nats_server: NatsServer) -> None:
+    """The durable deleted mid-stream (an operator, an expiry): the iterator binds anew and misses nothing."""
+    spec = PublishSpec(nats_url=nats_server.url)
+    pub = await JetStreamPublisher.connect(spec)
+    try:
+        await pub.publish_all(_events("gone", 20))
+        seen: list[str] = []
+        opts = ConsumerOptions(nats_url=nats_server.url, durable="gone", idle_timeout_s=3, fetch_wait_s=0.3)
+
+        async def consume() -> None:
+            async for e in iter_events(opts):
+                seen.append(e.key)
+
+        task = asyncio.create_task(consume())
+        await _until(lambda: len(seen) >= 20)
+        nc = await nats.connect(nats_server.url)
+        try:
+            await nc.jetstream().delete_consumer(STREAM, "gone")
+        finally:
+            await nc.close()
+        await pub.publish_all(_events("gone", 20, start=20))
+        await asyncio.wait_for(task, 30)
+    finally:
+        await pub.close()
+    assert set(seen) == {e.key for e in _events("gone", 40)}
+
+
 async def test_a_connection_closed_for_good_is_reopened_by_the_next_publish(nats_server: NatsServer) -> None:
     """Once the client gave up reconnecting, the next publish opens a new connection and succeeds."""
     pub = await JetStreamPublisher.connect(PublishSpec(nats_url=nats_server.url))
