@@ -128,6 +128,7 @@ def run_ceiling(tasks: int) -> dict[str, Any]:
         "output_tokens": tokens,
         "llm_calls": calls,
         "phases": len(report.phase_seconds),
+        "phase_seconds": report.phase_seconds,
         "tokens_per_s": round(tokens / gen_s, 2),
     }
 

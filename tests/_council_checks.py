@@ -38,4 +38,5 @@ def assert_complete_council(events: Sequence[dict[str, Any]], spec: CouncilSpec)
 
 
 def _key(e: dict[str, Any]) -> str:
-    return f"{e['submission_id']}/{e['task_id']}/{e['phase']}/{e['round']}/{e['agent_id']}"
+    base = f"{e['submission_id']}/{e['task_id']}/{e['phase']}/{e['round']}/{e['agent_id']}"
+    return f"{base}/failed" if e["event"] == "agent.response.failed" else base

@@ -85,7 +85,15 @@ class ClusterAddresses:
             AddressError: an address has the wrong scheme for this role, or a port is not a number.
         """
         env = os.environ if env is None else env
-        role = Role(role or env.get("SWE_FLEET_ROLE", Role.CLIENT.value))
+        raw_role = role or env.get("SWE_FLEET_ROLE", Role.CLIENT.value)
+        try:
+            role = Role(raw_role)
+        except ValueError:
+            raise AddressError(
+                f"SWE_FLEET_ROLE={raw_role!r} is not a role; use one of: {', '.join(r.value for r in Role)}",
+                address=str(raw_role),
+                use="SWE_FLEET_ROLE",
+            ) from None
         namespace = env.get("RAY_NAMESPACE") or DEFAULT_NAMESPACE
         gcs_port = _port(env, "RAY_PORT", DEFAULT_GCS_PORT)
         dash_port = _port(env, "RAY_DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT)
@@ -129,6 +137,9 @@ class ClusterAddresses:
             else:  # ray://
                 client_port = url_port or client_port
         addrs = cls._build(role, host, gcs_port, dash_port, client_port, namespace, "")
+        if raw and kind == "http":
+            # Keep the URL as given: https, a proxy's path prefix, an ingress host.
+            addrs = cls(**{**addrs.__dict__, "dashboard_url": raw.rstrip("/")})
         return cls(**{**addrs.__dict__, "ray_address": addrs.dashboard_url})
 
     @classmethod

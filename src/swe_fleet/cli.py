@@ -8,7 +8,7 @@ code  meaning
 0     the job SUCCEEDED (``run``/``submit``), or the command worked
 1     the job FAILED
 2     usage error (unknown option, missing argument)
-3     bad input: unreadable or invalid spec, wrong address, conflict
+3     bad input: unreadable or invalid spec, wrong address, conflict, bad stream or outbox
 4     the job was STOPPED
 5     unreachable: dashboard or NATS did not answer within the bound
 6     timeout: the job did not finish within ``--timeout``
@@ -42,7 +42,9 @@ from swe_fleet.errors import (
     LocalStackError,
     ModelError,
     NatsUnreachable,
+    OutboxError,
     SpecError,
+    StreamConfigMismatch,
     SubmissionConflict,
     SweFleetError,
 )
@@ -86,7 +88,7 @@ def _fail(code: ExitCode, message: str) -> NoReturn:
 
 
 def _exit_code_for(exc: SweFleetError) -> ExitCode:
-    if isinstance(exc, SpecError | AddressError | SubmissionConflict):
+    if isinstance(exc, SpecError | AddressError | SubmissionConflict | StreamConfigMismatch | OutboxError):
         return ExitCode.BAD_INPUT
     if isinstance(exc, DashboardUnreachable | NatsUnreachable):
         return ExitCode.UNREACHABLE
@@ -120,7 +122,8 @@ def format_event(event: AnyEvent) -> str:
     """One human-readable line per event."""
     if isinstance(event, AgentResponseCompleted):
         text = " ".join(event.content.split())
-        summary = json.dumps(event.data["scores"]) if event.data else text[:90]
+        scores = (event.data or {}).get("scores")
+        summary = json.dumps(scores) if scores is not None else text[:90]
         return (
             f"{event.phase:<8} {event.task_id:<14} {event.agent_id:<12} ok   "
             f"{event.output_tokens:>4} tok  {summary}"
@@ -134,6 +137,10 @@ def format_event(event: AnyEvent) -> str:
     )
     votes = f"{event.votes_counted}/{event.votes_expected}"
     return f"{'result':<8} {event.task_id:<14} winner={event.winner} votes={votes}  {ranking}"
+
+
+def _durable_safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
 def _print_lines(lines: list[str]) -> None:
@@ -295,7 +302,11 @@ def submit(
                 on_log_lines=_print_lines if logs else None,
             )
         except KeyboardInterrupt:
-            client.stop(done.job_id)
+            try:
+                client.stop(done.job_id)
+                err.print(f"stopped job {done.job_id}")
+            except SweFleetError as exc:
+                err.print(f"could not stop job {done.job_id}: {exc}")
             raise
         return int(_STATUS_EXIT.get(status.value, ExitCode.JOB_FAILED))
 
@@ -313,9 +324,9 @@ def submit(
 @click.option("--stream", default="AGENT_RESPONSES", show_default=True)
 @click.option(
     "--durable",
-    default="swe-fleet-consume",
-    show_default=True,
-    help="durable consumer name; resumes where it last acked",
+    default=None,
+    help="durable consumer name; resumes where it last acked "
+    "[default: swe-fleet-consume, or swe-fleet-consume-ID with --submission-id]",
 )
 @click.option("--submission-id", default=None, help="only events of this submission")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of human-readable lines")
@@ -323,13 +334,13 @@ def submit(
     "--idle-timeout",
     type=float,
     default=None,
-    help="exit 0 after this many seconds without an event (default: run until Ctrl-C)",
+    help="exit 0 after this many seconds without a message (default: run until Ctrl-C)",
 )
 @click.option("--max", "max_events", type=int, default=None, help="exit 0 after this many events")
 def consume(
     nats_url: str,
     stream: str,
-    durable: str,
+    durable: str | None,
     submission_id: str | None,
     as_json: bool,
     idle_timeout: float | None,
@@ -338,20 +349,21 @@ def consume(
     """Print council events from a durable JetStream pull consumer (acked after printing)."""
     from swe_fleet.consume import ConsumerOptions, iter_events
 
+    # A filtered consumer acks (skips) other submissions' events: it gets a durable of its own
+    # so that it never consumes them away from the shared one.
+    name = durable or ("swe-fleet-consume" + (f"-{_durable_safe(submission_id)}" if submission_id else ""))
+
     async def main() -> int:
-        seen = 0
         opts = ConsumerOptions(
             nats_url=nats_url,
             stream=stream,
-            durable=durable,
+            durable=name,
             idle_timeout_s=idle_timeout,
             submission_id=submission_id,
+            max_events=max_events,
         )
         async for event in iter_events(opts):
             out.print(event.model_dump_json() if as_json else format_event(event), markup=False)
-            seen += 1
-            if max_events is not None and seen >= max_events:
-                break
         return int(ExitCode.OK)
 
     _guard(lambda: asyncio.run(main()))
@@ -404,11 +416,14 @@ def local_up(workdir: str | None, num_cpus: int) -> None:
             for k, v in env.items():
                 out.print(f"export {k}={v}", markup=False)
             err.print(f"Ray Client: {stack.ray.client_url}   logs: {root}   (Ctrl-C stops the stack)")
+            procs = [p for p in (stack.ray.process, stack.nats.process) if p is not None]
             try:
-                while stack.ray.process and stack.ray.process.alive():
+                while all(p.alive() for p in procs):
                     time.sleep(1)
             except KeyboardInterrupt:
                 return int(ExitCode.OK)
+            dead = next(p for p in procs if not p.alive())
+            err.print(f"{dead.name} exited with code {dead.popen.returncode}:\n{dead.tail()}", markup=False)
         return int(ExitCode.LOCAL_STACK)
 
     _guard(body)

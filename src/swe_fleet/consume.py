@@ -62,11 +62,13 @@ class ConsumerOptions:
         outage_budget_s: how long NATS may stay unreachable mid-stream before
             :class:`~swe_fleet.errors.NatsUnreachable` (fetches are retried meanwhile).
         submission_id: only yield events of this submission (others are acked and skipped).
+        max_events: stop after this many yielded events (the last one is acked before stopping).
     """
 
     nats_url: str
     stream: str = AGENT_RESPONSES_STREAM
     durable: str | None = "swe-fleet-consume"
+    max_events: int | None = None
     subjects: Sequence[str] = COUNCIL_SUBJECTS
     idle_timeout_s: float | None = None
     fetch_batch: int = 64
@@ -180,6 +182,7 @@ async def iter_events(opts: ConsumerOptions) -> AsyncIterator[Event]:
     await conn.open()
     try:
         last_message = time.monotonic()
+        delivered = 0
         outage = _Outage(opts)
         while True:
             try:
@@ -214,14 +217,18 @@ async def iter_events(opts: ConsumerOptions) -> AsyncIterator[Event]:
                         log.warning("consume.dead_letter_failed", error=f"{type(dl_exc).__name__}: {dl_exc}")
                         break
                     continue
-                if opts.submission_id is None or event.submission_id == opts.submission_id:
+                yielded = opts.submission_id is None or event.submission_id == opts.submission_id
+                if yielded:
                     yield event
+                    delivered += 1
                 try:
                     await msg.ack()
                 except TRANSIENT_ERRORS as exc:
                     # The rest of this batch would go unacked as well: JetStream redelivers it.
                     log.warning("consume.ack_failed", key=event.key, error=f"{type(exc).__name__}: {exc}")
                     break
+                if opts.max_events is not None and delivered >= opts.max_events:
+                    return
     finally:
         await conn.close()
 

@@ -356,10 +356,23 @@ def apply(
 
 
 def _no_objections(events: Sequence[Outcome], ts: TaskState, round_: int, signal: str) -> bool:
-    if not all(isinstance(e, AgentResponseCompleted) for e in events):
+    """Every critic completed and addressed every proposal it saw with the bare signal."""
+    completed = [e for e in events if isinstance(e, AgentResponseCompleted)]
+    if len(completed) != len(events):
         return False
-    sections = [text for notes in ts.critiques.get(round_, {}).values() for _, text in notes]
-    return bool(sections) and all(signal in text.lower() for text in sections)
+    received = ts.critiques.get(round_, {})
+    for e in completed:
+        for target in (e.data or {}).get("targets", []):
+            notes = [text for critic, text in received.get(target, []) if critic == e.agent_id]
+            if not notes or not all(_says_only(text, signal) for text in notes):
+                return False
+    return True
+
+
+def _says_only(text: str, signal: str) -> bool:
+    """The section's first line is the signal (markdown emphasis and punctuation aside)."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return first.strip().strip("*_`.!:- ").lower() == signal
 
 
 def results(spec: CouncilSpec, state: CouncilState, *, submission_id: str) -> list[DeliberationCompleted]:

@@ -15,7 +15,7 @@ import structlog
 
 from swe_fleet import council
 from swe_fleet.chat import ChatRequest, Completion, Generator
-from swe_fleet.errors import LLMError
+from swe_fleet.errors import CheckpointMismatch, LLMError
 from swe_fleet.events import AgentResponseCompleted, DeliberationCompleted
 from swe_fleet.spec import CouncilSpec
 
@@ -75,9 +75,11 @@ async def run_deliberation(
     """propose -> k x (critique -> revise) -> vote -> rank; one generator batch per phase
     across all tasks and agents; every response published before the next phase starts.
 
-    With ``checkpoints``, the state is saved after each phase (once its events are published)
-    and a run of the same submission resumes after the last saved phase. Events of a phase that
-    was cut short are published again under the same keys, so JetStream drops the duplicates.
+    With ``checkpoints``, the state is saved after each phase (once its events are published;
+    never after a backend failure) and a run of the same submission resumes after the last
+    saved phase. A phase that was cut short runs again and publishes under the same keys, so
+    JetStream drops the duplicates within its duplicate window (at temperature 0 the texts are
+    the same; at higher temperatures the rerun's texts are the ones the council continues with).
     """
     report = DeliberationReport(submission_id=submission_id)
     bound = log.bind(submission_id=submission_id, council=spec.name)
@@ -116,6 +118,12 @@ async def run_deliberation(
     if checkpoints is not None:
         saved = await checkpoints.load(submission_id)
         if saved is not None:
+            if saved.get("spec_hash") != spec.spec_hash():
+                raise CheckpointMismatch(
+                    f"the checkpoint of submission {submission_id!r} belongs to another spec "
+                    f"(spec_hash {saved.get('spec_hash')!r}); resubmit under a new submission id",
+                    submission_id=submission_id,
+                )
             done = list(saved["done"])
             state = council.CouncilState.from_dict(saved["state"])
             report.resumed_after = done[-1] if done else None
@@ -126,8 +134,12 @@ async def run_deliberation(
             continue
         await run_phase(council.phase_slots(spec, state, phase, round_))
         done.append(name)
-        if checkpoints is not None:
-            await checkpoints.save(submission_id, {"done": done, "state": state.to_dict()})
+        # After a backend failure the state is not worth resuming from: a retry redoes the
+        # phases from the last good checkpoint instead of skipping them.
+        if checkpoints is not None and not report.backend_errors:
+            await checkpoints.save(
+                submission_id, {"spec_hash": spec.spec_hash(), "done": done, "state": state.to_dict()}
+            )
 
     report.results = council.results(spec, state, submission_id=submission_id)
     await publisher.publish_all(report.results)

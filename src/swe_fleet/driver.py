@@ -3,7 +3,8 @@
 Exit codes (the job's status follows them): 0 every event published; 1 the LLM backend failed
 (it did not start, or a whole batch failed; every affected response still got its
 ``agent.response.failed`` event and every task its result); 3 the spec is invalid; 4 events
-could not be published (those not acknowledged are in the outbox named in the log).
+could not be published (those not acknowledged are in the outbox named in the log); 143 the
+driver was stopped (SIGTERM). Every failing exit first tries to publish ``council.job.failed``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +39,7 @@ EXIT_OK = 0
 EXIT_COUNCIL_FAILED = 1
 EXIT_BAD_SPEC = 3
 EXIT_PUBLISH_FAILED = 4
+EXIT_STOPPED = 143  # 128 + SIGTERM
 
 #: Ray passes the job's metadata (with its submission id) to the driver in this variable.
 _RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -62,11 +66,12 @@ def run_council_job(spec_path: Path, *, nats_url: str | None, submission_id: str
     except SpecError as exc:
         log.error("spec.invalid", error=str(exc))
         return EXIT_BAD_SPEC
-    sid = submission_id or submission_id_from_ray() or f"local-{spec.spec_hash()[:16]}"
-    structlog.contextvars.bind_contextvars(submission_id=sid, council=spec.name)
+    job_id = submission_id_from_ray() or f"local-{uuid.uuid4().hex[:12]}"
+    sid = submission_id or job_id
+    structlog.contextvars.bind_contextvars(submission_id=sid, job_id=job_id, council=spec.name)
     ray.init(namespace=os.environ.get("RAY_NAMESPACE") or DEFAULT_NAMESPACE, log_to_driver=True)
     try:
-        return asyncio.run(_run(spec, sid))
+        return asyncio.run(_run(spec, sid, job_id))
     finally:
         ray.shutdown()
 
@@ -85,29 +90,53 @@ def build_generator(spec: CouncilSpec) -> EngineGenerator | ServerGenerator:
     return EngineGenerator(spec.model)
 
 
-async def _run(spec: CouncilSpec, submission_id: str) -> int:
+async def _run(spec: CouncilSpec, submission_id: str, job_id: str) -> int:
     try:
         publisher = await JetStreamPublisher.connect(spec.publish)
     except PublishError as exc:
         log.error("publish.unreachable", error=str(exc))
         return EXIT_PUBLISH_FAILED
+    # `ray job stop` sends SIGTERM (SIGKILL a few seconds later): turn it into a cancellation
+    # so this attempt can still say that it failed.
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if main is not None:
+        loop.add_signal_handler(signal.SIGTERM, main.cancel)
     try:
-        return await _run_council(spec, submission_id, publisher)
+        code = await _run_council(spec, submission_id, publisher)
+        if code == EXIT_PUBLISH_FAILED:
+            await _publish_job_failed(
+                publisher, spec, submission_id, job_id, "events could not be published", 5
+            )
+        return code
+    except asyncio.CancelledError:
+        log.error("council.stopped")
+        await _publish_job_failed(publisher, spec, submission_id, job_id, "stopped (SIGTERM)", 2)
+        return EXIT_STOPPED
     except Exception as exc:
-        # Whatever went wrong, consumers learn that this job will publish nothing more.
+        # Whatever went wrong, consumers learn that this attempt will publish nothing more.
         log.exception("council.crashed")
-        await _publish_job_failed(publisher, spec, submission_id, f"{type(exc).__name__}: {exc}")
+        reason = f"{type(exc).__name__}: {exc}"
+        await _publish_job_failed(publisher, spec, submission_id, job_id, reason, spec.publish.retry_budget_s)
         return EXIT_COUNCIL_FAILED
     finally:
+        loop.remove_signal_handler(signal.SIGTERM)
         await publisher.close()
 
 
 async def _publish_job_failed(
-    publisher: JetStreamPublisher, spec: CouncilSpec, submission_id: str, reason: str
+    publisher: JetStreamPublisher,
+    spec: CouncilSpec,
+    submission_id: str,
+    job_id: str,
+    reason: str,
+    bound_s: float,
 ) -> None:
-    event = CouncilJobFailed(submission_id=submission_id, council=spec.name, task_id="*", reason=reason)
+    event = CouncilJobFailed(
+        submission_id=submission_id, council=spec.name, task_id="*", reason=reason, job_id=job_id
+    )
     try:
-        await asyncio.wait_for(publisher.publish(event), spec.publish.retry_budget_s + 5)
+        await asyncio.wait_for(publisher.publish(event), bound_s)
     except (PublishError, TimeoutError) as exc:
         log.error("job_failed.unpublished", error=str(exc))
 
@@ -144,7 +173,10 @@ async def _run_council(spec: CouncilSpec, submission_id: str, publisher: JetStre
             spec, submission_id=submission_id, generator=active, publisher=publisher, checkpoints=checkpoints
         )
         if isinstance(generator, EngineGenerator) and not start_error:
-            replica_calls = await generator.replica_call_counts()
+            try:
+                replica_calls = await generator.replica_call_counts()
+            except (TimeoutError, ray.exceptions.RayError) as exc:  # statistics only
+                log.warning("engine.call_counts_unavailable", error=str(exc))
     except OutboxWritten as exc:
         # Nothing is lost: the unacknowledged events wait in the outbox for `swe-fleet outbox replay`.
         log.error("publish.outbox", outbox=str(exc.path), count=exc.count, error=str(exc))

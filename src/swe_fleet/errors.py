@@ -19,6 +19,7 @@ fields that caller needs. Messages say what happened *and what to do next*.
     ├── StreamConfigMismatch      an existing stream has an incompatible config (stream, differences)
     ├── LLMError                  the LLM backend failed (backend)
     ├── ModelError                the model could not be located or prepared (model)
+    ├── CheckpointMismatch        a checkpoint of another spec under this id (submission_id)
     └── LocalStackError           a local process did not start or stop (process)
 """
 
@@ -152,6 +153,14 @@ class ModelError(SweFleetError):
 
     def __init__(self, message: str, *, model: str):
         self.model = model
+        super().__init__(message)
+
+
+class CheckpointMismatch(SweFleetError):
+    """A saved checkpoint belongs to another spec than the one being run under its id."""
+
+    def __init__(self, message: str, *, submission_id: str):
+        self.submission_id = submission_id
         super().__init__(message)
 
 

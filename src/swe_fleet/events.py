@@ -3,8 +3,10 @@
 Every event has a ``key`` that is unique per logical event and stable across retries, replays
 and job resubmissions; the publisher sends it as ``Nats-Msg-Id`` so JetStream drops duplicates.
 
-Key layout: ``{submission_id}/{task_id}/{phase}/{round}/{agent_id}`` for agent responses and
-``{submission_id}/{task_id}/deliberation`` for a task's result.
+Key layout: ``{submission_id}/{task_id}/{phase}/{round}/{agent_id}`` for agent responses (with
+``/failed`` appended for a failure, so that a retried job's later success is not dropped as its
+duplicate), ``{submission_id}/{task_id}/deliberation`` for a task's result and
+``{submission_id}/job/failed/{job_id}`` for a failed job attempt.
 """
 
 from __future__ import annotations
@@ -98,8 +100,10 @@ class AgentResponseFailed(_Event):
 
     @property
     def key(self) -> str:
-        # Same key as the completed event would have: one outcome per agent response.
-        return agent_response_key(self.submission_id, self.task_id, self.phase, self.round, self.agent_id)
+        # Its own key, not the completed one's: a retried job that then succeeds must not have
+        # its completed event dropped as a duplicate of this one.
+        base = agent_response_key(self.submission_id, self.task_id, self.phase, self.round, self.agent_id)
+        return f"{base}/failed"
 
 
 class RankedAgent(BaseModel):
@@ -145,6 +149,8 @@ class CouncilJobFailed(_Event):
 
     event: Literal["council.job.failed"] = "council.job.failed"
     reason: str
+    #: The Ray job (attempt) that failed; a retry of the same submission has its own.
+    job_id: str = "local"
 
     @property
     def subject(self) -> str:
@@ -152,7 +158,7 @@ class CouncilJobFailed(_Event):
 
     @property
     def key(self) -> str:
-        return f"{self.submission_id}/job/failed"
+        return f"{self.submission_id}/job/failed/{self.job_id}"
 
 
 CouncilEvent = Annotated[
@@ -189,7 +195,10 @@ def decode_event(payload: bytes) -> AnyEvent:
         raw = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise UndecodableEvent(f"not JSON: {exc}", payload) from None
-    if isinstance(raw, dict) and raw.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
+    version = raw.get("schema_version", SCHEMA_VERSION) if isinstance(raw, dict) else SCHEMA_VERSION
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UndecodableEvent(f"schema_version is not an integer: {version!r}", payload)
+    if version > SCHEMA_VERSION:
         raise UndecodableEvent(
             f"schema_version {raw['schema_version']} is newer than this consumer's "
             f"({SCHEMA_VERSION}); upgrade swe-fleet",

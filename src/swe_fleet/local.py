@@ -67,6 +67,7 @@ class ManagedProcess:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    _stopped: bool = False
 
     @property
     def pid(self) -> int:
@@ -78,6 +79,9 @@ class ManagedProcess:
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM our child, wait (bounded); then SIGTERM, and later SIGKILL, what is left of
         the process group it leads (its own children, e.g. Ray's raylet and GCS)."""
+        if self._stopped:
+            return  # a failed start and the caller's cleanup both stop: signal the group once
+        self._stopped = True
         if self.popen.poll() is None:
             # The leader first: `ray start --block` shuts its node down in order only while
             # the GCS is still alive.

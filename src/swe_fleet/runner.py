@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from swe_fleet.consume import ConsumerOptions, Event, iter_events
+from swe_fleet.errors import JobWaitTimeout
 from swe_fleet.events import DeliberationCompleted
 from swe_fleet.local import local_stack
 from swe_fleet.model import is_prepared, prepare_local_model
@@ -91,17 +92,34 @@ async def _follow(
 
     consumer = asyncio.create_task(consume())
     try:
-        status = await asyncio.to_thread(
-            client.wait,
-            submitted.job_id,
-            timeout_s=timeout_s,
-            on_status=lambda s: on_info(f"job {submitted.job_id}: {s.value}"),
-        )
+        # Polled here, not in a thread that blocks until the job ends: Ctrl-C (cancellation)
+        # takes effect within one bounded status request.
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while True:
+            if consumer.done():
+                consumer.result()  # a consumer that died raises here, now, not at the end
+            status = await asyncio.to_thread(client.status, submitted.job_id)
+            if status != last:
+                on_info(f"job {submitted.job_id}: {status.value}")
+                last = status
+            if status.is_terminal():
+                break
+            if time.monotonic() > deadline:
+                raise JobWaitTimeout(
+                    f"job {submitted.job_id} is still {status.value} after {timeout_s:.0f} s; "
+                    "it is stopped with the local stack",
+                    submission_id=submitted.submission_id,
+                    url=client.url,
+                )
+            await asyncio.sleep(1.0)
         # Events published just before the job ended may still be on their way.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(all_results.wait(), DRAIN_IDLE_S)
+        if consumer.done():
+            consumer.result()
     finally:
         consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await consumer
     return status.value, sorted(results, key=lambda r: [t.id for t in spec.tasks].index(r.task_id))

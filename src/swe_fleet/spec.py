@@ -110,6 +110,8 @@ class ModelSpec(_Strict):
     replicas: Annotated[int, Field(ge=1)] = 1
     num_gpus: Annotated[float, Field(ge=0)] = 0
     num_cpus: Annotated[float, Field(ge=0)] = 1
+    #: Bound on one phase's batch on the engine backend (a hung engine must not hang the job).
+    batch_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
     #: vLLM on CPU only works eagerly here (the compiled path returns wrong text); GPUs may compile.
     enforce_eager: bool = True
     dtype: str = "bfloat16"

@@ -26,6 +26,7 @@ from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
 import swe_fleet
 from swe_fleet.addresses import jobs_api_url
 from swe_fleet.errors import (
+    AddressError,
     DashboardUnreachable,
     JobWaitTimeout,
     SubmissionConflict,
@@ -167,6 +168,13 @@ class CouncilJobClient:
                 "is reachable from here",
                 url=self.url,
             ) from None
+        except RuntimeError as exc:  # Ray's version check: a 404 or an old Ray
+            raise AddressError(
+                f"{self.url} answered, but not as a Ray Jobs API ({str(exc)[:200]}); give the Ray "
+                "dashboard's URL (http://HEAD:8265) of a Ray >= 2.x cluster",
+                address=self.url,
+                use="Jobs API",
+            ) from None
         except Exception as exc:
             if type(exc).__name__ == "AuthenticationError":
                 raise SubmissionError(
@@ -217,6 +225,12 @@ class CouncilJobClient:
             if not (retry_failed and latest.status in (JobStatus.FAILED, JobStatus.STOPPED)):
                 return Submitted(sid, attempt_job_id(sid, attempt), created=False, dashboard_url=self.url)
             attempt += 1
+            if attempt >= MAX_ATTEMPTS:
+                raise SubmissionError(
+                    f"{sid} was already tried {MAX_ATTEMPTS} times; submit it under a new --submission-id",
+                    submission_id=sid,
+                    url=self.url,
+                )
         job_id = attempt_job_id(sid, attempt)
         try:
             self._submit_attempt(request, sid, job_id, attempt, request_hash, root or project_root())

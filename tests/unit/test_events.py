@@ -26,12 +26,30 @@ def test_agent_response_key_layout() -> None:
     assert e.subject == "agent.response.completed"
 
 
-def test_failed_event_shares_the_completed_key() -> None:
-    """One outcome per agent response: failed and completed use the same key (dedup holds)."""
+def test_failed_event_has_its_own_key_next_to_the_completed_one() -> None:
+    """A failure is keyed apart from the success, so a retried job's success is not deduplicated away."""
     ok = AgentResponseCompleted(**COMMON, phase="propose", agent_id="a", role="r", content="x")
     bad = AgentResponseFailed(**COMMON, phase="propose", agent_id="a", role="r", reason="boom")
-    assert ok.key == bad.key
+    assert bad.key == f"{ok.key}/failed"
     assert bad.subject == "agent.response.failed"
+
+
+def test_job_failed_key_names_the_attempt() -> None:
+    """Each failed attempt of a submission has its own key (a failed retry is not a duplicate)."""
+    from swe_fleet.events import CouncilJobFailed
+
+    a = CouncilJobFailed(**COMMON, reason="x", job_id="sub-1")
+    b = CouncilJobFailed(**COMMON, reason="x", job_id="sub-1-retry1")
+    assert a.key == "sub-1/job/failed/sub-1" and a.key != b.key
+    assert decode_event(b.to_bytes()) == b
+
+
+@pytest.mark.parametrize("version", ["2", None, True, 1.5])
+def test_non_integer_schema_version_is_undecodable(version: object) -> None:
+    """A schema_version that is not an integer goes to the dead letters, not a crash."""
+    payload = json.dumps({**COMMON, "event": "agent.response.completed", "schema_version": version}).encode()
+    with pytest.raises(UndecodableEvent, match="not an integer"):
+        decode_event(payload)
 
 
 def test_deliberation_key_and_round_trip() -> None:
@@ -70,7 +88,12 @@ def test_newer_schema_version_asks_for_an_upgrade() -> None:
 
 
 def test_json_schema_covers_all_event_types() -> None:
-    """The exported JSON Schema describes the three event types."""
+    """The exported JSON Schema describes every event type."""
     text = json.dumps(event_json_schema())
-    for name in ("AgentResponseCompleted", "AgentResponseFailed", "DeliberationCompleted"):
+    for name in (
+        "AgentResponseCompleted",
+        "AgentResponseFailed",
+        "DeliberationCompleted",
+        "CouncilJobFailed",
+    ):
         assert name in text

@@ -282,3 +282,69 @@ async def test_a_crashed_run_resumes_after_the_last_checkpointed_phase() -> None
     assert [r.model_dump(exclude={"created_at"}) for r in resumed.results] == [
         r.model_dump(exclude={"created_at"}) for r in straight.results
     ]
+
+
+async def test_prose_mentioning_no_objection_does_not_stop_early() -> None:
+    """'No objection to X, but ...' is a critique, not agreement: the rounds go on."""
+
+    def answer(phase: str, req: ChatRequest) -> str:
+        if phase == "critique":
+            targets = re.findall(r"^### (\w+)$", req.messages[-1]["content"], re.MULTILINE)
+            return "\n".join(
+                f"### {t}\nI have no objection to the idea, but it crashes on []." for t in targets
+            )
+        return default_answer(phase, req)
+
+    _, _, _, report = await _run(BASE + "protocol: {critique_rounds: 2}\n", answer)
+    assert all(not r.early_stopped and r.rounds_run == 2 for r in report.results)
+
+
+async def test_a_backend_failure_is_not_checkpointed_so_a_retry_redoes_the_work() -> None:
+    """After a failed batch no checkpoint is saved; the retry reruns from the last good phase."""
+    from swe_fleet.errors import LLMError
+
+    class FailsInVote(ScriptedLLM):
+        async def generate(self, batch: Sequence[ChatRequest]) -> list[Completion]:
+            if _phase(batch[0]) == "vote":
+                raise LLMError("engine died", backend="engine")
+            return await super().generate(batch)
+
+    spec = CouncilSpec.from_text(BASE)
+    store = MemoryCheckpoints()
+    await run_deliberation(
+        spec,
+        submission_id="s",
+        generator=FailsInVote(default_answer),
+        publisher=Recorder(),
+        checkpoints=store,
+    )
+    assert json.loads(store.saved["s"])["done"] == ["propose", "critique.1", "revise.1"]
+    llm = ScriptedLLM(default_answer)
+    report = await run_deliberation(
+        spec, submission_id="s", generator=llm, publisher=Recorder(), checkpoints=store
+    )
+    assert [_phase(b[0]) for b in llm.batches] == ["vote"]
+    assert all(r.winner for r in report.results)
+
+
+async def test_a_checkpoint_of_another_spec_is_refused() -> None:
+    """Reusing a submission id with a different spec fails clearly instead of resuming wrong state."""
+    from swe_fleet.errors import CheckpointMismatch
+
+    store = MemoryCheckpoints()
+    await run_deliberation(
+        CouncilSpec.from_text(BASE),
+        submission_id="s",
+        generator=ScriptedLLM(default_answer),
+        publisher=Recorder(),
+        checkpoints=store,
+    )
+    other = CouncilSpec.from_text(BASE.replace("second task", "another task"))
+    with pytest.raises(CheckpointMismatch, match="another spec"):
+        await run_deliberation(
+            other,
+            submission_id="s",
+            generator=ScriptedLLM(default_answer),
+            publisher=Recorder(),
+            checkpoints=store,
+        )

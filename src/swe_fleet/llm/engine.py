@@ -68,9 +68,7 @@ class VLLMEngine:
         positions: list[int] = []
         for i, req in enumerate(batch):
             messages = [dict(m) for m in req.messages]
-            prompt_tokens = len(
-                self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            )
+            prompt_tokens = self._count_prompt_tokens(messages)
             if prompt_tokens + req.max_tokens > self.max_model_len:
                 results[i] = Completion(
                     text="",
@@ -104,6 +102,15 @@ class VLLMEngine:
                     finish_reason=first.finish_reason,
                 )
         return [r for r in results if r is not None]
+
+    def _count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        # transformers 5 returns a BatchEncoding unless asked for plain ids.
+        ids = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return len(ids)
 
     def call_count(self) -> int:
         """How many ``chat`` calls this replica served."""
@@ -168,10 +175,19 @@ class EngineGenerator:
             return []
         shards = split_evenly(len(batch), len(self.replicas))
         started = time.monotonic()
+        refs = [self.replicas[i].chat.remote(list(batch[a:b])) for i, (a, b) in enumerate(shards)]
         try:
-            parts: list[list[Completion]] = await asyncio.gather(
-                *(self.replicas[i].chat.remote(list(batch[a:b])) for i, (a, b) in enumerate(shards))
+            parts: list[list[Completion]] = await asyncio.wait_for(
+                asyncio.gather(*refs), self.model.batch_timeout_s
             )
+        except TimeoutError:
+            for ref in refs:
+                ray.cancel(ref)  # actor tasks cannot be force-cancelled; close() kills the actors
+            raise LLMError(
+                f"vLLM engine did not finish a batch of {len(batch)} within "
+                f"{self.model.batch_timeout_s:.0f} s (model.batch_timeout_s)",
+                backend="engine",
+            ) from None
         except ray.exceptions.RayError as exc:
             raise LLMError(f"vLLM engine failed on a batch of {len(batch)}: {exc}", backend="engine") from exc
         out = [c for part in parts for c in part]
