@@ -171,8 +171,9 @@ def _checkpoint(url: str, submission_id: str) -> dict[str, Any] | None:
 def test_killed_driver_resumes_from_its_checkpoint_without_duplicates(
     client: CouncilJobClient, session_nats: NatsServer, tiny_spec: CouncilSpec, prepared_model: Path
 ) -> None:
-    """Stop the job after its first phase is checkpointed, rerun the same submission: it resumes
-    after the saved phase and every event is in the stream exactly once."""
+    """Stop the job after its first phase is checkpointed (it publishes council.job.failed for that
+    attempt), rerun the same submission: it resumes after the saved phase and every event is in
+    the stream exactly once."""
     doc = tiny_spec.model_dump(mode="json")
     doc["name"] = "resume"
     doc["protocol"]["early_stop"] = False
@@ -196,4 +197,109 @@ def test_killed_driver_resumes_from_its_checkpoint_without_duplicates(
     assert status.value == "SUCCEEDED", logs[-3000:]
     assert '"council.resumed"' in logs
     events = _consume_all(session_nats.url, "it-resume", sid)
-    assert_complete_council(events, request.spec)
+    # The stopped attempt said so (SIGTERM -> council.job.failed for that attempt) ...
+    stopped = [e for e in events if e["event"] == "council.job.failed"]
+    assert [(e["job_id"], e["reason"]) for e in stopped] == [(sid, "stopped (SIGTERM)")]
+    # ... and the retry completed the deliberation with every event exactly once.
+    assert_complete_council([e for e in events if e["event"] != "council.job.failed"], request.spec)
+
+
+def _engine_actor_pids(head: RayHead) -> list[int]:
+    """PIDs of vLLM engine actors among the descendants of our own Ray head (nothing else)."""
+    import psutil
+
+    assert head.process is not None
+    found = []
+    for proc in psutil.Process(head.process.pid).children(recursive=True):
+        try:
+            if "VLLMEngine" in " ".join(proc.cmdline()):
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_killed_engine_actor_mid_run_never_means_silence(
+    client: CouncilJobClient,
+    ray_head: RayHead,
+    session_nats: NatsServer,
+    tiny_spec: CouncilSpec,
+    prepared_model: Path,
+) -> None:
+    """SIGKILL the engine actor after the first phase: the actor restarts and the council
+    completes, or the affected agents get failed events; every task gets its result."""
+    import os
+    import signal
+
+    doc = tiny_spec.model_dump(mode="json")
+    doc["name"] = "killengine"
+    doc["protocol"]["early_stop"] = False
+    spec = CouncilSpec.from_dict(doc)
+    sid = client.submit(CouncilRequest(spec=spec, nats_url=session_nats.url)).submission_id
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while _checkpoint(session_nats.url, sid) is None:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        assert not client.status(sid).is_terminal(), client.logs(sid)[-2000:]
+        time.sleep(0.5)
+    pids = _engine_actor_pids(ray_head)
+    assert pids, "no engine actor found under our Ray head"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    status = client.wait(sid, timeout_s=JOB_TIMEOUT_S)
+    events = _consume_all(session_nats.url, "it-killengine", sid)
+    results = [e for e in events if e["event"] == "council.deliberation.completed"]
+    assert sorted(r["task_id"] for r in results) == sorted(t.id for t in spec.tasks)
+    if status.value == "SUCCEEDED":
+        assert_complete_council(events, spec)
+    else:
+        failed = [e for e in events if e["event"] in ("agent.response.failed", "council.job.failed")]
+        assert failed, client.logs(sid)[-3000:]
+
+
+def test_killed_vllm_server_mid_run_never_means_silence(
+    client: CouncilJobClient,
+    session_nats: NatsServer,
+    tiny_spec: CouncilSpec,
+    prepared_model: Path,
+    tmp_path: Path,
+) -> None:
+    """Server backend: SIGKILL the vLLM server after the first phase and restart it on the same
+    port: requests are retried, those that run out of retries become failed events, and the
+    council still ends with a result per task; no key is stored twice."""
+    from swe_fleet.local import VLLMServer
+
+    server = VLLMServer(tmp_path / "vllm").start(prepared_model)
+    try:
+        doc = tiny_spec.model_dump(mode="json")
+        doc["name"] = "killserver"
+        doc["protocol"]["early_stop"] = False
+        doc["backend"] = "server"
+        doc["server"] = {"url": server.base_url, "concurrency": 8}
+        spec = CouncilSpec.from_dict(doc)
+        sid = client.submit(CouncilRequest(spec=spec, nats_url=session_nats.url)).submission_id
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while _checkpoint(session_nats.url, sid) is None:
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            assert not client.status(sid).is_terminal(), client.logs(sid)[-2000:]
+            time.sleep(0.2)
+        assert server.process is not None
+        server.process.popen.kill()  # SIGKILL, mid-run
+        server.stop()
+        server.start(prepared_model, port=server.port)
+        status = client.wait(sid, timeout_s=JOB_TIMEOUT_S)
+    finally:
+        server.stop()
+    events = _consume_all(session_nats.url, "it-killserver", sid)
+    assert status.value == "SUCCEEDED", client.logs(sid)[-3000:]
+    keys = [
+        f"{e['task_id']}/{e.get('phase')}/{e.get('round')}/{e.get('agent_id')}/{e['event']}" for e in events
+    ]
+    assert len(keys) == len(set(keys))
+    results = [e for e in events if e["event"] == "council.deliberation.completed"]
+    assert sorted(r["task_id"] for r in results) == sorted(t.id for t in spec.tasks)
+    pairs = len(spec.tasks) * len(spec.agents)
+    outcomes = Counter((e["phase"], e["round"]) for e in events if e["event"].startswith("agent.response."))
+    assert outcomes[("propose", 0)] == pairs
+    failed = [e for e in events if e["event"] == "agent.response.failed"]
+    if not failed:  # every retried request made it: the full council ran
+        assert_complete_council(events, spec)
