@@ -40,6 +40,7 @@ test-fast: venv
 lint: venv
 	$(BIN)/ruff check src tests jobs scripts
 	$(BIN)/ruff format --check src tests jobs scripts
+	$(BIN)/hadolint Dockerfile.ray-swe-fleet
 
 typecheck: venv
 	$(BIN)/mypy
