@@ -1,21 +1,29 @@
 """Council checkpoints in a JetStream key-value bucket, keyed by submission id.
 
-The driver saves ``{"done": [phase names], "state": CouncilState.to_dict()}`` after every phase;
-a resubmitted job with the same submission id loads it and resumes after the last done phase.
+The driver saves ``{"spec_hash", "done": [phase names], "state": CouncilState.to_dict()}``
+(zlib-compressed JSON) after every phase; a retried job of the same submission id loads it and
+resumes after the last done phase. A checkpoint too large for one NATS message is skipped with
+a warning (the council goes on; that submission just cannot resume).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 from typing import Any
 
 import nats.js.errors
+import structlog
 from nats.js import api
 
 from swe_fleet.errors import PublishError
 
+log = structlog.get_logger(__name__)
+
 BUCKET = "COUNCIL_CHECKPOINTS"
+#: NATS refuses messages over max_payload (1 MiB by default); stay clear of it.
+MAX_CHECKPOINT_BYTES = 900 * 1024
 #: Checkpoints outlive any retry of a job, not forever.
 TTL_S = 7 * 24 * 3600.0
 
@@ -53,13 +61,18 @@ class KVCheckpoints:
             return None
         if not entry.value:
             return None
-        data: dict[str, Any] = json.loads(entry.value)
+        data: dict[str, Any] = json.loads(zlib.decompress(entry.value))
         return data
 
     async def save(self, submission_id: str, checkpoint: dict[str, Any]) -> None:
         key = checkpoint_key(submission_id)
+        value = zlib.compress(json.dumps(checkpoint).encode(), 6)
+        if len(value) > MAX_CHECKPOINT_BYTES:
+            # The council goes on; only resuming this submission becomes impossible.
+            log.warning("checkpoint.too_large", key=key, bytes=len(value), limit=MAX_CHECKPOINT_BYTES)
+            return
         try:
-            await asyncio.wait_for(self._kv.put(key, json.dumps(checkpoint).encode()), self._timeout_s)
+            await asyncio.wait_for(self._kv.put(key, value), self._timeout_s)
         except (TimeoutError, nats.errors.Error) as exc:
             raise PublishError(
                 f"saving the checkpoint of {submission_id} failed: {type(exc).__name__}: {exc}",

@@ -366,7 +366,10 @@ class CouncilJobClient:
                 on_status(status)
             last = status
             if on_log_lines:
-                lines = self.logs(submission_id).splitlines()
+                try:
+                    lines = self.logs(submission_id).splitlines()
+                except DashboardUnreachable:
+                    lines = []  # logs are a courtesy: a slow log read must not end the wait
                 if len(lines) > seen_lines:
                     on_log_lines(lines[seen_lines:])
                     seen_lines = len(lines)
