@@ -154,7 +154,11 @@ async def _open_checkpoints(spec: CouncilSpec) -> tuple[Any, KVCheckpoints]:
 
 async def _run_council(spec: CouncilSpec, submission_id: str, publisher: JetStreamPublisher) -> int:
     ckpt_nc, checkpoints = await _open_checkpoints(spec)
-    generator = build_generator(spec)
+    try:
+        generator = build_generator(spec)
+    except BaseException:
+        await ckpt_nc.close()
+        raise
     replica_calls: list[int] = []
     start_error: str | None = None
     try:
