@@ -6,7 +6,19 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from swe_fleet.events import AgentResponseCompleted
 from swe_fleet.spec import CouncilSpec
+
+
+def propose_events(sid: str, n: int, start: int = 0) -> list[AgentResponseCompleted]:
+    """``n`` distinct propose events of submission ``sid`` (tasks t{start}..t{start+n-1})."""
+    return [
+        AgentResponseCompleted(
+            submission_id=sid, council="c", task_id=f"t{i}", phase="propose", agent_id="a", role="r",
+            content=f"answer {i}",
+        )
+        for i in range(start, start + n)
+    ]  # fmt: skip
 
 
 def assert_complete_council(events: Sequence[dict[str, Any]], spec: CouncilSpec) -> Counter[str]:

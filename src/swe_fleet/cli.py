@@ -177,6 +177,11 @@ ENV_OPTION = click.option(
     help="runtime env: pip pins (runtime_envs/pinned.yaml) or the baked image's",
 )
 
+NATS_URL_OPTION = click.option(
+    "--nats-url", default="nats://127.0.0.1:4222", show_default=True, envvar="NATS_URL",
+    help="NATS server (env NATS_URL)",
+)  # fmt: skip
+STREAM_OPTION = click.option("--stream", default="AGENT_RESPONSES", show_default=True)
 TIMEOUT_OPTION = click.option(
     "--timeout", "timeout_s", type=float, default=1800, show_default=True, help="seconds to wait for the job"
 )
@@ -314,14 +319,8 @@ def submit(
 
 
 @cli.command()
-@click.option(
-    "--nats-url",
-    default="nats://127.0.0.1:4222",
-    show_default=True,
-    envvar="NATS_URL",
-    help="NATS server (env NATS_URL)",
-)
-@click.option("--stream", default="AGENT_RESPONSES", show_default=True)
+@NATS_URL_OPTION
+@STREAM_OPTION
 @click.option(
     "--durable",
     default=None,
@@ -441,14 +440,8 @@ def outbox() -> None:
 
 @outbox.command("replay")
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option(
-    "--nats-url",
-    default="nats://127.0.0.1:4222",
-    show_default=True,
-    envvar="NATS_URL",
-    help="NATS server (env NATS_URL)",
-)
-@click.option("--stream", default="AGENT_RESPONSES", show_default=True)
+@NATS_URL_OPTION
+@STREAM_OPTION
 @click.option("--keep", is_flag=True, help="keep the file after every event was acknowledged")
 @click.option(
     "--retry-budget",

@@ -168,6 +168,16 @@ def _checkpoint(url: str, submission_id: str) -> dict[str, Any] | None:
     return asyncio.run(go())
 
 
+def _wait_for_checkpoint(client: CouncilJobClient, url: str, sid: str) -> dict[str, Any]:
+    """Poll until the running job has saved its first checkpoint (bounded)."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while (saved := _checkpoint(url, sid)) is None:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        assert not client.status(sid).is_terminal(), client.logs(sid)[-2000:]
+        time.sleep(0.2)
+    return saved
+
+
 def test_killed_driver_resumes_from_its_checkpoint_without_duplicates(
     client: CouncilJobClient, session_nats: NatsServer, tiny_spec: CouncilSpec, prepared_model: Path
 ) -> None:
@@ -179,11 +189,7 @@ def test_killed_driver_resumes_from_its_checkpoint_without_duplicates(
     doc["protocol"]["early_stop"] = False
     request = CouncilRequest(spec=CouncilSpec.from_dict(doc), nats_url=session_nats.url)
     sid = client.submit(request).submission_id
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while (saved := _checkpoint(session_nats.url, sid)) is None:
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        assert not client.status(sid).is_terminal(), client.logs(sid)[-2000:]
-        time.sleep(0.5)
+    saved = _wait_for_checkpoint(client, session_nats.url, sid)
     client.stop(sid)
     assert client.wait(sid, timeout_s=120).value == "STOPPED"
     done_before = saved["done"]
@@ -236,11 +242,7 @@ def test_killed_engine_actor_mid_run_never_means_silence(
     doc["protocol"]["early_stop"] = False
     spec = CouncilSpec.from_dict(doc)
     sid = client.submit(CouncilRequest(spec=spec, nats_url=session_nats.url)).submission_id
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while _checkpoint(session_nats.url, sid) is None:
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        assert not client.status(sid).is_terminal(), client.logs(sid)[-2000:]
-        time.sleep(0.5)
+    _wait_for_checkpoint(client, session_nats.url, sid)
     pids = _engine_actor_pids(ray_head)
     assert pids, "no engine actor found under our Ray head"
     for pid in pids:
@@ -277,11 +279,7 @@ def test_killed_vllm_server_mid_run_never_means_silence(
         doc["server"] = {"url": server.base_url, "concurrency": 8}
         spec = CouncilSpec.from_dict(doc)
         sid = client.submit(CouncilRequest(spec=spec, nats_url=session_nats.url)).submission_id
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        while _checkpoint(session_nats.url, sid) is None:
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            assert not client.status(sid).is_terminal(), client.logs(sid)[-2000:]
-            time.sleep(0.2)
+        _wait_for_checkpoint(client, session_nats.url, sid)
         assert server.process is not None
         server.process.popen.kill()  # SIGKILL, mid-run
         server.stop()

@@ -10,27 +10,14 @@ import pytest
 
 from swe_fleet.consume import ConsumerOptions, iter_events
 from swe_fleet.errors import NatsUnreachable, StreamConfigMismatch
-from swe_fleet.events import AgentResponseCompleted, DeliberationCompleted, RankedAgent
+from swe_fleet.events import DeliberationCompleted, RankedAgent
 from swe_fleet.local import NatsServer, free_port
 from swe_fleet.publish import JetStreamPublisher, connect_nats, ensure_stream
 from swe_fleet.spec import PublishSpec
 
+from _council_checks import propose_events
+
 pytestmark = pytest.mark.integration
-
-
-def _events(sid: str, n: int) -> list[AgentResponseCompleted]:
-    return [
-        AgentResponseCompleted(
-            submission_id=sid,
-            council="c",
-            task_id=f"t{i}",
-            phase="propose",
-            agent_id="a",
-            role="r",
-            content=f"answer {i}",
-        )
-        for i in range(n)
-    ]
 
 
 async def _collect(url: str, durable: str | None, **kw: object) -> list[object]:
@@ -42,7 +29,7 @@ async def test_republishing_the_same_keys_stores_each_event_once(nats_server: Na
     """Publishing 50 events twice leaves 50 messages; the second round is acked as duplicates."""
     pub = await JetStreamPublisher.connect(PublishSpec(nats_url=nats_server.url))
     try:
-        events = _events("sub-dup", 50)
+        events = propose_events("sub-dup", 50)
         first = await pub.publish_all(events)
         second = await pub.publish_all(events)
     finally:
@@ -57,9 +44,9 @@ async def test_durable_consumer_resumes_after_acked_events(nats_server: NatsServ
     """A durable consumer that read 10 events gets only the 5 new ones next time."""
     pub = await JetStreamPublisher.connect(PublishSpec(nats_url=nats_server.url))
     try:
-        await pub.publish_all(_events("sub-a", 10))
+        await pub.publish_all(propose_events("sub-a", 10))
         first = await _collect(nats_server.url, "dur-resume")
-        await pub.publish_all(_events("sub-b", 5))
+        await pub.publish_all(propose_events("sub-b", 5))
         second = await _collect(nats_server.url, "dur-resume")
     finally:
         await pub.close()
@@ -81,7 +68,7 @@ async def test_consumer_filters_by_submission_and_types_events(nats_server: Nats
         votes_expected=1,
     )
     try:
-        await pub.publish_all([*_events("mine", 2), *_events("other", 3), result])
+        await pub.publish_all([*propose_events("mine", 2), *propose_events("other", 3), result])
     finally:
         await pub.close()
     got = await _collect(nats_server.url, None, submission_id="mine")
@@ -97,7 +84,7 @@ async def test_undecodable_message_goes_to_dead_letter_and_stream_moves_on(
     await ensure_stream(js, "AGENT_RESPONSES")
     await js.publish("agent.response.completed", b"not json at all")
     pub = await JetStreamPublisher.connect(PublishSpec(nats_url=nats_server.url))
-    await pub.publish_all(_events("after", 1))
+    await pub.publish_all(propose_events("after", 1))
     await pub.close()
     got = await _collect(nats_server.url, "dur-dead")
     assert [e.submission_id for e in got] == ["after"]  # type: ignore[attr-defined]
@@ -132,7 +119,7 @@ async def test_unreachable_nats_fails_fast_naming_the_url() -> None:
 async def test_publisher_rides_out_a_nats_restart(tmp_path: object, nats_server: NatsServer) -> None:
     """nats-server restarted on the same store and port mid-stream: every event stored exactly once."""
     pub = await JetStreamPublisher.connect(PublishSpec(nats_url=nats_server.url, retry_budget_s=30))
-    events = _events("restart", 200)
+    events = propose_events("restart", 200)
     port, store = nats_server.port, nats_server.workdir / "jetstream"
 
     async def bounce() -> None:

@@ -16,31 +16,18 @@ from nats.js import api
 
 from swe_fleet.consume import ConsumerOptions, Event, iter_events
 from swe_fleet.errors import OutboxWritten, StreamConfigMismatch
-from swe_fleet.events import AgentResponseCompleted, decode_event
+from swe_fleet.events import decode_event
 from swe_fleet.local import NatsServer, free_port
 from swe_fleet.outbox import OUTBOX_DIR_ENV, append_to_outbox, entries_of, read_outbox, replay_outbox
 from swe_fleet.publish import JetStreamPublisher, PublishPolicy, ensure_stream
 from swe_fleet.spec import PublishSpec
 
+from _council_checks import propose_events
+
 pytestmark = pytest.mark.integration
 
 SWE_FLEET = str(Path(sys.executable).parent / "swe-fleet")
 STREAM = "AGENT_RESPONSES"
-
-
-def _events(sid: str, n: int, start: int = 0) -> list[AgentResponseCompleted]:
-    return [
-        AgentResponseCompleted(
-            submission_id=sid,
-            council="c",
-            task_id=f"t{i}",
-            phase="propose",
-            agent_id="a",
-            role="r",
-            content=f"answer {i}",
-        )
-        for i in range(start, start + n)
-    ]
 
 
 async def _stream_contents(url: str) -> tuple[int, list[str]]:
@@ -89,7 +76,7 @@ async def test_sigkill_mid_publish_then_restart_stores_every_event_exactly_once(
     pub = await JetStreamPublisher.connect(
         PublishSpec(nats_url=nats_server.url, retry_budget_s=30, ack_timeout_s=2)
     )
-    events = _events("kill-mid-publish", 500)
+    events = propose_events("kill-mid-publish", 500)
     acked_at_kill: list[int] = []
 
     async def kill_and_restart() -> None:
@@ -119,7 +106,7 @@ async def test_outage_longer_than_the_budget_spools_to_the_outbox_and_replay_is_
     pub = await JetStreamPublisher.connect(
         PublishSpec(nats_url=nats_server.url, retry_budget_s=3, ack_timeout_s=1)
     )
-    events = _events("outage", 300)
+    events = propose_events("outage", 300)
 
     async def kill_for_good() -> None:
         await _until(lambda: pub.published >= 60)
@@ -161,7 +148,7 @@ async def test_outage_longer_than_the_budget_spools_to_the_outbox_and_replay_is_
 async def test_consumer_killed_mid_stream_loses_nothing(nats_server: NatsServer) -> None:
     """Consumer killed at event 30 of 100, restarted on its durable: all keys seen, only unacked again."""
     pub = await JetStreamPublisher.connect(PublishSpec(nats_url=nats_server.url))
-    events = _events("consumer-killed", 100)
+    events = propose_events("consumer-killed", 100)
     try:
         await pub.publish_all(events)
     finally:
@@ -205,7 +192,7 @@ async def test_consumer_iterates_on_across_a_nats_sigkill_and_restart(nats_serve
     spec = PublishSpec(nats_url=nats_server.url, retry_budget_s=20)
     pub = await JetStreamPublisher.connect(spec)
     try:
-        await pub.publish_all(_events("across", 100))
+        await pub.publish_all(propose_events("across", 100))
     finally:
         await pub.close()
     seen: list[str] = []
@@ -223,11 +210,11 @@ async def test_consumer_iterates_on_across_a_nats_sigkill_and_restart(nats_serve
     await _restart(nats_server, port, store)
     pub = await JetStreamPublisher.connect(spec)
     try:
-        await pub.publish_all(_events("across", 100, start=100))
+        await pub.publish_all(propose_events("across", 100, start=100))
     finally:
         await pub.close()
     await asyncio.wait_for(task, 40)
-    assert set(seen) == {e.key for e in _events("across", 200)}
+    assert set(seen) == {e.key for e in propose_events("across", 200)}
 
 
 async def test_consumer_deleted_under_the_iterator_is_created_again(nats_server: NatsServer) -> None:
@@ -235,7 +222,7 @@ async def test_consumer_deleted_under_the_iterator_is_created_again(nats_server:
     spec = PublishSpec(nats_url=nats_server.url)
     pub = await JetStreamPublisher.connect(spec)
     try:
-        await pub.publish_all(_events("gone", 20))
+        await pub.publish_all(propose_events("gone", 20))
         seen: list[str] = []
         opts = ConsumerOptions(nats_url=nats_server.url, durable="gone", idle_timeout_s=3, fetch_wait_s=0.3)
 
@@ -250,11 +237,11 @@ async def test_consumer_deleted_under_the_iterator_is_created_again(nats_server:
             await nc.jetstream().delete_consumer(STREAM, "gone")
         finally:
             await nc.close()
-        await pub.publish_all(_events("gone", 20, start=20))
+        await pub.publish_all(propose_events("gone", 20, start=20))
         await asyncio.wait_for(task, 30)
     finally:
         await pub.close()
-    assert set(seen) == {e.key for e in _events("gone", 40)}
+    assert set(seen) == {e.key for e in propose_events("gone", 40)}
 
 
 async def test_a_connection_closed_for_good_is_reopened_by_the_next_publish(nats_server: NatsServer) -> None:
@@ -262,7 +249,7 @@ async def test_a_connection_closed_for_good_is_reopened_by_the_next_publish(nats
     pub = await JetStreamPublisher.connect(PublishSpec(nats_url=nats_server.url))
     try:
         await pub._nc.close()  # what the client does after max_reconnect_attempts
-        [result] = await pub.publish_all(_events("reopen", 1))
+        [result] = await pub.publish_all(propose_events("reopen", 1))
     finally:
         await pub.close()
     assert result.seq == 1 and not result.duplicate
@@ -321,10 +308,10 @@ async def test_cli_replay_exit_codes(nats_server: NatsServer, tmp_path: Path) ->
     path = tmp_path / "o.jsonl"
     pub = await JetStreamPublisher.connect(PublishSpec(nats_url=nats_server.url))
     try:
-        await pub.publish_all(_events("cli", 2))  # these two are already stored
+        await pub.publish_all(propose_events("cli", 2))  # these two are already stored
     finally:
         await pub.close()
-    append_to_outbox(path, entries_of(_events("cli", 5)))
+    append_to_outbox(path, entries_of(propose_events("cli", 5)))
 
     unreachable = f"nats://127.0.0.1:{free_port()}"
     down = await asyncio.to_thread(_cli, str(path), "--nats-url", unreachable, "--connect-timeout", "1")
@@ -337,7 +324,7 @@ async def test_cli_replay_exit_codes(nats_server: NatsServer, tmp_path: Path) ->
     assert "published=3 duplicates=2" in ok.stdout
     assert not path.exists()
 
-    path.write_text(entries_of(_events("cli", 1))[0].to_line() + "{broken\n")
+    path.write_text(entries_of(propose_events("cli", 1))[0].to_line() + "{broken\n")
     bad = await asyncio.to_thread(_cli, str(path), "--nats-url", nats_server.url)
     assert bad.returncode == 3
     assert f"{path}:2:" in bad.stderr.replace("\n", "")
