@@ -1,4 +1,4 @@
-"""``swe-fleet``: run, submit, consume, outbox replay, model prepare, local up.
+"""``swe-fleet``: run, submit, doctor, consume, outbox replay, model prepare, local up.
 
 Exit codes are a contract (scripts and CI depend on them):
 
@@ -13,6 +13,7 @@ code  meaning
 5     unreachable: dashboard or NATS did not answer within the bound
 6     timeout: the job did not finish within ``--timeout``
 7     local stack or model preparation failed
+8     doctor: a preflight check failed
 130   interrupted (Ctrl-C); the job was stopped
 ====  ===========================================================
 """
@@ -34,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from swe_fleet import __version__
+from swe_fleet._logging import configure_logging
 from swe_fleet.addresses import ClusterAddresses, Role, auth_token_from_env
 from swe_fleet.errors import (
     AddressError,
@@ -69,6 +71,7 @@ class ExitCode(enum.IntEnum):
     UNREACHABLE = 5
     TIMEOUT = 6
     LOCAL_STACK = 7
+    PREFLIGHT_FAILED = 8
     INTERRUPTED = 130
 
 
@@ -196,8 +199,10 @@ def cli() -> None:
 
     Exit codes: 0 succeeded, 1 job failed, 2 usage, 3 bad input (spec, address, conflict),
     4 job stopped, 5 dashboard/NATS unreachable, 6 timeout, 7 local stack/model failed,
-    130 interrupted.
+    8 doctor found a problem, 130 interrupted.
     """
+    # Logs go to stderr: stdout carries results (--json lines, ids) for scripts.
+    configure_logging(json=False)
 
 
 @cli.command()
@@ -366,6 +371,40 @@ def consume(
         return int(ExitCode.OK)
 
     _guard(lambda: asyncio.run(main()))
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option(
+    "--address", default=None, help="Jobs API URL http://HEAD:8265 (default: from RAY_ADDRESS / RAY_HOST)"
+)
+@click.option("--nats-url", default=None, help="override the spec's publish.nats_url")
+@click.option("--json", "as_json", is_flag=True, help="print the checks as JSON")
+@click.option("--check-timeout", type=float, default=5, show_default=True, help="seconds for each check")
+def doctor(
+    spec_path: str, address: str | None, nats_url: str | None, as_json: bool, check_timeout: float
+) -> None:
+    """Check, from this client, that SPEC can run on the cluster: dashboard, Ray version, auth
+    token, NATS with JetStream, the stream's config, and (server backend) the vLLM server.
+    Exit 0 when every check passes, 8 when one fails (each failure says how to fix it)."""
+    from swe_fleet.preflight import checks_as_json, run_client_checks
+
+    def body() -> int:
+        spec = _load_spec(spec_path).with_overrides(nats_url=nats_url)
+        url = address or ClusterAddresses.from_env(Role.CLIENT).dashboard_url
+        checks = run_client_checks(spec, url, auth_token_from_env(), check_timeout)
+        if as_json:
+            out.print(json.dumps(checks_as_json(checks)), markup=False)
+        else:
+            table = Table(title=f"swe-fleet doctor: {spec_path} on {url}")
+            for column in ("check", "status", "detail", "fix"):
+                table.add_column(column)
+            for c in checks:
+                table.add_row(c.name, c.status, c.detail, c.fix)
+            out.print(table)
+        return int(ExitCode.PREFLIGHT_FAILED if any(c.failed for c in checks) else ExitCode.OK)
+
+    _guard(body)
 
 
 @cli.group()
