@@ -188,15 +188,17 @@ def _others(spec: CouncilSpec, state: TaskState, agent_id: str) -> tuple[str, ..
     return tuple(a.id for a in spec.agents if a.id != agent_id and a.id in state.proposals)
 
 
+def _open_tasks(spec: CouncilSpec, state: CouncilState) -> list[tuple[TaskSpec, TaskState]]:
+    """Tasks whose critique rounds go on (not settled by early stop), in spec order."""
+    return [(t, state.tasks[t.id]) for t in spec.tasks if not state.tasks[t.id].settled]
+
+
 def critique_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[Slot]:
     """Critique round ``round_``: each agent critiques the others' current proposals, for every
     task that is not settled."""
     signal = spec.protocol.no_objection_signal
     slots = []
-    for task in spec.tasks:
-        ts = state.tasks[task.id]
-        if ts.settled:
-            continue
+    for task, ts in _open_tasks(spec, state):
         for agent in spec.agents:
             targets = _others(spec, ts, agent.id)
             if not targets:
@@ -219,10 +221,7 @@ def revise_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[Sl
     """Revise after critique round ``round_``: each agent that received critique revises."""
     limit = spec.protocol.max_critique_chars
     slots = []
-    for task in spec.tasks:
-        ts = state.tasks[task.id]
-        if ts.settled:
-            continue
+    for task, ts in _open_tasks(spec, state):
         received = ts.critiques.get(round_, {})
         for agent in spec.agents:
             notes = received.get(agent.id)

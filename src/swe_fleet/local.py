@@ -2,7 +2,7 @@
 
 Each process is a child of this one, started in its own process group; stopping terminates
 exactly that group (SIGTERM, bounded wait, then SIGKILL) and nothing else on the machine.
-``ray stop`` is never used: it kills every Ray on the machine.
+Ray's own stop command is never used: it would end every Ray on the machine, not just ours.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ from swe_fleet.local import NatsServer, RayHead, free_port
 from swe_fleet.spec import CouncilSpec
 from swe_fleet.submit import CouncilJobClient, CouncilRequest
 
+from _council_checks import propose_events
+
 SWE_FLEET = str(Path(sys.executable).parent / "swe-fleet")
 
 
@@ -92,26 +94,12 @@ def test_consume_json_prints_each_event_once(nats_server: NatsServer) -> None:
     """consume --json prints one JSON line per event and exits 0 when idle."""
     import asyncio
 
-    from swe_fleet.events import AgentResponseCompleted
     from swe_fleet.publish import JetStreamPublisher
     from swe_fleet.spec import PublishSpec
 
     async def publish() -> None:
         pub = await JetStreamPublisher.connect(PublishSpec(nats_url=nats_server.url))
-        await pub.publish_all(
-            [
-                AgentResponseCompleted(
-                    submission_id="s",
-                    council="c",
-                    task_id=f"t{i}",
-                    phase="propose",
-                    agent_id="a",
-                    role="r",
-                    content="x",
-                )
-                for i in range(3)
-            ]
-        )
+        await pub.publish_all(propose_events("s", 3))
         await pub.close()
 
     asyncio.run(publish())

@@ -11,9 +11,10 @@ import pytest
 from nats.js import api
 
 from swe_fleet.errors import OutboxWritten, PublishError
-from swe_fleet.events import AgentResponseCompleted
 from swe_fleet.outbox import read_outbox
 from swe_fleet.publish import JetStreamPublisher, PublishPolicy
+
+from _council_checks import propose_events
 
 FAST = PublishPolicy(ack_timeout_s=1, max_attempts=3, budget_s=5, initial_wait_s=0.001, max_wait_s=0.002)
 
@@ -49,28 +50,13 @@ class _StandInConnection:
         return None
 
 
-def _events(n: int) -> list[AgentResponseCompleted]:
-    return [
-        AgentResponseCompleted(
-            submission_id="s",
-            council="c",
-            task_id=f"t{i}",
-            phase="propose",
-            agent_id="a",
-            role="r",
-            content="x",
-        )
-        for i in range(n)
-    ]
-
-
 def _publisher(js: _StandInJetStream, outbox: Path | None = None) -> JetStreamPublisher:
     return JetStreamPublisher(_StandInConnection(js), "S", FAST, outbox=outbox)
 
 
 async def test_first_attempt_counts_toward_max_attempts() -> None:
     """Two timeouts then success: three calls in all; three timeouts: PublishError after 3 attempts."""
-    [e] = _events(1)
+    [e] = propose_events("s", 1)
     js = _StandInJetStream({e.key: [nats.errors.TimeoutError(), nats.errors.TimeoutError()]})
     result = await _publisher(js).publish(e)
     assert len(js.calls) == 3 and result.seq == 3 and not result.duplicate
@@ -84,7 +70,7 @@ async def test_first_attempt_counts_toward_max_attempts() -> None:
 
 async def test_non_transient_error_fails_on_the_first_attempt() -> None:
     """A bad subject is raised as PublishError after exactly one call."""
-    [e] = _events(1)
+    [e] = propose_events("s", 1)
     js = _StandInJetStream({e.key: [nats.errors.BadSubjectError()]})
     with pytest.raises(PublishError, match="BadSubjectError"):
         await _publisher(js).publish(e)
@@ -94,12 +80,12 @@ async def test_non_transient_error_fails_on_the_first_attempt() -> None:
 async def test_pub_ack_from_another_stream_is_an_error() -> None:
     """A PubAck naming a different stream is refused, both streams named."""
     with pytest.raises(PublishError, match="'OTHER', not 'S'"):
-        await _publisher(_StandInJetStream(stream="OTHER")).publish(_events(1)[0])
+        await _publisher(_StandInJetStream(stream="OTHER")).publish(propose_events("s", 1)[0])
 
 
 async def test_failed_publish_all_spools_exactly_the_unacknowledged_events(tmp_path: Path) -> None:
     """Event 3 of 6 exhausts its retries: events 3-5 (failed + never started) go to the outbox, 0-2 do not."""
-    events = _events(6)
+    events = propose_events("s", 6)
     js = _StandInJetStream({events[3].key: [nats.errors.TimeoutError() for _ in range(3)]})
     outbox = tmp_path / "o.jsonl"
     with pytest.raises(OutboxWritten) as info:
@@ -116,4 +102,4 @@ async def test_closed_publisher_refuses_to_publish() -> None:
     pub = _publisher(_StandInJetStream())
     await pub.close()
     with pytest.raises(PublishError, match="closed"):
-        await pub.publish(_events(1)[0])
+        await pub.publish(propose_events("s", 1)[0])

@@ -9,25 +9,12 @@ from tenacity import RetryError
 from swe_fleet.llm.engine import split_evenly
 from swe_fleet.publish import PublishPolicy
 
-
-async def _run(policy: PublishPolicy, errors: list[BaseException]) -> tuple[int, list[float]]:
-    sleeps: list[float] = []
-
-    async def fake_sleep(s: float) -> None:
-        sleeps.append(s)
-
-    calls = 0
-    async for attempt in policy.retrying(sleep=fake_sleep):
-        with attempt:
-            calls += 1
-            if errors:
-                raise errors.pop(0)
-    return calls, sleeps
+from _retry import run_with_retries
 
 
 async def test_transient_errors_are_retried_until_success() -> None:
     """Timeouts and closed connections are retried; the publish then succeeds."""
-    calls, sleeps = await _run(
+    calls, sleeps = await run_with_retries(
         PublishPolicy(), [nats.errors.TimeoutError(), nats.errors.ConnectionClosedError()]
     )
     assert calls == 3
@@ -38,7 +25,7 @@ async def test_attempts_are_bounded() -> None:
     """A publish that always times out stops after max_attempts."""
     policy = PublishPolicy(max_attempts=4)
     with pytest.raises(RetryError) as info:
-        await _run(policy, [nats.errors.TimeoutError() for _ in range(10)])
+        await run_with_retries(policy, [nats.errors.TimeoutError() for _ in range(10)])
     assert info.value.last_attempt.attempt_number == 4
 
 
@@ -46,7 +33,7 @@ async def test_non_transient_errors_are_not_retried() -> None:
     """A bad subject is a bug, not weather: it surfaces on the first attempt."""
     errors: list[BaseException] = [nats.errors.BadSubjectError(), nats.errors.BadSubjectError()]
     with pytest.raises(nats.errors.BadSubjectError):
-        await _run(PublishPolicy(), errors)
+        await run_with_retries(PublishPolicy(), errors)
     assert len(errors) == 1  # exactly one attempt was made
 
 

@@ -18,26 +18,13 @@ from swe_fleet.llm.server import (
     is_transient_status,
 )
 
+from _retry import run_with_retries
+
 URL = "http://127.0.0.1:1/v1/chat/completions"
 
 
 def _status(code: int) -> ServerStatusError:
     return ServerStatusError(status=code, url=URL, server_message="m")
-
-
-async def _run(policy: ServerRetryPolicy, errors: list[BaseException]) -> tuple[int, list[float]]:
-    sleeps: list[float] = []
-
-    async def fake_sleep(s: float) -> None:
-        sleeps.append(s)
-
-    calls = 0
-    async for attempt in policy.retrying(sleep=fake_sleep):
-        with attempt:
-            calls += 1
-            if errors:
-                raise errors.pop(0)
-    return calls, sleeps
 
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 504, 599])
@@ -77,7 +64,7 @@ def test_other_errors_are_not_transient(exc: BaseException) -> None:
 
 async def test_503_twice_then_success_takes_three_attempts() -> None:
     """Transient statuses are retried until the request succeeds, with bounded backoff."""
-    calls, sleeps = await _run(ServerRetryPolicy(max_wait_s=2.0), [_status(503), _status(503)])
+    calls, sleeps = await run_with_retries(ServerRetryPolicy(max_wait_s=2.0), [_status(503), _status(503)])
     assert calls == 3
     assert len(sleeps) == 2 and all(0 < s <= 2.0 for s in sleeps)
 
@@ -85,7 +72,7 @@ async def test_503_twice_then_success_takes_three_attempts() -> None:
 async def test_attempts_are_bounded() -> None:
     """A server that always answers 503 is given up on after max_attempts."""
     with pytest.raises(RetryError) as info:
-        await _run(ServerRetryPolicy(max_attempts=4), [_status(503) for _ in range(10)])
+        await run_with_retries(ServerRetryPolicy(max_attempts=4), [_status(503) for _ in range(10)])
     assert info.value.last_attempt.attempt_number == 4
     assert isinstance(info.value.last_attempt.exception(), ServerStatusError)
 
@@ -93,7 +80,9 @@ async def test_attempts_are_bounded() -> None:
 async def test_total_time_is_bounded() -> None:
     """With its time budget spent, the policy stops even though attempts remain."""
     with pytest.raises(RetryError) as info:
-        await _run(ServerRetryPolicy(max_attempts=100, budget_s=0.0), [aiohttp.ServerDisconnectedError()])
+        await run_with_retries(
+            ServerRetryPolicy(max_attempts=100, budget_s=0.0), [aiohttp.ServerDisconnectedError()]
+        )
     assert info.value.last_attempt.attempt_number == 1
 
 
@@ -101,7 +90,7 @@ async def test_4xx_is_not_retried() -> None:
     """A 400 surfaces as itself on the first attempt."""
     errors: list[BaseException] = [_status(400), _status(400)]
     with pytest.raises(ServerStatusError) as info:
-        await _run(ServerRetryPolicy(), errors)
+        await run_with_retries(ServerRetryPolicy(), errors)
     assert info.value.status == 400
     assert len(errors) == 1  # exactly one attempt was made
 
