@@ -14,7 +14,11 @@ except PackageNotFoundError:  # shipped as py_modules to a cluster: no dist meta
 from swe_fleet.addresses import ClusterAddresses, Role, jobs_api_url, ray_client_url
 from swe_fleet.errors import (
     AddressError,
+    CouncilIncomplete,
     DashboardUnreachable,
+    DispatchError,
+    DispatchTimeout,
+    InvalidRequest,
     JobWaitTimeout,
     LLMError,
     LocalStackError,
@@ -23,6 +27,7 @@ from swe_fleet.errors import (
     OutboxError,
     OutboxWritten,
     PublishError,
+    RequestRejected,
     SpecError,
     StreamConfigMismatch,
     SubmissionConflict,
@@ -33,9 +38,12 @@ from swe_fleet.events import (
     AgentResponseCompleted,
     AgentResponseFailed,
     CouncilJobFailed,
+    CouncilJobStatus,
+    CouncilRequested,
     DeliberationCompleted,
     decode_event,
 )
+from swe_fleet.producer import CouncilTicket, request_council
 from swe_fleet.spec import AgentSpec, CouncilSpec, ModelSpec, PublishSpec, TaskSpec
 
 __all__ = [
@@ -44,10 +52,17 @@ __all__ = [
     "AgentResponseFailed",
     "AgentSpec",
     "ClusterAddresses",
+    "CouncilIncomplete",
     "CouncilJobFailed",
+    "CouncilJobStatus",
+    "CouncilRequested",
     "CouncilSpec",
+    "CouncilTicket",
     "DashboardUnreachable",
     "DeliberationCompleted",
+    "DispatchError",
+    "DispatchTimeout",
+    "InvalidRequest",
     "JobWaitTimeout",
     "LLMError",
     "LocalStackError",
@@ -58,6 +73,7 @@ __all__ = [
     "OutboxWritten",
     "PublishError",
     "PublishSpec",
+    "RequestRejected",
     "Role",
     "SpecError",
     "StreamConfigMismatch",
@@ -69,4 +85,5 @@ __all__ = [
     "decode_event",
     "jobs_api_url",
     "ray_client_url",
+    "request_council",
 ]

@@ -1,4 +1,4 @@
-"""``swe-fleet``: run, submit, doctor, consume, outbox replay, model prepare, local up.
+"""``swe-fleet``: run, submit, doctor, consume, dispatch, outbox replay, model prepare, local up.
 
 Exit codes are a contract (scripts and CI depend on them):
 
@@ -55,6 +55,7 @@ from swe_fleet.events import (
     AgentResponseFailed,
     AnyEvent,
     CouncilJobFailed,
+    CouncilJobStatus,
     DeliberationCompleted,
 )
 from swe_fleet.spec import CouncilSpec
@@ -135,6 +136,9 @@ def format_event(event: AnyEvent) -> str:
         return f"{event.phase:<8} {event.task_id:<14} {event.agent_id:<12} FAIL {event.reason}"
     if isinstance(event, CouncilJobFailed):
         return f"{'JOB':<8} {event.submission_id} FAILED: {event.reason}"
+    if isinstance(event, CouncilJobStatus):
+        why = f": {' '.join(event.message.split())[:120]}" if event.message else ""
+        return f"{'JOB':<8} {event.submission_id} {event.state.upper()} (request {event.request_id}){why}"
     ranking = ", ".join(
         f"{r.rank}. {r.agent_id} ({r.mean_score if r.mean_score is not None else '-'})" for r in event.ranking
     )
@@ -470,6 +474,133 @@ def local_up(workdir: str | None, num_cpus: int) -> None:
 def main(argv: Sequence[str] | None = None) -> Any:
     """Console entry point."""
     return cli.main(args=list(argv) if argv is not None else None, prog_name="swe-fleet")
+
+
+def _parse_pause(value: str | None) -> tuple[str, float] | None:
+    if not value:
+        return None
+    rid, _, seconds = value.rpartition("=")
+    try:
+        return rid, float(seconds)
+    except ValueError:
+        raise click.BadParameter("expected REQUEST_ID=SECONDS", param_hint="--pause-after-submit") from None
+
+
+@cli.command()
+@NATS_URL_OPTION
+@click.option(
+    "--address", default=None, help="Jobs API URL http://HEAD:8265 (default: from RAY_ADDRESS / RAY_HOST)"
+)
+@click.option(
+    "--job-nats-url",
+    default=None,
+    help="NATS URL the jobs publish to, as seen from the cluster [default: --nats-url]",
+)
+@ENV_OPTION
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="jobs not yet finished at once; further requests wait in the stream",
+)
+@click.option(
+    "--stream",
+    default="AGENT_RESPONSES",
+    show_default=True,
+    help="stream of the jobs' events, where the status events go too",
+)
+@click.option("--durable", default="swe-fleet-dispatch", show_default=True, help="durable request consumer")
+@click.option(
+    "--spec-dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="where requests' spec_ref files live (default: requests must carry their spec)",
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="seconds between job status reads",
+)
+@click.option(
+    "--ack-wait",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30,
+    show_default=True,
+    help="seconds before a request held by a crashed dispatcher is delivered again "
+    "(set when the durable is created)",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="deliveries of one request before it is dead-lettered",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10,
+    show_default=True,
+    help="seconds for each Jobs API request",
+)
+@click.option("--json-logs", is_flag=True, help="log JSON lines (for log collectors) instead of console text")
+# Test hook (hidden): sleep after that request's job was submitted, before its event and ack.
+@click.option("--pause-after-submit", hidden=True, default=None, help="test hook: REQUEST_ID=SECONDS")
+def dispatch(
+    nats_url: str,
+    address: str | None,
+    job_nats_url: str | None,
+    env_kind: str,
+    max_in_flight: int,
+    stream: str,
+    durable: str,
+    spec_dir: str | None,
+    poll: float,
+    ack_wait: float,
+    max_attempts: int,
+    request_timeout: float,
+    json_logs: bool,
+    pause_after_submit: str | None,
+) -> None:
+    """Turn council.request events into council jobs, exactly once, and publish each job's
+    council.job.submitted, running and succeeded | failed | stopped, once per state.
+
+    Bad requests go to council.request.dead with the payload and the reason. Runs until SIGTERM
+    (exit 0; the submission under way is finished and acked first) or Ctrl-C (exit 130).
+    Exit 5 when the Jobs API or NATS cannot be reached, 3 when a stream's config is unfit.
+    """
+    import signal
+
+    from swe_fleet.dispatch import DispatcherConfig, run_dispatcher
+
+    if json_logs:
+        configure_logging(json=True)
+    pause = _parse_pause(pause_after_submit)
+
+    def body() -> int:
+        config = DispatcherConfig(
+            nats_url=nats_url,
+            dashboard_url=address or ClusterAddresses.from_env(Role.CLIENT).dashboard_url,
+            auth_token=auth_token_from_env(),
+            job_nats_url=job_nats_url,
+            env_kind=env_kind,
+            events_stream=stream,
+            durable=durable,
+            max_in_flight=max_in_flight,
+            poll_s=poll,
+            ack_wait_s=ack_wait,
+            max_attempts=max_attempts,
+            spec_dir=Path(spec_dir) if spec_dir else None,
+            request_timeout_s=request_timeout,
+            pause_after_submit=pause,
+        )
+        received = run_dispatcher(config)
+        return int(ExitCode.INTERRUPTED if received == signal.SIGINT else ExitCode.OK)
+
+    _guard(body)
 
 
 @cli.group()

@@ -26,6 +26,7 @@ from swe_fleet.events import (
     AGENT_RESPONSES_STREAM,
     COUNCIL_DEAD,
     COUNCIL_JOB_FAILED,
+    COUNCIL_JOB_STATUS_SUBJECTS,
     DELIBERATION_COMPLETED,
     AnyEvent,
     UndecodableEvent,
@@ -40,6 +41,8 @@ COUNCIL_SUBJECTS = (
     AGENT_RESPONSE_FAILED,
     DELIBERATION_COMPLETED,
     COUNCIL_JOB_FAILED,
+    # The dispatcher's job status events (council.job.failed is already above).
+    *(s for s in COUNCIL_JOB_STATUS_SUBJECTS if s != COUNCIL_JOB_FAILED),
 )
 
 Event = AnyEvent

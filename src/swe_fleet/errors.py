@@ -20,12 +20,19 @@ fields that caller needs. Messages say what happened *and what to do next*.
     ├── LLMError                  the LLM backend failed (backend)
     ├── ModelError                the model could not be located or prepared (model)
     ├── CheckpointMismatch        a checkpoint of another spec under this id (submission_id)
+    ├── DispatchError             a council request could not be dispatched or awaited (request_id)
+    │   ├── InvalidRequest        a request payload is not a valid council request (reason)
+    │   ├── RequestRejected       the dispatcher dead-lettered the request (reason)
+    │   ├── CouncilIncomplete     the job ended without every task's result (state, results)
+    │   └── DispatchTimeout       no final result within the bound (timeout_s)
     └── LocalStackError           a local process did not start or stop (process)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 class SweFleetError(Exception):
@@ -162,6 +169,81 @@ class CheckpointMismatch(SweFleetError):
     def __init__(self, message: str, *, submission_id: str):
         self.submission_id = submission_id
         super().__init__(message)
+
+
+class DispatchError(SweFleetError):
+    """A council request could not be dispatched, or its outcome could not be awaited.
+
+    Attributes:
+        request_id: the request concerned, when known.
+    """
+
+    def __init__(self, message: str, *, request_id: str | None = None):
+        self.request_id = request_id
+        super().__init__(message)
+
+
+class InvalidRequest(DispatchError):
+    """A ``council.request`` payload that is not a valid request (the dispatcher dead-letters it).
+
+    Attributes:
+        reason: what is wrong, naming the field; also the message.
+    """
+
+    def __init__(self, reason: str, *, request_id: str | None = None):
+        self.reason = reason
+        super().__init__(reason, request_id=request_id)
+
+
+class RequestRejected(DispatchError):
+    """The dispatcher dead-lettered the request (``council.request.dead``); no job will run.
+
+    Attributes:
+        reason: the dispatcher's reason.
+    """
+
+    def __init__(self, message: str, *, reason: str, request_id: str | None = None):
+        self.reason = reason
+        super().__init__(message, request_id=request_id)
+
+
+class CouncilIncomplete(DispatchError):
+    """The council's job ended (failed, stopped, or succeeded with results missing) before
+    every task had its ``council.deliberation.completed``.
+
+    Attributes:
+        state: the job's terminal state (``failed``, ``stopped``, ``succeeded``).
+        submission_id: the deliberation's id (event keys, ``swe-fleet submit --retry-failed``).
+        results: the task results that did arrive.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        state: str,
+        submission_id: str,
+        results: Sequence[Any] = (),
+        request_id: str | None = None,
+    ):
+        self.state = state
+        self.submission_id = submission_id
+        self.results = list(results)
+        super().__init__(message, request_id=request_id)
+
+
+class DispatchTimeout(DispatchError):
+    """No final result within the bound; the job (if any) keeps running.
+
+    Attributes:
+        timeout_s: the bound.
+        submission_id: the deliberation's id.
+    """
+
+    def __init__(self, message: str, *, timeout_s: float, submission_id: str, request_id: str | None = None):
+        self.timeout_s = timeout_s
+        self.submission_id = submission_id
+        super().__init__(message, request_id=request_id)
 
 
 class LocalStackError(SweFleetError):

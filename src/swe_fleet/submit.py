@@ -257,6 +257,14 @@ class CouncilJobClient:
             attempt, latest = n, found
         return attempt, latest
 
+    def find_job(self, job_id: str) -> JobDetails | None:
+        """The Ray job with this submission id, or None when the cluster has none.
+
+        Raises:
+            SubmissionError / DashboardUnreachable: the Jobs API failed.
+        """
+        return self._find(job_id, job_id)
+
     def _find(self, job_id: str, sid: str) -> JobDetails | None:
         return cast(
             "JobDetails | None", self._call("looking up the job", lambda: self._client.find_job(job_id), sid)

@@ -1,0 +1,138 @@
+"""request_council's ticket: which events end the wait, and how (results, rejection, failure, timeout)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import nats.errors
+import pytest
+
+from swe_fleet.errors import CouncilIncomplete, DispatchTimeout, RequestRejected
+from swe_fleet.events import (
+    CouncilJobStatus,
+    CouncilRequestDead,
+    CouncilRequested,
+    DeliberationCompleted,
+    JobState,
+    RankedAgent,
+    submission_id_for,
+)
+from swe_fleet.producer import _Waiter
+from swe_fleet.spec import CouncilSpec
+
+SPEC = CouncilSpec.from_dict(
+    {
+        "tasks": [{"id": "t1", "prompt": "p"}, {"id": "t2", "prompt": "q"}],
+        "agents": [{"id": "a", "role": "x"}, {"id": "b", "role": "y"}],
+    }
+)
+RID = "r-1"
+SID = submission_id_for(RID)
+REQUEST_SEQ = 41
+
+
+def _waiter(spec: CouncilSpec | None = SPEC, timeout_s: float = 60) -> _Waiter:
+    request = (
+        CouncilRequested(request_id=RID, spec=spec)
+        if spec
+        else CouncilRequested(request_id=RID, spec_ref="x")
+    )
+    return _Waiter(request, SID, REQUEST_SEQ, spec, timeout_s, "nats://127.0.0.1:1")
+
+
+def _result(task_id: str, sid: str = SID) -> bytes:
+    return DeliberationCompleted(
+        submission_id=sid,
+        council="c",
+        task_id=task_id,
+        winner="a",
+        ranking=[RankedAgent(agent_id="a", rank=1, mean_score=7.0, votes=1)],
+        scores={},
+        votes_counted=1,
+        votes_expected=2,
+    ).to_bytes()
+
+
+def _status(state: JobState, message: str | None = None) -> bytes:
+    return CouncilJobStatus(
+        submission_id=SID, council="c", state=state, request_id=RID, job_id=SID, message=message
+    ).to_bytes()
+
+
+def test_every_task_result_resolves_the_ticket_in_spec_order() -> None:
+    """The ticket resolves as soon as every task has its result, ordered as in the spec; other
+    submissions' events, status events before the end, and junk are ignored."""
+    w = _waiter()
+    for data in (
+        _status("submitted"),
+        _status("running"),
+        _result("t2"),
+        _result("t1", sid="other"),
+        b"junk",
+    ):
+        assert w._take("event", data) is None
+    out = w._take("event", _result("t1"))
+    assert out is not None and [r.task_id for r in out] == ["t1", "t2"]
+
+
+@pytest.mark.parametrize("state", ["failed", "stopped"])
+def test_a_job_that_ends_without_every_result_raises_council_incomplete(state: JobState) -> None:
+    """A failed or stopped job raises CouncilIncomplete with its state, reason and the results so far."""
+    w = _waiter()
+    w._take("event", _result("t1"))
+    with pytest.raises(CouncilIncomplete, match="exit code 1") as info:
+        w._take("event", _status(state, "exit code 1"))
+    assert info.value.state == state and info.value.submission_id == SID
+    assert [r.task_id for r in info.value.results] == ["t1"]
+
+
+def test_a_spec_ref_request_resolves_when_the_job_succeeded() -> None:
+    """Without the spec the ticket cannot count tasks: the succeeded status (which comes after
+    every result) resolves it with what arrived."""
+    w = _waiter(spec=None)
+    assert w._take("event", _result("t1")) is None
+    out = w._take("event", _status("succeeded"))
+    assert out is not None and [r.task_id for r in out] == ["t1"]
+
+
+def test_only_this_requests_dead_letter_rejects_it() -> None:
+    """A dead letter with this request's id and stream sequence raises RequestRejected with the
+    reason; another request's (even under the same id) does not."""
+    w = _waiter()
+    other = CouncilRequestDead(reason="conflict", payload="{}", request_id=RID, stream_seq=REQUEST_SEQ + 1)
+    assert w._take("dead", other.to_bytes()) is None
+    ours = CouncilRequestDead(reason="unknown field x", payload="{}", request_id=RID, stream_seq=REQUEST_SEQ)
+    with pytest.raises(RequestRejected, match="unknown field x") as info:
+        w._take("dead", ours.to_bytes())
+    assert info.value.request_id == RID and info.value.reason == "unknown field x"
+
+
+class _QuietSub:
+    """A pull subscription with nothing to deliver (nats-py's fetch signature)."""
+
+    async def fetch(self, batch: int, timeout: float) -> list[Any]:  # noqa: ASYNC109 - nats-py's API
+        await asyncio.sleep(timeout)
+        raise nats.errors.TimeoutError
+
+    async def unsubscribe(self) -> None:
+        return None
+
+
+class _Conn:
+    is_connected = False
+    is_closed = False
+    closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_no_outcome_within_the_bound_raises_dispatch_timeout() -> None:
+    """With nothing arriving, the ticket raises DispatchTimeout naming the submission, and closes
+    its connection."""
+    conn = _Conn()
+    with pytest.raises(DispatchTimeout, match=SID) as info:
+        await asyncio.wait_for(_waiter(timeout_s=0.3).run(conn, _QuietSub(), _QuietSub()), 10)
+    assert info.value.timeout_s == 0.3 and info.value.request_id == RID
+    assert conn.closed
