@@ -425,3 +425,8 @@ def _first_problem(exc: ValidationError) -> str:
 def event_json_schema() -> dict[str, Any]:
     """The JSON Schema of every council event (for consumers in other languages)."""
     return _ADAPTER.json_schema()
+
+
+def request_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a ``council.request`` payload (for producers in other languages)."""
+    return CouncilRequested.model_json_schema()

@@ -27,6 +27,7 @@ from swe_fleet.events import (
     agent_response_key,
     decode_event,
     decode_request,
+    request_json_schema,
     submission_id_for,
 )
 from swe_fleet.publish import subject_covers
@@ -251,3 +252,11 @@ def test_the_request_consumer_never_drops_a_request_itself() -> None:
     assert c.max_deliver == -1 and c.ack_wait == 7 and c.filter_subject == "council.request"
     with pytest.raises(ValueError, match="max_in_flight"):
         DispatcherConfig(nats_url="nats://x:1", dashboard_url="http://x:2", max_in_flight=0)
+
+
+def test_the_request_schema_is_exported_with_its_required_fields() -> None:
+    """Producers in other languages get a JSON Schema naming request_id, spec and spec_ref."""
+    schema = request_json_schema()
+    assert schema["required"] == ["request_id"]
+    assert {"request_id", "spec", "spec_ref"} <= set(schema["properties"])
+    assert schema["additionalProperties"] is False
