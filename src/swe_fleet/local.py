@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -180,9 +180,11 @@ def wait_for_http_ok(
 
 @dataclass
 class NatsServer:
-    """A real nats-server with JetStream on a free loopback port and a temp store."""
+    """A real nats-server with JetStream on a free port (loopback by default) and a temp store."""
 
     workdir: Path
+    #: Listen address: loopback, or an address of a network namespace the caller created.
+    host: str = "127.0.0.1"
     url: str = ""
     port: int = 0
     process: ManagedProcess | None = None
@@ -194,7 +196,7 @@ class NatsServer:
         argv = [
             venv_binary("nats-server"),
             "-js", "-sd", str(store),
-            "-a", "127.0.0.1", "-p", str(port if port else -1),
+            "-a", self.host, "-p", str(port if port else -1),
             "--http_port", "0",
         ]  # fmt: skip
         self.process = _spawn("nats-server", argv, self.workdir / f"nats-{int(time.time() * 1000)}.log")
@@ -203,7 +205,7 @@ class NatsServer:
             self.process, re.compile(r"Listening for client connections on [\d.]+:(\d+)"), 5
         )
         self.port = int(match.group(1))
-        self.url = f"nats://127.0.0.1:{self.port}"
+        self.url = f"nats://{self.host}:{self.port}"
         return self
 
     def stop(self) -> None:
@@ -257,8 +259,9 @@ class RayHead:
     object_store_bytes: int = 512 * 1024**2
     env: Mapping[str, str] = field(default_factory=dict)
     node_ip: str = "127.0.0.1"
-    #: The ``ray`` executable (another virtualenv's gives a node with other packages).
-    ray_binary: str | None = None
+    #: How to run Ray's CLI (default: this environment's ``ray``); another virtualenv's
+    #: ``[python, "-m", "ray.scripts.scripts"]`` gives a node with other packages.
+    ray_command: Sequence[str] = ()
     dashboard_url: str = ""
     client_url: str = ""
     gcs_address: str = ""
@@ -278,7 +281,7 @@ class RayHead:
                                                 *_NODE_PORT_FLAGS)}  # fmt: skip
         temp_dir = self.temp_dir = _short_temp_dir("swf-ray-")
         argv = [
-            self.ray_binary or venv_binary("ray"), "start", "--head", "--block",
+            *(self.ray_command or [venv_binary("ray")]), "start", "--head", "--block",
             "--node-ip-address", self.node_ip,
             "--dashboard-host", self.node_ip,
             "--include-dashboard", "true",
@@ -376,8 +379,8 @@ class RayWorker:
     memory_bytes: int = 6 * 1024**3
     object_store_bytes: int = 256 * 1024**2
     env: Mapping[str, str] = field(default_factory=dict)
-    #: The ``ray`` executable (another virtualenv's gives a node with other packages).
-    ray_binary: str | None = None
+    #: How to run Ray's CLI (see :attr:`RayHead.ray_command`).
+    ray_command: Sequence[str] = ()
     resources: Mapping[str, float] = field(default_factory=dict)
     temp_dir: Path | None = None
     process: ManagedProcess | None = None
@@ -392,7 +395,7 @@ class RayWorker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.temp_dir = _short_temp_dir("swf-rayw-")
         argv = [
-            self.ray_binary or venv_binary("ray"), "start", "--block",
+            *(self.ray_command or [venv_binary("ray")]), "start", "--block",
             "--address", self.head.gcs_address,
             "--node-ip-address", self.node_ip,
             "--num-cpus", str(self.num_cpus),
