@@ -18,7 +18,7 @@ Environment (read here and nowhere else):
 
 - ``SWE_FLEET_ROLE``: ``head``, ``worker`` or ``client`` (default ``client``).
 - ``RAY_ADDRESS``: on a client an ``http(s)://`` dashboard URL or a ``ray://`` client URL;
-  on a head or worker unset or ``auto``.
+  on a head or worker unset or ``auto`` (or, in a job driver, the GCS ``host:port`` Ray sets).
 - ``RAY_HOST`` (default ``127.0.0.1``), ``RAY_PORT`` (GCS, 6379), ``RAY_DASHBOARD_PORT``
   (8265), ``RAY_CLIENT_PORT`` (10001): derive every address when ``RAY_ADDRESS`` is unset.
 - ``RAY_NAMESPACE`` (default ``swe-fleet``).
@@ -64,7 +64,8 @@ class ClusterAddresses:
         gcs_address: ``HOST:6379``; meaningful only on nodes of the cluster.
         namespace: the Ray namespace swe-fleet's actors and jobs live in.
         ray_address: the value ``RAY_ADDRESS`` should have in this role's environment
-            (``auto`` on head and workers, the dashboard URL on clients).
+            (``auto`` on head and workers, or the GCS address Ray gave a job driver there;
+            the dashboard URL on clients).
     """
 
     role: Role
@@ -102,6 +103,13 @@ class ClusterAddresses:
         host = env.get("RAY_HOST") or DEFAULT_HOST
 
         if role in (Role.HEAD, Role.WORKER):
+            if raw not in ("", "auto") and "://" not in raw:
+                # Ray itself sets RAY_ADDRESS to the GCS host:port in every job driver it starts
+                # on a node (and `swe-fleet node start` sets SWE_FLEET_ROLE there).
+                kind, gcs_host, raw_port = _classify(raw)
+                if kind == "gcs":
+                    port = raw_port or gcs_port
+                    return cls._build(role, gcs_host, port, dash_port, client_port, namespace, raw)
             if raw not in ("", "auto"):
                 raise AddressError(
                     f"RAY_ADDRESS={raw!r} on a {role.value}: on cluster nodes RAY_ADDRESS must be "
@@ -163,6 +171,37 @@ class ClusterAddresses:
             namespace=namespace,
             ray_address=ray_address,
         )
+
+
+@dataclass(frozen=True)
+class ClusterPorts:
+    """The cluster's well-known ports: GCS (``RAY_PORT``), dashboard / Jobs API
+    (``RAY_DASHBOARD_PORT``) and Ray Client server (``RAY_CLIENT_PORT``)."""
+
+    gcs: int = DEFAULT_GCS_PORT
+    dashboard: int = DEFAULT_DASHBOARD_PORT
+    client: int = DEFAULT_CLIENT_PORT
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ClusterPorts:
+        """Read the three ports from ``env`` (default ``os.environ``).
+
+        Raises:
+            AddressError: a port is not a number in 1-65535.
+        """
+        env = os.environ if env is None else env
+        return cls(
+            gcs=_port(env, "RAY_PORT", DEFAULT_GCS_PORT),
+            dashboard=_port(env, "RAY_DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT),
+            client=_port(env, "RAY_CLIENT_PORT", DEFAULT_CLIENT_PORT),
+        )
+
+    def client_addresses(self, host: str, namespace: str = DEFAULT_NAMESPACE) -> ClusterAddresses:
+        """The addresses a client outside the cluster uses to reach the head at ``host``."""
+        addrs = ClusterAddresses._build(
+            Role.CLIENT, host, self.gcs, self.dashboard, self.client, namespace, ""
+        )
+        return ClusterAddresses(**{**addrs.__dict__, "ray_address": addrs.dashboard_url})
 
 
 def auth_token_from_env(env: Mapping[str, str] | None = None, home: Path | None = None) -> str | None:

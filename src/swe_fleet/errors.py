@@ -20,7 +20,10 @@ fields that caller needs. Messages say what happened *and what to do next*.
     ├── LLMError                  the LLM backend failed (backend)
     ├── ModelError                the model could not be located or prepared (model)
     ├── CheckpointMismatch        a checkpoint of another spec under this id (submission_id)
-    └── LocalStackError           a local process did not start or stop (process)
+    ├── LocalStackError           a local process did not start or stop (process)
+    └── NodeStartError            ``swe-fleet node start`` cannot start a Ray node
+        ├── NodeConfigError       an entrypoint variable is invalid (variable)
+        └── NoHeadFound           no live head answered within the bound (hosts)
 """
 
 from __future__ import annotations
@@ -169,4 +172,34 @@ class LocalStackError(SweFleetError):
 
     def __init__(self, message: str, *, process: str):
         self.process = process
+        super().__init__(message)
+
+
+class NodeStartError(SweFleetError):
+    """``swe-fleet node start`` could not start this Ray node."""
+
+
+class NodeConfigError(NodeStartError):
+    """An environment variable of the node entrypoint is missing, malformed or contradictory.
+
+    Attributes:
+        variable: the variable to fix (e.g. ``HEAD_ADDRESS``, ``SWE_FLEET_NUM_CPUS``).
+    """
+
+    def __init__(self, message: str, *, variable: str):
+        self.variable = variable
+        super().__init__(message)
+
+
+class NoHeadFound(NodeStartError):
+    """No live Ray head answered on any host this node may join, within the wait bound.
+
+    Attributes:
+        hosts: the ``host:port`` addresses probed.
+        waited_s: how long this node waited for one of them.
+    """
+
+    def __init__(self, message: str, *, hosts: tuple[str, ...], waited_s: float):
+        self.hosts = hosts
+        self.waited_s = waited_s
         super().__init__(message)

@@ -178,6 +178,58 @@ def wait_for_http_ok(
     )
 
 
+def start_process(
+    name: str, argv: list[str], log_path: Path, env: Mapping[str, str] | None = None
+) -> ManagedProcess:
+    """Start ``argv`` as a child in its own process group, output to ``log_path``; stop it with
+    :meth:`ManagedProcess.stop` (which touches only that group)."""
+    return _spawn(name, argv, log_path, env)
+
+
+def alive_nodes(dashboard_url: str, auth_token: str, timeout_s: float = 10.0) -> list[dict[str, object]]:
+    """The alive nodes of the cluster whose dashboard is at ``dashboard_url`` (state API).
+
+    Raises:
+        LocalStackError: the dashboard did not answer within ``timeout_s``.
+    """
+    request = urllib.request.Request(  # noqa: S310 - our own http:// URL
+        f"{dashboard_url}/api/v0/nodes?limit=1000",
+        headers={"Authorization": f"Bearer {auth_token}"} if auth_token else {},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:  # noqa: S310
+            body = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
+        raise LocalStackError(
+            f"the Ray dashboard at {dashboard_url} did not list nodes: {exc}", process="ray-head"
+        ) from None
+    nodes = body["data"]["result"]["result"]
+    return [n for n in nodes if n.get("state") == "ALIVE"]
+
+
+def wait_for_nodes(
+    dashboard_url: str, auth_token: str, count: int, timeout_s: float = RAY_READY_TIMEOUT_S
+) -> list[dict[str, object]]:
+    """Wait (bounded) until ``count`` nodes are alive; return them.
+
+    Raises:
+        LocalStackError: fewer nodes alive after ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    nodes: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        try:
+            nodes = alive_nodes(dashboard_url, auth_token)
+        except LocalStackError:
+            nodes = []  # the dashboard may still be starting: keep waiting within the bound
+        if len(nodes) >= count:
+            return nodes
+        time.sleep(0.5)
+    raise LocalStackError(
+        f"{len(nodes)} of {count} Ray nodes alive after {timeout_s:.0f} s", process="ray-head"
+    )
+
+
 @dataclass
 class NatsServer:
     """A real nats-server with JetStream on a free port (loopback by default) and a temp store."""
@@ -329,19 +381,7 @@ class RayHead:
         Raises:
             LocalStackError: the dashboard did not answer within ``timeout_s``.
         """
-        request = urllib.request.Request(  # noqa: S310 - our own http:// URL
-            f"{self.dashboard_url}/api/v0/nodes?limit=1000",
-            headers={"Authorization": f"Bearer {self.auth_token}"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as resp:  # noqa: S310
-                body = json.loads(resp.read())
-        except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
-            raise LocalStackError(
-                f"the Ray dashboard at {self.dashboard_url} did not list nodes: {exc}", process="ray-head"
-            ) from None
-        nodes = body["data"]["result"]["result"]
-        return [n for n in nodes if n.get("state") == "ALIVE"]
+        return alive_nodes(self.dashboard_url, self.auth_token, timeout_s)
 
     def wait_for_nodes(self, count: int, timeout_s: float = RAY_READY_TIMEOUT_S) -> list[dict[str, object]]:
         """Wait (bounded) until ``count`` nodes are alive; return them.
@@ -349,16 +389,7 @@ class RayHead:
         Raises:
             LocalStackError: fewer nodes alive after ``timeout_s``.
         """
-        deadline = time.monotonic() + timeout_s
-        nodes: list[dict[str, object]] = []
-        while time.monotonic() < deadline:
-            nodes = self.alive_nodes()
-            if len(nodes) >= count:
-                return nodes
-            time.sleep(0.5)
-        raise LocalStackError(
-            f"{len(nodes)} of {count} Ray nodes alive after {timeout_s:.0f} s", process="ray-head"
-        )
+        return wait_for_nodes(self.dashboard_url, self.auth_token, count, timeout_s)
 
     def stop(self) -> None:
         if self.process:
