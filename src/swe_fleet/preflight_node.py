@@ -523,12 +523,8 @@ def collect_reports(exp: NodeExpectations) -> tuple[list[NodeReport], list[Check
             report.checks.append(
                 Check("node-task", FAIL, f"ran on {result['ran_on']}, not here", "report a bug")
             )
-    cluster = [
-        c
-        for c in [check_gpu_capacity(exp, [float((n.get("Resources") or {}).get("GPU", 0)) for n in nodes])]
-        if c is not None
-    ]
-    return reports, cluster
+    capacity = check_gpu_capacity(exp, [float((n.get("Resources") or {}).get("GPU", 0)) for n in nodes])
+    return reports, [capacity] if capacity else []
 
 
 def report_document(reports: Sequence[NodeReport], cluster: Sequence[Check]) -> dict[str, Any]:
