@@ -144,7 +144,7 @@ def _edit(root: Path, rel: Path, old: str, new: str) -> None:
         (PYPROJECT, '"structlog==26.1.0"', '"structlog==25.0.0"', "structlog"),
         (PYPROJECT, '"ray[default]==2.60.0"', '"ray[default]==2.59.0"', "Ray 2.60.0"),
         (DOCKERFILE, "ARG RAY_VERSION=2.60.0", "ARG RAY_VERSION=2.59.0", "2.59.0"),
-        (DOCKERFILE, "-r /opt/swe-fleet/requirements-worker.txt", "nats-py==2.15.0", "nats-py"),
+        (DOCKERFILE, "-r /opt/swe-fleet/images/requirements-worker.txt", "nats-py==2.15.0", "nats-py"),
         (PACKAGE_INIT, '__version__ = "0.1.0"', '__version__ = "0.0.9"', "fallback"),
     ],
     ids=[
