@@ -60,7 +60,7 @@ def test_image_holds_a_checkout_for_submit_and_rayjobs(text, path):
             "    SWE_FLEET_ROLE=worker \\\n    RAY_AUTH_TOKEN=abc",
             "ENV RAY_AUTH_TOKEN",
         ),
-        ('ARG VLLM_SPEC="vllm"', 'ARG VLLM_SPEC="vllm"\nARG HF_TOKEN', "ARG HF_TOKEN: a secret baked"),
+        ('ARG VLLM_SPEC="vllm==0.32.0"', 'ARG VLLM_SPEC="vllm==0.32.0"\nARG HF_TOKEN', "ARG HF_TOKEN: a secret baked"),
         ("EXPOSE 6379 8265 10001 52365", "EXPOSE 6379 10001", "8265 is not exposed"),
     ],
 )
