@@ -18,7 +18,7 @@ Environment (read here and nowhere else):
 
 - ``SWE_FLEET_ROLE``: ``head``, ``worker`` or ``client`` (default ``client``).
 - ``RAY_ADDRESS``: on a client an ``http(s)://`` dashboard URL or a ``ray://`` client URL;
-  on a head or worker unset or ``auto`` (or, in a job driver, the GCS ``host:port`` Ray sets).
+  on a head or worker unset or ``auto``.
 - ``RAY_HOST`` (default ``127.0.0.1``), ``RAY_PORT`` (GCS, 6379), ``RAY_DASHBOARD_PORT``
   (8265), ``RAY_CLIENT_PORT`` (10001): derive every address when ``RAY_ADDRESS`` is unset.
 - ``RAY_NAMESPACE`` (default ``swe-fleet``).
@@ -64,8 +64,7 @@ class ClusterAddresses:
         gcs_address: ``HOST:6379``; meaningful only on nodes of the cluster.
         namespace: the Ray namespace swe-fleet's actors and jobs live in.
         ray_address: the value ``RAY_ADDRESS`` should have in this role's environment
-            (``auto`` on head and workers, or the GCS address Ray gave a job driver there;
-            the dashboard URL on clients).
+            (``auto`` on head and workers, the dashboard URL on clients).
     """
 
     role: Role
@@ -103,13 +102,6 @@ class ClusterAddresses:
         host = env.get("RAY_HOST") or DEFAULT_HOST
 
         if role in (Role.HEAD, Role.WORKER):
-            if raw not in ("", "auto") and "://" not in raw:
-                # Ray itself sets RAY_ADDRESS to the GCS host:port in every job driver it starts
-                # on a node (and `swe-fleet node start` sets SWE_FLEET_ROLE there).
-                kind, gcs_host, raw_port = _classify(raw)
-                if kind == "gcs":
-                    port = raw_port or gcs_port
-                    return cls._build(role, gcs_host, port, dash_port, client_port, namespace, raw)
             if raw not in ("", "auto"):
                 raise AddressError(
                     f"RAY_ADDRESS={raw!r} on a {role.value}: on cluster nodes RAY_ADDRESS must be "

@@ -20,6 +20,7 @@ fields that caller needs. Messages say what happened *and what to do next*.
     ├── LLMError                  the LLM backend failed (backend)
     ├── ModelError                the model could not be located or prepared (model)
     ├── CheckpointMismatch        a checkpoint of another spec under this id (submission_id)
+    ├── PreflightFailed           a preflight check failed; nothing was submitted (node, check, failures)
     ├── LocalStackError           a local process did not start or stop (process)
     └── NodeStartError            ``swe-fleet node start`` cannot start a Ray node
         ├── NodeConfigError       an entrypoint variable is invalid (variable)
@@ -164,6 +165,24 @@ class CheckpointMismatch(SweFleetError):
 
     def __init__(self, message: str, *, submission_id: str):
         self.submission_id = submission_id
+        super().__init__(message)
+
+
+class PreflightFailed(SweFleetError):
+    """A preflight check failed (a node lacks a pinned module, NATS is unreachable from a node ...),
+    so the council job was not submitted.
+
+    Attributes:
+        node: where the first failing check ran (a node's ``IP (node-id prefix)``, ``client``
+            or ``cluster``).
+        check: the first failing check's name (e.g. ``module nats``).
+        failures: one line per failing check: node, check, what was found and the fix.
+    """
+
+    def __init__(self, message: str, *, node: str, check: str, failures: tuple[str, ...] = ()):
+        self.node = node
+        self.check = check
+        self.failures = failures
         super().__init__(message)
 
 

@@ -88,13 +88,6 @@ def test_nodes_refuse_explicit_ray_address(role: Role) -> None:
         ClusterAddresses.from_env(role, env={"RAY_ADDRESS": "http://head:8265"})
 
 
-@pytest.mark.parametrize("role", [Role.HEAD, Role.WORKER])
-def test_job_drivers_on_nodes_accept_the_gcs_address_ray_sets(role: Role) -> None:
-    """In a job driver Ray sets RAY_ADDRESS to the GCS host:port: on a node that is the cluster."""
-    a = ClusterAddresses.from_env(role, env={"RAY_ADDRESS": "10.77.0.1:6379"})
-    assert (a.gcs_address, a.host, a.ray_address) == ("10.77.0.1:6379", "10.77.0.1", "10.77.0.1:6379")
-
-
 def test_role_comes_from_swe_fleet_role() -> None:
     """SWE_FLEET_ROLE picks the role when none is passed."""
     assert ClusterAddresses.from_env(env={"SWE_FLEET_ROLE": "worker"}).role is Role.WORKER

