@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # where torch==2.13.0+cpu is not in a local wheel folder.
 PIP_OPTS ?=
 
-.PHONY: venv model demo test test-fast lint typecheck check clean
+.PHONY: venv model demo test test-fast validate-manifests lint typecheck check clean
 
 venv: $(VENV)/.installed
 
@@ -36,6 +36,12 @@ test: model
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not integration and not llm"
+
+## Offline checks of images/compose.yaml, images/k8s and the Dockerfile (no engine, no cluster).
+## They also run in `test` and `test-fast`; this runs just them (a few seconds).
+validate-manifests: venv
+	$(BIN)/python -m pytest -q tests/unit/test_manifests_compose.py tests/unit/test_manifests_k8s.py \
+		tests/unit/test_dockerfile.py tests/unit/test_kustomize_subset.py
 
 lint: venv
 	$(BIN)/ruff check src tests jobs scripts

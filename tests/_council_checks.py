@@ -52,3 +52,32 @@ def assert_complete_council(events: Sequence[dict[str, Any]], spec: CouncilSpec)
 def _key(e: dict[str, Any]) -> str:
     base = f"{e['submission_id']}/{e['task_id']}/{e['phase']}/{e['round']}/{e['agent_id']}"
     return f"{base}/failed" if e["event"] == "agent.response.failed" else base
+
+
+def assert_no_silence(events: Sequence[dict[str, Any]], spec: CouncilSpec) -> str:
+    """Given one submission's events, assert no consumer is left waiting: either the job said it
+    failed (``council.job.failed``), or every task has its result and every proposal, critique
+    and vote slot of every task and agent has its completed or failed event (revisions: at most
+    one per agent and round). No key twice. Returns ``"job failed"`` or ``"all answered"``."""
+    keys = [_key(e) for e in events if e["event"].startswith("agent.response.")]
+    assert len(keys) == len(set(keys)), "an event key appeared twice"
+    if any(e["event"] == "council.job.failed" for e in events):
+        return "job failed"
+    results = {e["task_id"]: e for e in events if e["event"] == "council.deliberation.completed"}
+    assert sorted(results) == sorted(t.id for t in spec.tasks), "a task has no result"
+    answered = Counter(
+        (e["task_id"], e["agent_id"], e["phase"], e["round"])
+        for e in events
+        if e["event"].startswith("agent.response.")
+    )
+    for task in spec.tasks:
+        rounds = results[task.id]["rounds_run"]
+        for agent in spec.agents:
+            expected = [("propose", 0), ("vote", 0)] + [("critique", r) for r in range(1, rounds + 1)]
+            for phase, round_ in expected:
+                assert answered[(task.id, agent.id, phase, round_)] == 1, (
+                    f"no outcome for {task.id}/{agent.id}/{phase}/{round_}"
+                )
+            for r in range(1, rounds + 1):
+                assert answered[(task.id, agent.id, "revise", r)] <= 1
+    return "all answered"

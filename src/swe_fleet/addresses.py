@@ -165,6 +165,37 @@ class ClusterAddresses:
         )
 
 
+@dataclass(frozen=True)
+class ClusterPorts:
+    """The cluster's well-known ports: GCS (``RAY_PORT``), dashboard / Jobs API
+    (``RAY_DASHBOARD_PORT``) and Ray Client server (``RAY_CLIENT_PORT``)."""
+
+    gcs: int = DEFAULT_GCS_PORT
+    dashboard: int = DEFAULT_DASHBOARD_PORT
+    client: int = DEFAULT_CLIENT_PORT
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ClusterPorts:
+        """Read the three ports from ``env`` (default ``os.environ``).
+
+        Raises:
+            AddressError: a port is not a number in 1-65535.
+        """
+        env = os.environ if env is None else env
+        return cls(
+            gcs=_port(env, "RAY_PORT", DEFAULT_GCS_PORT),
+            dashboard=_port(env, "RAY_DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT),
+            client=_port(env, "RAY_CLIENT_PORT", DEFAULT_CLIENT_PORT),
+        )
+
+    def client_addresses(self, host: str, namespace: str = DEFAULT_NAMESPACE) -> ClusterAddresses:
+        """The addresses a client outside the cluster uses to reach the head at ``host``."""
+        addrs = ClusterAddresses._build(
+            Role.CLIENT, host, self.gcs, self.dashboard, self.client, namespace, ""
+        )
+        return ClusterAddresses(**{**addrs.__dict__, "ray_address": addrs.dashboard_url})
+
+
 def auth_token_from_env(env: Mapping[str, str] | None = None, home: Path | None = None) -> str | None:
     """The cluster token a client should send: ``RAY_AUTH_TOKEN``, the file at
     ``RAY_AUTH_TOKEN_PATH``, or ``~/.ray/auth_token``; None when there is none."""

@@ -1,4 +1,5 @@
-"""``swe-fleet``: run, submit, doctor, consume, dispatch, outbox replay, model prepare, local up.
+"""``swe-fleet``: run, submit, doctor, consume, dispatch, outbox replay, model prepare, local up,
+node start.
 
 Exit codes are a contract (scripts and CI depend on them):
 
@@ -8,12 +9,13 @@ code  meaning
 0     the job SUCCEEDED (``run``/``submit``), or the command worked
 1     the job FAILED
 2     usage error (unknown option, missing argument)
-3     bad input: unreadable or invalid spec, wrong address, conflict, bad stream or outbox
+3     bad input: unreadable or invalid spec, wrong address, conflict, bad stream or outbox,
+      bad ``node start`` environment
 4     the job was STOPPED
-5     unreachable: dashboard or NATS did not answer within the bound
+5     unreachable: dashboard or NATS did not answer within the bound; ``node start``: no head
 6     timeout: the job did not finish within ``--timeout``
-7     local stack or model preparation failed
-8     doctor: a preflight check failed
+7     local stack or model preparation failed; ``node start``: the Ray node exited on its own
+8     a preflight check failed (``doctor``; ``submit`` then submits nothing)
 130   interrupted (Ctrl-C); the job was stopped
 ====  ===========================================================
 """
@@ -33,6 +35,7 @@ from typing import Any, NoReturn
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from swe_fleet import __version__
 from swe_fleet._logging import configure_logging
@@ -45,6 +48,7 @@ from swe_fleet.errors import (
     ModelError,
     NatsUnreachable,
     OutboxError,
+    PreflightFailed,
     SpecError,
     StreamConfigMismatch,
     SubmissionConflict,
@@ -100,6 +104,8 @@ def _exit_code_for(exc: SweFleetError) -> ExitCode:
         return ExitCode.TIMEOUT
     if isinstance(exc, LocalStackError | ModelError):
         return ExitCode.LOCAL_STACK
+    if isinstance(exc, PreflightFailed):
+        return ExitCode.PREFLIGHT_FAILED
     return ExitCode.JOB_FAILED
 
 
@@ -192,6 +198,13 @@ STREAM_OPTION = click.option("--stream", default="AGENT_RESPONSES", show_default
 TIMEOUT_OPTION = click.option(
     "--timeout", "timeout_s", type=float, default=1800, show_default=True, help="seconds to wait for the job"
 )
+PREFLIGHT_TIMEOUT_OPTION = click.option(
+    "--preflight-timeout",
+    type=float,
+    default=600,
+    show_default=True,
+    help="seconds for the preflight job (runtime_env set-up on every node included)",
+)
 
 # ---- commands ----------------------------------------------------------------------------------
 
@@ -203,7 +216,7 @@ def cli() -> None:
 
     Exit codes: 0 succeeded, 1 job failed, 2 usage, 3 bad input (spec, address, conflict),
     4 job stopped, 5 dashboard/NATS unreachable, 6 timeout, 7 local stack/model failed,
-    8 doctor found a problem, 130 interrupted.
+    8 a preflight check failed (doctor, or submit refusing), 130 interrupted.
     """
     # Logs go to stderr: stdout carries results (--json lines, ids) for scripts.
     configure_logging(json=False)
@@ -275,6 +288,12 @@ def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir:
     show_default=True,
     help="seconds for each Jobs API request",
 )
+@click.option(
+    "--skip-preflight",
+    is_flag=True,
+    help="submit without first checking every node (a passing check is cached per cluster and runtime_env)",
+)
+@PREFLIGHT_TIMEOUT_OPTION
 def submit(
     spec_path: str,
     address: str | None,
@@ -286,21 +305,40 @@ def submit(
     timeout_s: float,
     logs: bool,
     request_timeout: float,
+    skip_preflight: bool,
+    preflight_timeout: float,
 ) -> None:
     """Submit a council job to a cluster through the Jobs API and follow it.
+
+    Before a new job is submitted, a preflight job checks every alive node in the council's
+    own runtime_env (pinned modules, swe-fleet version, NATS and the vLLM server from the node,
+    GPUs, disk); when a check fails nothing is submitted and the exit code is 8. A passing
+    preflight is cached per cluster (its alive nodes) and runtime_env.
 
     The same request twice finds the existing job (no second job); --retry-failed reruns a
     failed or stopped one, resuming from its checkpoint. Exit code follows the job.
     """
+    from swe_fleet.preflight_cluster import PreflightCache, preflight_hook
     from swe_fleet.submit import CouncilJobClient, CouncilRequest
 
     def body() -> int:
         spec = _load_spec(spec_path)
         url = address or ClusterAddresses.from_env(Role.CLIENT).dashboard_url
         client = CouncilJobClient(url, auth_token=auth_token_from_env(), request_timeout_s=request_timeout)
+        hook = (
+            None
+            if skip_preflight
+            else preflight_hook(
+                client,
+                timeout_s=preflight_timeout,
+                cache=PreflightCache.default(),
+                on_info=lambda m: err.print(m, markup=False),
+            )
+        )
         done = client.submit(
             CouncilRequest(spec=spec, env_kind=env_kind, nats_url=nats_url, submission_id=submission_id),
             retry_failed=retry_failed,
+            preflight=hook,
         )
         verb = "submitted" if done.created else "already submitted"
         attempt = "" if done.job_id == done.submission_id else f" as Ray job {done.job_id}"
@@ -377,35 +415,88 @@ def consume(
     _guard(lambda: asyncio.run(main()))
 
 
+def print_checks(checks: Sequence[Any], title: str) -> None:
+    """The doctor's table: one row per node and check, failures with their fix."""
+    table = Table(title=title)
+    for column in ("node", "check", "status", "detail", "fix"):
+        table.add_column(column)
+    for c in checks:
+        style = "bold red" if c.failed else ("dim" if c.status == "skip" else "")
+        # Text, not markup: details quote pip errors and URLs with brackets.
+        table.add_row(Text(c.node), Text(c.name), Text(c.status, style=style), Text(c.detail), Text(c.fix))
+    out.print(table)
+
+
 @cli.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @click.option(
     "--address", default=None, help="Jobs API URL http://HEAD:8265 (default: from RAY_ADDRESS / RAY_HOST)"
 )
-@click.option("--nats-url", default=None, help="override the spec's publish.nats_url")
+@click.option(
+    "--nats-url",
+    default=None,
+    help="override the spec's publish.nats_url (as the cluster sees it; checked from here and from "
+    "every node)",
+)
+@ENV_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print the checks as JSON")
 @click.option("--check-timeout", type=float, default=5, show_default=True, help="seconds for each check")
+@click.option(
+    "--cluster/--client-only",
+    default=True,
+    show_default=True,
+    help="also check every alive node with a preflight job in the council's runtime_env",
+)
+@PREFLIGHT_TIMEOUT_OPTION
+@click.option(
+    "--min-free-disk-gb",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="free disk each node needs where runtime envs and models land",
+)
 def doctor(
-    spec_path: str, address: str | None, nats_url: str | None, as_json: bool, check_timeout: float
+    spec_path: str,
+    address: str | None,
+    nats_url: str | None,
+    env_kind: str,
+    as_json: bool,
+    check_timeout: float,
+    cluster: bool,
+    preflight_timeout: float,
+    min_free_disk_gb: float,
 ) -> None:
-    """Check, from this client, that SPEC can run on the cluster: dashboard, Ray version, auth
-    token, NATS with JetStream, the stream's config, and (server backend) the vLLM server.
-    Exit 0 when every check passes, 8 when one fails (each failure says how to fix it)."""
-    from swe_fleet.preflight import checks_as_json, run_client_checks
+    """Check that SPEC can run on the cluster, from this client and on every node.
+
+    Client: dashboard, Ray version, auth token, NATS with JetStream, the stream's config, and
+    (server backend) the vLLM server. Every alive node (a preflight job in the runtime_env the
+    council would get, --env): each pinned module at its pinned version, swe-fleet's version,
+    NATS and the vLLM server reachable from the node, GPUs where the spec asks for them, free
+    disk. Exit 0 when every check passes, 8 when one fails (each failure names the node, the
+    check and the fix). A passing cluster result is cached for `submit`.
+    """
+    from swe_fleet.preflight import checks_as_json, run_doctor
+    from swe_fleet.preflight_cluster import PreflightCache
+    from swe_fleet.submit import CouncilRequest
 
     def body() -> int:
-        spec = _load_spec(spec_path).with_overrides(nats_url=nats_url)
+        spec = _load_spec(spec_path)
         url = address or ClusterAddresses.from_env(Role.CLIENT).dashboard_url
-        checks = run_client_checks(spec, url, auth_token_from_env(), check_timeout)
+        checks = run_doctor(
+            CouncilRequest(spec=spec, env_kind=env_kind, nats_url=nats_url),
+            url,
+            auth_token_from_env(),
+            check_timeout_s=check_timeout,
+            cluster=cluster,
+            cluster_timeout_s=preflight_timeout,
+            min_free_disk_gb=min_free_disk_gb,
+            cache=PreflightCache.default(),
+            on_info=lambda m: err.print(m, markup=False),
+        )
         if as_json:
             out.print(json.dumps(checks_as_json(checks)), markup=False)
         else:
-            table = Table(title=f"swe-fleet doctor: {spec_path} on {url}")
-            for column in ("check", "status", "detail", "fix"):
-                table.add_column(column)
-            for c in checks:
-                table.add_row(c.name, c.status, c.detail, c.fix)
-            out.print(table)
+            print_checks(checks, f"swe-fleet doctor: {spec_path} on {url} ({env_kind} runtime_env)")
         return int(ExitCode.PREFLIGHT_FAILED if any(c.failed for c in checks) else ExitCode.OK)
 
     _guard(body)
@@ -466,6 +557,77 @@ def local_up(workdir: str | None, num_cpus: int) -> None:
                 return int(ExitCode.OK)
             dead = next(p for p in procs if not p.alive())
             err.print(f"{dead.name} exited with code {dead.popen.returncode}:\n{dead.tail()}", markup=False)
+        return int(ExitCode.LOCAL_STACK)
+
+    _guard(body)
+
+
+@cli.group()
+def node() -> None:
+    """A Ray node of a swe-fleet cluster (the baked image's entrypoint)."""
+
+
+@node.command("start")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="probe once, print the decision, its reasons, the ray start command and the role's "
+    "environment; start nothing (exit 0, or 5 when there is no head to join yet)",
+)
+@click.option("--json", "as_json", is_flag=True, help="with --dry-run: the decision as one JSON object")
+def node_start(dry_run: bool, as_json: bool) -> None:
+    """Start this host's Ray node: head or worker, decided from the environment.
+
+    \b
+    HEAD_ADDRESS=host[:port]      set: a worker joining that head (once its GCS port answers)
+    SWE_FLEET_HEAD_HOSTS=a,b      else: join a live head among these hosts; if none answers and
+                                  this host is listed, become the head (the host listed at
+                                  position i waits i x SWE_FLEET_HEAD_CLAIM_DELAY_S first)
+    SWE_FLEET_HOSTNAME            this host's name in that list (default: the hostname)
+
+    Ports RAY_PORT (6379), RAY_DASHBOARD_PORT (8265), RAY_CLIENT_PORT (10001); resources
+    SWE_FLEET_NUM_CPUS, SWE_FLEET_NUM_GPUS, SWE_FLEET_MEMORY, SWE_FLEET_OBJECT_STORE_MEMORY,
+    SWE_FLEET_RESOURCES (JSON); SWE_FLEET_NODE_IP, SWE_FLEET_TEMP_DIR; token auth
+    RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH (passed to Ray as they are).
+    Waits for a head at most SWE_FLEET_HEAD_WAIT_S (300). Runs `ray start --block`, which must
+    report its node running within SWE_FLEET_START_TIMEOUT_S (300); SIGTERM stops that node
+    (bounded by SWE_FLEET_STOP_TIMEOUT_S, 60) and exits 0.
+
+    Exit codes: 0 stopped by a signal (or --dry-run decided), 3 bad environment, 5 no head
+    answered within the bound, 7 Ray exited on its own or could not start.
+    """
+    import os
+
+    from swe_fleet.errors import NodeConfigError, NoHeadFound
+    from swe_fleet.node import NodeAction, masked_env
+    from swe_fleet.node_start import decide_from_env, log_decision, node_env, run_node
+
+    def body() -> int:
+        try:
+            config, decision = decide_from_env(os.environ, wait=not dry_run)
+        except NodeConfigError as exc:
+            _fail(ExitCode.BAD_INPUT, str(exc))
+        except NoHeadFound as exc:
+            _fail(ExitCode.UNREACHABLE, str(exc))
+        if dry_run:
+            if as_json:
+                doc = decision.as_dict()
+                doc["env"] = masked_env(decision.env)
+                out.print(json.dumps(doc), markup=False)
+            else:
+                for line in decision.describe():
+                    out.print(line, markup=False)
+            return int(ExitCode.UNREACHABLE if decision.action is NodeAction.WAIT else ExitCode.OK)
+        log_decision(decision)
+        ended = run_node(
+            decision,
+            node_env(os.environ, decision),
+            start_timeout_s=config.start_timeout_s,
+            stop_timeout_s=config.stop_timeout_s,
+        )
+        if ended.stopped:
+            return int(ExitCode.OK)
+        err.print(f"[bold red]error:[/] {ended.reason}", markup=True)
         return int(ExitCode.LOCAL_STACK)
 
     _guard(body)

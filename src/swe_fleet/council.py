@@ -16,6 +16,13 @@ running for that task (not critiqued, revised or voted on) but its agent still c
 votes; a failed revision keeps the previous proposal.
 Early stop and prompt shortening: see :class:`swe_fleet.spec.ProtocolSpec`. Ranking: see
 :mod:`swe_fleet.ranking`.
+
+Prompt layout, shared context first: every request is ``[system: the council prompt (the same
+for everyone), user: <context of the task> + <who this agent is> + <what it must do now>]``.
+The context (the task and, for critique and vote, *every* current proposal of the task, in spec
+order) is the same text for every agent of a task, and the agent's role and role prompt come
+after it, so an engine with prefix caching (vLLM's default) computes that context once per
+task instead of once per agent: in a batch, most of a critique or vote prompt is shared.
 """
 
 from __future__ import annotations
@@ -147,11 +154,16 @@ def shorten(text: str, limit: int) -> str:
     return f"{text[:limit]}\n[... {len(text) - limit} characters cut]"
 
 
-def _request(spec: CouncilSpec, agent: AgentSpec, user: str, **kw: Any) -> ChatRequest:
+def _role(agent: AgentSpec) -> str:
+    return f"You are {agent.id}, the council's {agent.role}. {agent.resolved_role_prompt()}"
+
+
+def _request(spec: CouncilSpec, agent: AgentSpec, context: str, ask: str, **kw: Any) -> ChatRequest:
+    """``context`` is shared by every agent of the task; the agent's role and ``ask`` follow it."""
     return ChatRequest(
         messages=(
-            {"role": "system", "content": agent.resolved_system_prompt()},
-            {"role": "user", "content": user},
+            {"role": "system", "content": spec.protocol.council_prompt},
+            {"role": "user", "content": f"{context}\n\n{_role(agent)}\n\n{ask}"},
         ),
         max_tokens=kw.pop("max_tokens", spec.model.max_tokens),
         temperature=spec.model.temperature,
@@ -160,28 +172,27 @@ def _request(spec: CouncilSpec, agent: AgentSpec, user: str, **kw: Any) -> ChatR
     )
 
 
-def _listing(spec: CouncilSpec, state: TaskState, candidates: Sequence[str]) -> str:
+def _task_context(task: TaskSpec) -> str:
+    return f"Task {task.id}:\n{task.prompt}"
+
+
+def _proposals_context(spec: CouncilSpec, task: TaskSpec, state: TaskState, heading: str) -> str:
+    """The task and every standing proposal of it (spec order, each cut to max_proposal_chars)."""
     limit = spec.protocol.max_proposal_chars
-    return "\n\n".join(f"### {c}\n{shorten(state.proposals[c], limit)}" for c in candidates)
+    listing = "\n\n".join(
+        f"### {a.id}\n{shorten(state.proposals[a.id], limit)}" for a in spec.agents if a.id in state.proposals
+    )
+    return f"{_task_context(task)}\n\n{heading}\n\n{listing}"
 
 
 def proposal_slots(spec: CouncilSpec) -> list[Slot]:
     """The propose phase: one request per (task, agent), tasks outer, agents inner."""
     return [
-        Slot(
-            task=task,
-            agent=agent,
-            phase="propose",
-            round=0,
-            request=_request(
-                spec,
-                agent,
-                f"Task {task.id}:\n{task.prompt}\n\nAs the council's {agent.role}, propose a solution.",
-            ),
-        )
+        Slot(task=task, agent=agent, phase="propose", round=0,
+             request=_request(spec, agent, _task_context(task), "Propose a solution."))
         for task in spec.tasks
         for agent in spec.agents
-    ]
+    ]  # fmt: skip
 
 
 def _others(spec: CouncilSpec, state: TaskState, agent_id: str) -> tuple[str, ...]:
@@ -199,20 +210,20 @@ def critique_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[
     signal = spec.protocol.no_objection_signal
     slots = []
     for task, ts in _open_tasks(spec, state):
+        context = _proposals_context(spec, task, ts, "The council's current proposals:")
         for agent in spec.agents:
             targets = _others(spec, ts, agent.id)
             if not targets:
                 continue
             headings = ", ".join(f"### {t}" for t in targets)
-            user = (
-                f"Task {task.id}:\n{task.prompt}\n\nThe other council members proposed:\n\n"
-                f"{_listing(spec, ts, targets)}\n\nAs the council's {agent.role}, critique each "
-                f"proposal under its own heading ({headings}). Name concrete problems. If you have "
-                f"no objection to a proposal, write {signal} under its heading."
+            ask = (
+                f"Critique each proposal except your own, under its own heading ({headings}). "
+                f"Name concrete problems. If you have no objection to a proposal, write {signal} "
+                "under its heading."
             )
             slots.append(
                 Slot(task=task, agent=agent, phase="critique", round=round_,
-                     request=_request(spec, agent, user), candidates=targets)
+                     request=_request(spec, agent, context, ask), candidates=targets)
             )  # fmt: skip
     return slots
 
@@ -228,13 +239,12 @@ def revise_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[Sl
             if agent.id not in ts.proposals or not notes:
                 continue
             critique_text = "\n\n".join(f"From {critic}:\n{shorten(text, limit)}" for critic, text in notes)
-            user = (
-                f"Task {task.id}:\n{task.prompt}\n\nYour proposal:\n"
-                f"{shorten(ts.proposals[agent.id], spec.protocol.max_proposal_chars)}\n\n"
+            ask = (
+                f"Your proposal:\n{shorten(ts.proposals[agent.id], spec.protocol.max_proposal_chars)}\n\n"
                 f"Critique you received:\n\n{critique_text}\n\nWrite your revised proposal in full."
             )
             slots.append(Slot(task=task, agent=agent, phase="revise", round=round_,
-                              request=_request(spec, agent, user)))  # fmt: skip
+                              request=_request(spec, agent, _task_context(task), ask)))  # fmt: skip
     return slots
 
 
@@ -247,20 +257,20 @@ def vote_slots(spec: CouncilSpec, state: CouncilState) -> list[Slot]:
     slots: list[Slot] = []
     for task in spec.tasks:
         ts = state.tasks[task.id]
+        context = _proposals_context(spec, task, ts, "The council's final proposals:")
         for voter in spec.agents:
             candidates = _others(spec, ts, voter.id)
             if not candidates:
                 continue
             # Placeholders, not numbers: small models copy an example's numbers verbatim.
             example = json.dumps({"scores": dict.fromkeys(candidates, "<score>")})
-            user = (
-                f"Task {task.id}:\n{task.prompt}\n\n{_listing(spec, ts, candidates)}\n\n"
-                f"Score each proposal from {lo} (worst) to {hi} (best). "
+            ask = (
+                f"Score each proposal except your own from {lo} (worst) to {hi} (best). "
                 f"Answer with JSON only, in this form: {example}"
             )
             slots.append(
                 Slot(task=task, agent=voter, phase="vote", round=0, candidates=candidates,
-                     request=_request(spec, voter, user, max_tokens=spec.model.vote_max_tokens,
+                     request=_request(spec, voter, context, ask, max_tokens=spec.model.vote_max_tokens,
                                       json_schema=vote_schema(candidates, lo, hi)))
             )  # fmt: skip
     return slots

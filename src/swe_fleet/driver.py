@@ -159,7 +159,7 @@ async def _run_council(spec: CouncilSpec, submission_id: str, publisher: JetStre
     except BaseException:
         await ckpt_nc.close()
         raise
-    replica_calls: list[int] = []
+    replica_calls: list[int | None] = []
     start_error: str | None = None
     try:
         try:

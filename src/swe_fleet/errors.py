@@ -25,7 +25,11 @@ fields that caller needs. Messages say what happened *and what to do next*.
     │   ├── RequestRejected       the dispatcher dead-lettered the request (reason)
     │   ├── CouncilIncomplete     the job ended without every task's result (state, results)
     │   └── DispatchTimeout       no final result within the bound (timeout_s)
-    └── LocalStackError           a local process did not start or stop (process)
+    ├── PreflightFailed           a preflight check failed; nothing was submitted (node, check, failures)
+    ├── LocalStackError           a local process did not start or stop (process)
+    └── NodeStartError            ``swe-fleet node start`` cannot start a Ray node
+        ├── NodeConfigError       an entrypoint variable is invalid (variable)
+        └── NoHeadFound           no live head answered within the bound (hosts)
 """
 
 from __future__ import annotations
@@ -246,9 +250,57 @@ class DispatchTimeout(DispatchError):
         super().__init__(message, request_id=request_id)
 
 
+class PreflightFailed(SweFleetError):
+    """A preflight check failed (a node lacks a pinned module, NATS is unreachable from a node ...),
+    so the council job was not submitted.
+
+    Attributes:
+        node: where the first failing check ran (a node's ``IP (node-id prefix)``, ``client``
+            or ``cluster``).
+        check: the first failing check's name (e.g. ``module nats``).
+        failures: one line per failing check: node, check, what was found and the fix.
+    """
+
+    def __init__(self, message: str, *, node: str, check: str, failures: tuple[str, ...] = ()):
+        self.node = node
+        self.check = check
+        self.failures = failures
+        super().__init__(message)
+
+
 class LocalStackError(SweFleetError):
     """A process of the embedded local stack did not start (or stop) as expected."""
 
     def __init__(self, message: str, *, process: str):
         self.process = process
+        super().__init__(message)
+
+
+class NodeStartError(SweFleetError):
+    """``swe-fleet node start`` could not start this Ray node."""
+
+
+class NodeConfigError(NodeStartError):
+    """An environment variable of the node entrypoint is missing, malformed or contradictory.
+
+    Attributes:
+        variable: the variable to fix (e.g. ``HEAD_ADDRESS``, ``SWE_FLEET_NUM_CPUS``).
+    """
+
+    def __init__(self, message: str, *, variable: str):
+        self.variable = variable
+        super().__init__(message)
+
+
+class NoHeadFound(NodeStartError):
+    """No live Ray head answered on any host this node may join, within the wait bound.
+
+    Attributes:
+        hosts: the ``host:port`` addresses probed.
+        waited_s: how long this node waited for one of them.
+    """
+
+    def __init__(self, message: str, *, hosts: tuple[str, ...], waited_s: float):
+        self.hosts = hosts
+        self.waited_s = waited_s
         super().__init__(message)

@@ -8,6 +8,7 @@ Ray's own stop command is never used: it would end every Ray on the machine, not
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -21,7 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -177,11 +178,65 @@ def wait_for_http_ok(
     )
 
 
+def start_process(
+    name: str, argv: list[str], log_path: Path, env: Mapping[str, str] | None = None
+) -> ManagedProcess:
+    """Start ``argv`` as a child in its own process group, output to ``log_path``; stop it with
+    :meth:`ManagedProcess.stop` (which touches only that group)."""
+    return _spawn(name, argv, log_path, env)
+
+
+def alive_nodes(dashboard_url: str, auth_token: str, timeout_s: float = 10.0) -> list[dict[str, object]]:
+    """The alive nodes of the cluster whose dashboard is at ``dashboard_url`` (state API).
+
+    Raises:
+        LocalStackError: the dashboard did not answer within ``timeout_s``.
+    """
+    request = urllib.request.Request(  # noqa: S310 - our own http:// URL
+        f"{dashboard_url}/api/v0/nodes?limit=1000",
+        headers={"Authorization": f"Bearer {auth_token}"} if auth_token else {},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:  # noqa: S310
+            body = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
+        raise LocalStackError(
+            f"the Ray dashboard at {dashboard_url} did not list nodes: {exc}", process="ray-head"
+        ) from None
+    nodes = body["data"]["result"]["result"]
+    return [n for n in nodes if n.get("state") == "ALIVE"]
+
+
+def wait_for_nodes(
+    dashboard_url: str, auth_token: str, count: int, timeout_s: float = RAY_READY_TIMEOUT_S
+) -> list[dict[str, object]]:
+    """Wait (bounded) until ``count`` nodes are alive; return them.
+
+    Raises:
+        LocalStackError: fewer nodes alive after ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    nodes: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        try:
+            nodes = alive_nodes(dashboard_url, auth_token)
+        except LocalStackError:
+            nodes = []  # the dashboard may still be starting: keep waiting within the bound
+        if len(nodes) >= count:
+            return nodes
+        time.sleep(0.5)
+    raise LocalStackError(
+        f"{len(nodes)} of {count} Ray nodes alive after {timeout_s:.0f} s", process="ray-head"
+    )
+
+
 @dataclass
 class NatsServer:
-    """A real nats-server with JetStream on a free loopback port and a temp store."""
+    """A real nats-server with JetStream on a free port (loopback by default) and a temp store."""
 
     workdir: Path
+    #: Listen address: loopback, or an address of a network namespace the caller created.
+    host: str = "127.0.0.1"
     url: str = ""
     port: int = 0
     process: ManagedProcess | None = None
@@ -193,7 +248,7 @@ class NatsServer:
         argv = [
             venv_binary("nats-server"),
             "-js", "-sd", str(store),
-            "-a", "127.0.0.1", "-p", str(port if port else -1),
+            "-a", self.host, "-p", str(port if port else -1),
             "--http_port", "0",
         ]  # fmt: skip
         self.process = _spawn("nats-server", argv, self.workdir / f"nats-{int(time.time() * 1000)}.log")
@@ -202,7 +257,7 @@ class NatsServer:
             self.process, re.compile(r"Listening for client connections on [\d.]+:(\d+)"), 5
         )
         self.port = int(match.group(1))
-        self.url = f"nats://127.0.0.1:{self.port}"
+        self.url = f"nats://{self.host}:{self.port}"
         return self
 
     def stop(self) -> None:
@@ -210,43 +265,77 @@ class NatsServer:
             self.process.stop()
 
 
+#: Ray's ports besides the GCS and the dashboard; each node of a local cluster gets free ones.
+_NODE_PORT_FLAGS = (
+    "node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+)  # fmt: skip
+
+
+def _short_temp_dir(prefix: str) -> Path:
+    # Ray's temp dir holds unix sockets (path limit ~107 bytes): keep it short.
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def _ray_node_env(base: Mapping[str, str], token_path: Path) -> dict[str, str]:
+    env = {
+        **os.environ,
+        **base,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_path),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # No Serve replicas to drain here; the default makes every stop take 30 s.
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    }
+    env.pop("RAY_ADDRESS", None)  # a node resolves itself; an inherited address misleads it
+    return env
+
+
+def _is_loopback(ip: str) -> bool:
+    return ip == "localhost" or ip.startswith("127.")
+
+
 @dataclass
 class RayHead:
     """A real Ray head (``ray start --head --block``) with capped resources, its own temp dir,
-    token auth with its own token, and the dashboard (Jobs API) on a free loopback port."""
+    token auth with its own token, and the dashboard (Jobs API) on a free port.
+
+    On ``127.0.0.1`` (the default) the whole cluster stays on loopback and no other node can
+    join. With another ``node_ip`` (an address of a network namespace the caller created, see
+    ``tests/_netns.py``) the head listens there and :class:`RayWorker` nodes can join it.
+    """
 
     workdir: Path
     num_cpus: int = 2
     memory_bytes: int = 8 * 1024**3
     object_store_bytes: int = 512 * 1024**2
     env: Mapping[str, str] = field(default_factory=dict)
-    #: Keep the whole cluster on 127.0.0.1 (single node); False for heads that workers join.
-    loopback_only: bool = True
+    node_ip: str = "127.0.0.1"
+    #: How to run Ray's CLI (default: this environment's ``ray``); another virtualenv's
+    #: ``[python, "-m", "ray.scripts.scripts"]`` gives a node with other packages.
+    ray_command: Sequence[str] = ()
     dashboard_url: str = ""
     client_url: str = ""
     gcs_address: str = ""
     auth_token: str = ""
+    token_path: Path | None = None
     temp_dir: Path | None = None
     process: ManagedProcess | None = None
 
     def start(self) -> RayHead:
         """Start the head and wait until the Jobs API answers (bounded)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        token_path = self.workdir / "auth_token"
+        token_path = self.token_path = self.workdir / "auth_token"
         self.auth_token = secrets.token_hex(32)
         token_path.write_text(self.auth_token)
         token_path.chmod(0o600)
-        ports = {name: free_port() for name in (
-            "port", "dashboard-port", "ray-client-server-port", "node-manager-port",
-            "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-            "metrics-export-port", "runtime-env-agent-port",
-        )}  # fmt: skip
-        # Ray's temp dir holds unix sockets (path limit ~107 bytes): keep it short.
-        temp_dir = self.temp_dir = Path(tempfile.mkdtemp(prefix="swf-ray-", dir="/tmp"))
+        ports = {name: free_port() for name in ("port", "dashboard-port", "ray-client-server-port",
+                                                *_NODE_PORT_FLAGS)}  # fmt: skip
+        temp_dir = self.temp_dir = _short_temp_dir("swf-ray-")
         argv = [
-            venv_binary("ray"), "start", "--head", "--block",
-            "--node-ip-address", "127.0.0.1",
-            "--dashboard-host", "127.0.0.1",
+            *(self.ray_command or [venv_binary("ray")]), "start", "--head", "--block",
+            "--node-ip-address", self.node_ip,
+            "--dashboard-host", self.node_ip,
             "--include-dashboard", "true",
             "--num-cpus", str(self.num_cpus),
             "--num-gpus", "0",
@@ -255,25 +344,16 @@ class RayHead:
             "--temp-dir", str(temp_dir),
             "--disable-usage-stats",
         ] + [f"--{k}={v}" for k, v in ports.items()]  # fmt: skip
-        env = {
-            **os.environ,
-            **self.env,
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(token_path),
-            "RAY_USAGE_STATS_ENABLED": "0",
-            # No Serve replicas to drain here; the default makes every stop take 30 s.
-            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
-        }
-        if self.loopback_only:
+        env = _ray_node_env(self.env, token_path)
+        if _is_loopback(self.node_ip):
             # Ray turns --node-ip-address 127.0.0.1 into the host's interface address; this
             # switch (meant for laptops) keeps every Ray socket on loopback. It also refuses
-            # worker nodes joining from elsewhere, which a local stack does not want anyway.
+            # worker nodes joining from elsewhere, which a loopback head does not want anyway.
             env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-        env.pop("RAY_ADDRESS", None)  # a head resolves itself; an inherited address misleads it
         self.process = _spawn("ray-head", argv, self.workdir / "ray-head.log", env)
-        self.dashboard_url = f"http://127.0.0.1:{ports['dashboard-port']}"
-        self.client_url = f"ray://127.0.0.1:{ports['ray-client-server-port']}"
-        self.gcs_address = f"127.0.0.1:{ports['port']}"
+        self.dashboard_url = f"http://{self.node_ip}:{ports['dashboard-port']}"
+        self.client_url = f"ray://{self.node_ip}:{ports['ray-client-server-port']}"
+        self.gcs_address = f"{self.node_ip}:{ports['port']}"
         self._wait_for_dashboard(RAY_READY_TIMEOUT_S)
         return self
 
@@ -294,6 +374,73 @@ class RayHead:
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": self.auth_token,
         }
+
+    def alive_nodes(self, timeout_s: float = 10.0) -> list[dict[str, object]]:
+        """The cluster's alive nodes as the dashboard lists them (``node_id``, ``node_ip``, ...).
+
+        Raises:
+            LocalStackError: the dashboard did not answer within ``timeout_s``.
+        """
+        return alive_nodes(self.dashboard_url, self.auth_token, timeout_s)
+
+    def wait_for_nodes(self, count: int, timeout_s: float = RAY_READY_TIMEOUT_S) -> list[dict[str, object]]:
+        """Wait (bounded) until ``count`` nodes are alive; return them.
+
+        Raises:
+            LocalStackError: fewer nodes alive after ``timeout_s``.
+        """
+        return wait_for_nodes(self.dashboard_url, self.auth_token, count, timeout_s)
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@dataclass
+class RayWorker:
+    """A real Ray worker node (``ray start --address HEAD --block``) joining a :class:`RayHead`
+    that listens on a non-loopback address, with its own ports, temp dir and resources."""
+
+    workdir: Path
+    head: RayHead
+    node_ip: str
+    num_cpus: int = 1
+    memory_bytes: int = 6 * 1024**3
+    object_store_bytes: int = 256 * 1024**2
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: How to run Ray's CLI (see :attr:`RayHead.ray_command`).
+    ray_command: Sequence[str] = ()
+    resources: Mapping[str, float] = field(default_factory=dict)
+    temp_dir: Path | None = None
+    process: ManagedProcess | None = None
+
+    def start(self, timeout_s: float = RAY_READY_TIMEOUT_S) -> RayWorker:
+        """Start the node and wait (bounded) until its log says the node runs.
+
+        The caller waits for the head to count it (:meth:`RayHead.wait_for_nodes`).
+        """
+        if not self.head.gcs_address or self.head.token_path is None:
+            raise LocalStackError("start the head before its workers", process="ray-worker")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.temp_dir = _short_temp_dir("swf-rayw-")
+        argv = [
+            *(self.ray_command or [venv_binary("ray")]), "start", "--block",
+            "--address", self.head.gcs_address,
+            "--node-ip-address", self.node_ip,
+            "--num-cpus", str(self.num_cpus),
+            "--num-gpus", "0",
+            "--memory", str(self.memory_bytes),
+            "--object-store-memory", str(self.object_store_bytes),
+            "--temp-dir", str(self.temp_dir),
+            "--disable-usage-stats",
+            *([f"--resources={json.dumps(dict(self.resources))}"] if self.resources else []),
+        ] + [f"--{k}={free_port()}" for k in _NODE_PORT_FLAGS]  # fmt: skip
+        env = _ray_node_env(self.env, self.head.token_path)
+        self.process = _spawn("ray-worker", argv, self.workdir / f"ray-worker-{self.node_ip}.log", env)
+        _wait_for_line(self.process, re.compile(r"Ray runtime started"), timeout_s)
+        return self
 
     def stop(self) -> None:
         if self.process:

@@ -1,6 +1,7 @@
-"""``swe-fleet doctor``, client side: can this client run this council on that cluster?
+"""``swe-fleet doctor``: can this council run on that cluster? Client side, then every node.
 
-Each check is bounded in time and yields one :class:`Check` row with what to do when it fails:
+Client side (this module), each check bounded in time, one :class:`Check` row each with what to
+do when it fails:
 
 - ``dashboard``: the Jobs API answers at the dashboard URL;
 - ``ray-version``: the cluster's Ray equals this client's;
@@ -9,7 +10,10 @@ Each check is bounded in time and yields one :class:`Check` row with what to do 
 - ``stream``: the events stream is absent (it will be created) or fit for our events;
 - ``llm-server`` (server backend only): the vLLM server is healthy and serves the spec's model.
 
-The cluster-side half (a task per node in the job's own runtime_env) is not built yet.
+Cluster side (:mod:`swe_fleet.preflight_cluster`, :mod:`swe_fleet.preflight_node`): a preflight
+job in the council's own runtime_env, one task per alive node: pinned modules at their pinned
+versions, swe-fleet's version, NATS and the vLLM server from that node, GPUs, free disk.
+:func:`run_doctor` runs both halves.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import nats.errors
@@ -26,26 +31,21 @@ import nats.js.errors
 import ray
 
 from swe_fleet.addresses import jobs_api_url
-from swe_fleet.errors import LLMError, NatsUnreachable, SweFleetError
+from swe_fleet.errors import LLMError, NatsUnreachable, SubmissionError, SweFleetError
 from swe_fleet.events import AGENT_RESPONSES_SUBJECTS
+from swe_fleet.preflight_cluster import (
+    DEFAULT_PREFLIGHT_TIMEOUT_S,
+    PreflightCache,
+    node_expectations,
+    preflight_key,
+    run_cluster_checks,
+)
+from swe_fleet.preflight_node import CLUSTER, DEFAULT_MIN_FREE_DISK_GB, FAIL, OK, SKIP, Check
 from swe_fleet.publish import PublishPolicy, connect_nats, stream_config_differences
 from swe_fleet.spec import CouncilSpec
+from swe_fleet.submit import CouncilJobClient, CouncilRequest, staged_runtime_env
 
-OK, FAIL, SKIP = "ok", "FAIL", "skip"
-
-
-@dataclass(frozen=True)
-class Check:
-    """One row of the doctor's report."""
-
-    name: str
-    status: str
-    detail: str
-    fix: str = ""
-
-    @property
-    def failed(self) -> bool:
-        return self.status == FAIL
+__all__ = ["FAIL", "OK", "SKIP", "Check", "checks_as_json", "run_client_checks", "run_doctor"]
 
 
 def _http_get(url: str, token: str | None, timeout_s: float) -> tuple[int, str]:
@@ -233,5 +233,57 @@ def run_client_checks(
     return [*check_cluster(dashboard_url, token, timeout_s), *asyncio.run(nats_and_llm())]
 
 
+def run_doctor(
+    request: CouncilRequest,
+    dashboard_url: str,
+    token: str | None,
+    *,
+    check_timeout_s: float = 5.0,
+    cluster: bool = True,
+    cluster_timeout_s: float = DEFAULT_PREFLIGHT_TIMEOUT_S,
+    min_free_disk_gb: float = DEFAULT_MIN_FREE_DISK_GB,
+    root: Path | None = None,
+    cache: PreflightCache | None = None,
+    on_info: Callable[[str], None] = lambda m: None,
+) -> list[Check]:
+    """Every check: client side, then (``cluster``) the preflight job on every alive node.
+
+    The cluster half runs in the runtime_env ``request`` would be submitted with; a passing
+    result is stored in ``cache`` (so a ``submit`` right after does not run it again).
+
+    Raises:
+        SubmissionError: the checkout has no pin list or runtime_envs (not a cluster problem).
+    """
+    spec = request.effective_spec()
+    checks = run_client_checks(spec, dashboard_url, token, check_timeout_s)
+    if not cluster:
+        return checks
+    if any(c.failed for c in checks if c.name in ("dashboard", "auth")):
+        return [
+            *checks,
+            Check("nodes", SKIP, "the Jobs API is not usable from here (see above)", node=CLUSTER),
+        ]
+    expectations = node_expectations(
+        request, root=root, timeout_s=cluster_timeout_s, min_free_disk_gb=min_free_disk_gb
+    )
+    with staged_runtime_env(request, root) as runtime_env:
+        try:
+            client = CouncilJobClient(
+                dashboard_url, auth_token=token, request_timeout_s=max(check_timeout_s, 10)
+            )
+            node_ids = [str(n["node_id"]) for n in client.alive_nodes()]
+            cluster_checks = run_cluster_checks(
+                client, request, runtime_env, expectations, timeout_s=cluster_timeout_s, on_info=on_info
+            )
+        except SubmissionError as exc:  # the Jobs API failed mid-way: a row, not a crash
+            cluster_checks = [
+                Check("preflight-job", FAIL, str(exc), "check the dashboard and the Jobs API", node=CLUSTER)
+            ]
+        else:
+            if cache is not None:
+                cache.store(preflight_key(client.url, node_ids, runtime_env, expectations), cluster_checks)
+    return [*checks, *cluster_checks]
+
+
 def checks_as_json(checks: list[Check]) -> list[dict[str, Any]]:
-    return [asdict(c) for c in checks]
+    return [c.to_dict() for c in checks]

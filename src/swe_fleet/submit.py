@@ -5,16 +5,19 @@
   explicit id that is taken raises :class:`~swe_fleet.errors.SubmissionConflict`.
 - ``entrypoint_num_cpus=0``: a driver holding a CPU starves its own engine on small clusters.
 - Every HTTP request is bounded (``request_timeout_s``); waiting for the job is bounded.
+- One function builds the runtime_env of a request (:func:`staged_runtime_env`): the council
+  job and its preflight job (``swe_fleet.preflight_cluster``) run in the very same one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -38,7 +41,10 @@ RUNTIME_ENV_KINDS = ("pinned", "image")
 #: Retries of one deliberation (``--retry-failed``) before the id must change.
 MAX_ATTEMPTS = 20
 ENTRYPOINT_FILE = "council.py"
+PREFLIGHT_FILE = "preflight.py"
 STAGED_SPEC_FILE = "spec.json"
+#: Bound on listing the cluster's nodes through the State API.
+NODES_LIMIT = 10000
 
 
 def project_root() -> Path:
@@ -48,9 +54,10 @@ def project_root() -> Path:
         SubmissionError: the package is not inside a checkout.
     """
     root = Path(swe_fleet.__file__).resolve().parents[2]
-    if not (root / "jobs" / ENTRYPOINT_FILE).is_file() or not (root / "runtime_envs").is_dir():
+    entrypoints = [root / "jobs" / name for name in (ENTRYPOINT_FILE, PREFLIGHT_FILE)]
+    if not all(p.is_file() for p in entrypoints) or not (root / "runtime_envs").is_dir():
         raise SubmissionError(
-            f"cannot find jobs/{ENTRYPOINT_FILE} and runtime_envs/ next to {root}; "
+            f"cannot find jobs/{ENTRYPOINT_FILE}, jobs/{PREFLIGHT_FILE} and runtime_envs/ next to {root}; "
             "run swe-fleet from a checkout of the repository (pip install -e .)"
         )
     return root
@@ -72,6 +79,69 @@ def load_runtime_env(kind: str, root: Path | None = None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SubmissionError(f"{path}: expected a mapping")
     return data
+
+
+@contextlib.contextmanager
+def staged_runtime_env(request: CouncilRequest, root: Path | None = None) -> Iterator[dict[str, Any]]:
+    """The runtime_env of ``request``'s jobs, valid for the ``with`` block.
+
+    ``runtime_envs/{kind}.yaml`` with its ``working_dir`` replaced by a staged folder that holds
+    both entrypoints (``council.py``, ``preflight.py``) and the effective spec (``spec.json``),
+    ``py_modules`` by this installed swe_fleet (``pinned``), and the request's extra env vars
+    merged in. The council job and its preflight job both use this dict, so the preflight
+    checks exactly the environment the council gets (and Ray builds it once per node).
+
+    Raises:
+        SubmissionError: unknown kind, unreadable file, or no checkout.
+    """
+    root = root or project_root()
+    runtime_env = load_runtime_env(request.env_kind, root)
+    staging = Path(tempfile.mkdtemp(prefix="swe-fleet-job-"))
+    try:
+        for name in (ENTRYPOINT_FILE, PREFLIGHT_FILE):
+            shutil.copy2(root / "jobs" / name, staging / name)
+        (staging / STAGED_SPEC_FILE).write_text(request.effective_spec().to_json())
+        runtime_env["working_dir"] = str(staging)
+        runtime_env.pop("excludes", None)
+        if request.env_kind == "pinned":
+            runtime_env["py_modules"] = [str(Path(swe_fleet.__file__).parent)]
+        env_vars = {**runtime_env.get("env_vars", {}), **request.extra_env_vars}
+        if env_vars:
+            runtime_env["env_vars"] = env_vars
+        yield runtime_env
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _tree_digest(path: Path, skip: frozenset[str] = frozenset()) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path)
+        if "__pycache__" in rel.parts or rel.as_posix() in skip:
+            continue
+        digest.update(rel.as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def runtime_env_fingerprint(runtime_env: Mapping[str, Any]) -> str:
+    """sha256 of what a runtime_env puts on a node: pip/env vars as given, local folders by content.
+
+    The staged spec is left out: a preflight that passed holds for any spec of the same
+    environment (the spec fields the checks use are keyed separately).
+    """
+    doc: dict[str, Any] = {}
+    for key, value in runtime_env.items():
+        if key == "working_dir" and Path(str(value)).is_dir():
+            doc[key] = _tree_digest(Path(str(value)), frozenset({STAGED_SPEC_FILE}))
+        elif key == "py_modules":
+            doc[key] = [_tree_digest(Path(m)) if Path(m).is_dir() else m for m in value]
+        else:
+            doc[key] = value
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+#: Called with the request and its runtime_env right before a new job is submitted; raises to refuse.
+PreflightHook = Callable[["CouncilRequest", dict[str, Any]], None]
 
 
 def attempt_job_id(submission_id: str, attempt: int) -> str:
@@ -203,7 +273,12 @@ class CouncilJobClient:
         return getattr(self._client, "_server_ray_version", None)
 
     def submit(
-        self, request: CouncilRequest, *, root: Path | None = None, retry_failed: bool = False
+        self,
+        request: CouncilRequest,
+        *,
+        root: Path | None = None,
+        retry_failed: bool = False,
+        preflight: PreflightHook | None = None,
     ) -> Submitted:
         """Submit the council job, or find the one this request already started.
 
@@ -212,6 +287,9 @@ class CouncilJobClient:
         keys) and resumes from that id's checkpoint, so events already published are dropped
         as duplicates. With ``retry_failed``, the latest attempt of this request is retried
         when it ended FAILED or STOPPED; otherwise the latest attempt is returned as it is.
+
+        ``preflight`` runs only when a new job is about to be submitted, with the exact
+        runtime_env that job gets; it raises (e.g. ``PreflightFailed``) to refuse.
 
         Raises:
             SubmissionConflict: the id is taken by a job with a different request.
@@ -232,18 +310,66 @@ class CouncilJobClient:
                     url=self.url,
                 )
         job_id = attempt_job_id(sid, attempt)
-        try:
-            self._submit_attempt(request, sid, job_id, attempt, request_hash, root or project_root())
-        except RuntimeError as exc:
-            # A concurrent submitter won the race for this id: that job is ours too.
-            again = self._find(job_id, sid)
-            if again is None:
-                raise SubmissionError(
-                    f"submitting {job_id} failed: {str(exc)[:500]}", url=self.url, submission_id=sid
-                ) from None
-            self._check_same_request(again, sid, request_hash)
-            return Submitted(sid, job_id, created=False, dashboard_url=self.url)
+        with staged_runtime_env(request, root) as runtime_env:
+            if preflight is not None:
+                preflight(request, runtime_env)
+            metadata = {
+                "swe_fleet_version": swe_fleet.__version__,
+                "council": request.spec.name,
+                "deliberation_id": sid,
+                "attempt": str(attempt),
+                "spec_hash": request.effective_spec().spec_hash(),
+                "request_hash": request_hash,
+                "runtime_env": request.env_kind,
+            }
+            try:
+                self.submit_job(
+                    entrypoint=f"python {ENTRYPOINT_FILE} --spec {STAGED_SPEC_FILE} --submission-id {sid}",
+                    runtime_env=runtime_env,
+                    submission_id=job_id,
+                    metadata=metadata,
+                )
+            except DashboardUnreachable:
+                raise
+            except SubmissionError:
+                # A concurrent submitter may have won the race for this id: that job is ours too.
+                again = self._find(job_id, sid)
+                if again is None:
+                    raise
+                self._check_same_request(again, sid, request_hash)
+                return Submitted(sid, job_id, created=False, dashboard_url=self.url)
         return Submitted(sid, job_id, created=True, dashboard_url=self.url)
+
+    def submit_job(
+        self, *, entrypoint: str, runtime_env: dict[str, Any], submission_id: str, metadata: dict[str, str]
+    ) -> None:
+        """Submit one job with ``entrypoint_num_cpus=0`` (a driver must not hold a CPU its tasks need).
+
+        Raises:
+            DashboardUnreachable: no answer within the request bound.
+            SubmissionError: the Jobs API refused the job.
+        """
+        try:
+            self._client.submit_job(
+                entrypoint=entrypoint,
+                runtime_env=runtime_env,
+                submission_id=submission_id,
+                metadata=metadata,
+                entrypoint_num_cpus=0,
+            )
+        except requests.exceptions.RequestException as exc:
+            raise DashboardUnreachable(
+                f"submitting {submission_id}: the Ray dashboard at {self.url} did not answer "
+                f"({type(exc).__name__})",
+                url=self.url,
+                submission_id=submission_id,
+            ) from None
+        except RuntimeError as exc:  # Ray's client raises RuntimeError for every HTTP error
+            raise SubmissionError(
+                f"submitting {submission_id} failed: {str(exc)[:500]}",
+                url=self.url,
+                submission_id=submission_id,
+            ) from None
 
     def _latest_attempt(self, sid: str) -> tuple[int, JobDetails | None]:
         """(attempt number, job) of the newest Ray job of this deliberation; (0, None) if none."""
@@ -269,49 +395,6 @@ class CouncilJobClient:
         return cast(
             "JobDetails | None", self._call("looking up the job", lambda: self._client.find_job(job_id), sid)
         )
-
-    def _submit_attempt(
-        self, request: CouncilRequest, sid: str, job_id: str, attempt: int, request_hash: str, root: Path
-    ) -> None:
-        runtime_env = load_runtime_env(request.env_kind, root)
-        spec = request.effective_spec()
-        staging = Path(tempfile.mkdtemp(prefix="swe-fleet-job-"))
-        try:
-            shutil.copy2(root / "jobs" / ENTRYPOINT_FILE, staging / ENTRYPOINT_FILE)
-            (staging / STAGED_SPEC_FILE).write_text(spec.to_json())
-            runtime_env["working_dir"] = str(staging)
-            runtime_env.pop("excludes", None)
-            if request.env_kind == "pinned":
-                runtime_env["py_modules"] = [str(Path(swe_fleet.__file__).parent)]
-            env_vars = {**runtime_env.get("env_vars", {}), **request.extra_env_vars}
-            if env_vars:
-                runtime_env["env_vars"] = env_vars
-            metadata = {
-                "swe_fleet_version": swe_fleet.__version__,
-                "council": spec.name,
-                "deliberation_id": sid,
-                "attempt": str(attempt),
-                "spec_hash": spec.spec_hash(),
-                "request_hash": request_hash,
-                "runtime_env": request.env_kind,
-            }
-            try:
-                self._client.submit_job(
-                    entrypoint=f"python {ENTRYPOINT_FILE} --spec {STAGED_SPEC_FILE} --submission-id {sid}",
-                    runtime_env=runtime_env,
-                    submission_id=job_id,
-                    metadata=metadata,
-                    entrypoint_num_cpus=0,
-                )
-            except requests.exceptions.RequestException as exc:
-                raise DashboardUnreachable(
-                    f"submitting {job_id}: the Ray dashboard at {self.url} did not answer "
-                    f"({type(exc).__name__})",
-                    url=self.url,
-                    submission_id=sid,
-                ) from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     def _check_same_request(self, job: JobDetails, sid: str, request_hash: str) -> None:
         theirs = (job.metadata or {}).get("request_hash")
@@ -350,6 +433,32 @@ class CouncilJobClient:
 
     def list_jobs(self) -> list[JobDetails]:
         return list(self._call("listing jobs", self._client.list_jobs))
+
+    def delete(self, submission_id: str) -> bool:
+        """Delete a terminal job (its record and logs)."""
+        return bool(
+            self._call("deleting the job", lambda: self._client.delete_job(submission_id), submission_id)
+        )
+
+    def alive_nodes(self) -> list[dict[str, Any]]:
+        """The cluster's alive nodes from the State API (``node_id``, ``node_ip``, ``is_head_node`` ...).
+
+        Raises:
+            DashboardUnreachable / SubmissionError: the dashboard did not answer, or not with nodes.
+        """
+        resp = self._call(
+            "listing nodes",
+            lambda: self._client._do_request("GET", f"/api/v0/nodes?limit={NODES_LIMIT}"),
+        )
+        try:
+            if resp.status_code != 200:
+                raise ValueError(f"HTTP {resp.status_code}")
+            nodes = resp.json()["data"]["result"]["result"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SubmissionError(
+                f"listing nodes: {self.url}/api/v0/nodes did not answer with nodes ({exc})", url=self.url
+            ) from None
+        return [n for n in nodes if n.get("state") == "ALIVE"]
 
     def wait(
         self,

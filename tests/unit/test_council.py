@@ -13,7 +13,7 @@ from swe_fleet.spec import CouncilSpec
 SPEC = CouncilSpec.from_text("""
 name: t
 tasks: [{id: t1, prompt: first task}, {id: t2, prompt: second task}]
-agents: [{id: a, role: architect}, {id: b, role: developer}, {id: c, role: qa, system_prompt: custom}]
+agents: [{id: a, role: architect}, {id: b, role: developer}, {id: c, role: qa, role_prompt: custom}]
 """)
 
 
@@ -28,23 +28,27 @@ ALL = {(t, a): f"{t}-{a}" for t in ("t1", "t2") for a in ("a", "b", "c")}
 
 
 def test_proposal_slots_cover_every_task_agent_pair_in_order() -> None:
-    """One proposal per (task, agent), tasks outer, with the role's system prompt."""
+    """One proposal per (task, agent), tasks outer; the shared council prompt as system message,
+    the task first in the user turn, then the agent's role and role prompt."""
     slots = council.proposal_slots(SPEC)
     assert [(s.task.id, s.agent.id) for s in slots] == [
         ("t1", "a"), ("t1", "b"), ("t1", "c"), ("t2", "a"), ("t2", "b"), ("t2", "c")]  # fmt: skip
-    assert "first task" in slots[0].request.messages[1]["content"]
-    assert slots[2].request.messages[0]["content"] == "custom"
-    assert "architect" in slots[0].request.messages[0]["content"]
+    assert {s.request.messages[0]["content"] for s in slots} == {SPEC.protocol.council_prompt}
+    user = slots[0].request.messages[1]["content"]
+    assert user.startswith("Task t1:\nfirst task") and "You are a, the council's architect." in user
+    assert "the council's qa. custom" in slots[2].request.messages[1]["content"]
 
 
 def test_vote_slots_route_other_agents_proposals_only() -> None:
-    """Each voter scores the others' proposals for the same task, never its own."""
+    """Each voter scores the others' proposals for the same task, never its own: the listing
+    shows the task's proposals (shared context), the schema admits only the others."""
     slots = council.vote_slots(SPEC, _state(ALL))
     assert len(slots) == 6
     first = slots[0]
     assert first.agent.id == "a" and first.candidates == ("b", "c")
     prompt = first.request.messages[1]["content"]
-    assert "t1-b" in prompt and "t1-c" in prompt and "t1-a" not in prompt and "t2-b" not in prompt
+    assert "### b\nt1-b" in prompt and "### c\nt1-c" in prompt and "t2-b" not in prompt
+    assert "except your own" in prompt and '"b": "<score>", "c": "<score>"' in prompt
     assert first.request.json_schema is not None
     assert first.request.json_schema["properties"]["scores"]["required"] == ["b", "c"]
 
@@ -56,13 +60,29 @@ def test_failed_proposals_are_not_candidates() -> None:
 
 
 def test_critique_slots_target_the_other_current_proposals() -> None:
-    """A critic sees the others' current proposals under headings and the no-objection signal."""
+    """A critic sees the task's current proposals under headings and is asked for sections on
+    the others only, with the no-objection signal."""
     slots = council.critique_slots(SPEC, _state(ALL), 1)
     assert len(slots) == 6
     first = slots[0]
     assert (first.phase, first.round, first.candidates) == ("critique", 1, ("b", "c"))
     prompt = first.request.messages[1]["content"]
-    assert "### b\nt1-b" in prompt and "t1-a" not in prompt and "NO OBJECTION" in prompt
+    assert "### b\nt1-b" in prompt and "t2-b" not in prompt and "NO OBJECTION" in prompt
+    assert "under its own heading (### b, ### c)" in prompt
+
+
+@pytest.mark.parametrize("phase", ["critique", "vote"])
+def test_prompts_of_one_task_share_the_context_before_the_role(phase: str) -> None:
+    """Every agent's prompt for a task starts with the same context (task and every proposal),
+    so an engine's prefix cache computes it once per task; the role comes after it."""
+    state = _state(ALL)
+    slots = council.critique_slots(SPEC, state, 1) if phase == "critique" else council.vote_slots(SPEC, state)
+    t1 = [s.request.messages[1]["content"] for s in slots if s.task.id == "t1"]
+    contexts = {text.split("\n\nYou are ")[0] for text in t1}
+    assert len(t1) == 3 and len(contexts) == 1
+    (context,) = contexts
+    assert all(f"### {a}\nt1-{a}" in context for a in ("a", "b", "c"))
+    assert all(text.startswith(f"{context}\n\nYou are ") for text in t1)
 
 
 def test_settled_tasks_get_no_more_critique_or_revise() -> None:

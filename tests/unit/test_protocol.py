@@ -27,7 +27,7 @@ def _phase(req: ChatRequest) -> str:
     user = req.messages[-1]["content"]
     if req.json_schema:
         return "vote"
-    if "critique each" in user:
+    if "Critique each" in user:
         return "critique"
     if "revised proposal" in user:
         return "revise"
@@ -62,14 +62,23 @@ def _task_of(req: ChatRequest) -> str:
     return re.search(r"Task (\w+):", req.messages[-1]["content"]).group(1)  # type: ignore[union-attr]
 
 
+def _agent_of(req: ChatRequest) -> str:
+    return re.search(r"You are (\w+), the council's", req.messages[-1]["content"]).group(1)  # type: ignore[union-attr]
+
+
+def _targets(req: ChatRequest) -> list[str]:
+    """The headings a critique is asked for (the listing above it also shows the critic's own)."""
+    asked = re.search(r"under its own heading \(([^)]*)\)", req.messages[-1]["content"])
+    return re.findall(r"### (\w+)", asked.group(1)) if asked else []
+
+
 def default_answer(phase: str, req: ChatRequest) -> str:
     task = _task_of(req)
     if phase == "vote":
         cands = req.json_schema["properties"]["scores"]["required"]  # type: ignore[index]
         return json.dumps({"scores": {c: 3 + len(c) + (task == "t2") for c in cands}})
     if phase == "critique":
-        targets = re.findall(r"^### (\w+)$", req.messages[-1]["content"], re.MULTILINE)
-        return "\n".join(f"### {t}\n{t} in {task} misses edge cases." for t in targets)
+        return "\n".join(f"### {t}\n{t} in {task} misses edge cases." for t in _targets(req))
     if phase == "revise":
         return f"revised plan for {task}"
     return f"plan for {task}"
@@ -103,20 +112,25 @@ async def test_phases_run_in_order_one_batch_each_across_all_tasks() -> None:
 
 
 async def test_each_agent_speaks_with_its_role_prompt_in_every_phase() -> None:
-    """Every request carries its agent's role system prompt."""
+    """Every request has the shared council prompt as its system message and its agent's
+    role and role prompt in the user turn; every agent speaks equally often."""
     _, llm, _, _ = await _run(BASE)
     spec = CouncilSpec.from_text(BASE)
-    expected = {a.resolved_system_prompt() for a in spec.agents}
-    seen = Counter(r.messages[0]["content"] for b in llm.batches for r in b)
-    assert set(seen) == expected
-    assert len(set(seen.values())) == 1  # every agent spoke equally often
+    requests = [r for b in llm.batches for r in b]
+    assert {r.messages[0]["content"] for r in requests} == {spec.protocol.council_prompt}
+    by_id = {a.id: a for a in spec.agents}
+    for r in requests:
+        agent = by_id[_agent_of(r)]
+        assert f"the council's {agent.role}. {agent.resolved_role_prompt()}" in r.messages[-1]["content"]
+    seen = Counter(_agent_of(r) for r in requests)
+    assert set(seen) == set(by_id) and len(set(seen.values())) == 1
 
 
 async def test_revision_sees_only_the_critique_addressed_to_it() -> None:
     """Agent b's revise prompt holds the sections about b from a and c, not those about c."""
     _, llm, _, _ = await _run(BASE)
     revise = next(b for b in llm.batches if _phase(b[0]) == "revise")
-    prompt_b = next(r for r in revise if _task_of(r) == "t1" and "developer" in r.messages[0]["content"])
+    prompt_b = next(r for r in revise if _task_of(r) == "t1" and _agent_of(r) == "b")
     text = prompt_b.messages[-1]["content"]
     assert "From a:\nb in t1 misses edge cases." in text and "From c:\nb in t1" in text
     assert "c in t1" not in text
@@ -140,8 +154,7 @@ async def test_early_stop_ends_rounds_for_tasks_without_objections() -> None:
 
     def answer(phase: str, req: ChatRequest) -> str:
         if phase == "critique" and _task_of(req) == "t1":
-            targets = re.findall(r"^### (\w+)$", req.messages[-1]["content"], re.MULTILINE)
-            return "\n".join(f"### {t}\nNO OBJECTION" for t in targets)
+            return "\n".join(f"### {t}\nNO OBJECTION" for t in _targets(req))
         return default_answer(phase, req)
 
     _, _, pub, report = await _run(BASE + "protocol: {critique_rounds: 3}\n", answer)
@@ -162,7 +175,7 @@ async def test_long_proposals_are_cut_deterministically_in_others_prompts() -> N
     """A 5000-character proposal reaches critics cut to max_proposal_chars with a marker."""
 
     def answer(phase: str, req: ChatRequest) -> str:
-        if phase == "propose" and "architect" in req.messages[0]["content"]:
+        if phase == "propose" and _agent_of(req) == "a":
             return "A" * 5000
         return default_answer(phase, req)
 
@@ -176,7 +189,7 @@ async def test_unparseable_votes_fail_alone_and_are_counted() -> None:
     """Votes that are not JSON become failed events; the ranking says how many counted."""
 
     def answer(phase: str, req: ChatRequest) -> str:
-        if phase == "vote" and "QA" in req.messages[0]["content"]:
+        if phase == "vote" and _agent_of(req) == "c":
             return "they are all great"
         return default_answer(phase, req)
 
@@ -194,7 +207,7 @@ async def test_failed_proposal_leaves_the_council_for_that_task() -> None:
             out = await super().generate(batch)
             return [
                 Completion(text="", error="prompt too long")
-                if _phase(r) == "propose" and _task_of(r) == "t1" and "QA" in r.messages[0]["content"]
+                if _phase(r) == "propose" and _task_of(r) == "t1" and _agent_of(r) == "c"
                 else c
                 for r, c in zip(batch, out, strict=True)
             ]
@@ -289,9 +302,8 @@ async def test_prose_mentioning_no_objection_does_not_stop_early() -> None:
 
     def answer(phase: str, req: ChatRequest) -> str:
         if phase == "critique":
-            targets = re.findall(r"^### (\w+)$", req.messages[-1]["content"], re.MULTILINE)
             return "\n".join(
-                f"### {t}\nI have no objection to the idea, but it crashes on []." for t in targets
+                f"### {t}\nI have no objection to the idea, but it crashes on []." for t in _targets(req)
             )
         return default_answer(phase, req)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from swe_fleet.errors import SpecError
-from swe_fleet.spec import CouncilSpec
+from swe_fleet.spec import DEFAULT_ROLE_PROMPTS, AgentSpec, CouncilSpec
 
 MINIMAL = """
 tasks: [{id: t1, prompt: do it}]
@@ -27,7 +27,8 @@ def test_defaults_fill_model_publish_and_prompts() -> None:
     spec = CouncilSpec.from_text(MINIMAL)
     assert spec.model.name == "smollm2-135m"
     assert spec.publish.stream == "AGENT_RESPONSES"
-    assert "architect" in spec.agents[0].resolved_system_prompt()
+    assert spec.agents[0].resolved_role_prompt() == DEFAULT_ROLE_PROMPTS[spec.agents[0].role]
+    assert "astronaut" in AgentSpec(id="x", role="astronaut").resolved_role_prompt()
 
 
 def test_missing_field_names_file_and_field(tmp_path: Path) -> None:

@@ -1,13 +1,10 @@
-"""Submission ids derive from the request; runtime envs and the pin list agree."""
+"""Submission ids derive from the request (the pin list's agreement: tests/unit/test_pins.py)."""
 
 from __future__ import annotations
 
-import re
-import tomllib
 from pathlib import Path
 
 import pytest
-import yaml
 
 from swe_fleet.errors import SubmissionError
 from swe_fleet.spec import CouncilSpec
@@ -48,43 +45,6 @@ def test_unknown_runtime_env_kind_is_refused(repo_root: Path) -> None:
     """Only pinned and image exist; anything else names the choices."""
     with pytest.raises(SubmissionError, match="pinned, image"):
         load_runtime_env("conda", repo_root)
-
-
-def _pins(repo_root: Path) -> dict[str, str]:
-    pins = {}
-    for line in (repo_root / "images" / "requirements-worker.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            name, version = line.split("==")
-            pins[name.lower()] = version
-    return pins
-
-
-def test_pinned_runtime_env_installs_exactly_the_pin_list(repo_root: Path) -> None:
-    """runtime_envs/pinned.yaml pip packages == images/requirements-worker.txt."""
-    env = load_runtime_env("pinned", repo_root)
-    listed = dict(p.lower().split("==") for p in env["pip"]["packages"])
-    assert listed == _pins(repo_root)
-
-
-def test_package_dependencies_pin_the_same_versions(repo_root: Path) -> None:
-    """pyproject's runtime dependencies use the pin list's exact versions."""
-    deps = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]["dependencies"]
-    declared = {}
-    for dep in deps:
-        m = re.match(r"^([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==([^;\s]+)", dep)
-        if m:
-            declared[m.group(1).lower()] = m.group(2)
-    for name, version in _pins(repo_root).items():
-        assert declared.get(name) == version, (
-            f"pyproject pins {name} at {declared.get(name)}, pin list {version}"
-        )
-
-
-def test_image_runtime_env_installs_nothing(repo_root: Path) -> None:
-    """The baked image's runtime env has no pip/conda: the image carries the pins."""
-    env = yaml.safe_load((repo_root / "runtime_envs" / "image.yaml").read_text())
-    assert "pip" not in env and "conda" not in env and "uv" not in env
 
 
 def test_retries_get_their_own_ray_job_ids() -> None:

