@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -190,12 +192,31 @@ class Submitted:
     dashboard_url: str
 
 
+#: Ray's client replaces the address it is given with these when they are set (as ray.init
+#: does), so `--address` would silently go to whatever cluster the environment names.
+_RAY_ADDRESS_OVERRIDES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+_ENV_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_env(names: tuple[str, ...]) -> Iterator[None]:
+    """Hide ``names`` from ``os.environ`` for the block (under a lock: the environment is global)."""
+    with _ENV_LOCK:
+        saved = {n: os.environ.pop(n) for n in names if n in os.environ}
+        try:
+            yield
+        finally:
+            os.environ.update(saved)
+
+
 class _BoundedJobClient(JobSubmissionClient):  # type: ignore[misc]
-    """Ray's client with a timeout on every HTTP request (Ray's has none)."""
+    """Ray's client with a timeout on every HTTP request (Ray's has none), talking to exactly
+    the address it is given (Ray's lets ``RAY_ADDRESS`` override it)."""
 
     def __init__(self, address: str, *, headers: dict[str, str], request_timeout_s: float) -> None:
         self._request_timeout_s = request_timeout_s
-        super().__init__(address=address, headers=headers)
+        with _without_env(_RAY_ADDRESS_OVERRIDES):
+            super().__init__(address=address, headers=headers)
 
     def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._request_timeout_s)

@@ -168,10 +168,8 @@ def _malformed(prefix: str, spec: dict[str, Any]) -> list[tuple[bytes, str]]:
 
 
 def _client_env(ray: RayHead) -> dict[str, str]:
-    """The cluster's token, but no RAY_ADDRESS: Ray's client would prefer it to --address."""
-    env = {**os.environ, **ray.client_env()}
-    env.pop("RAY_ADDRESS")
-    return env
+    """The cluster's token, and a RAY_ADDRESS naming no cluster: --address must win over it."""
+    return {**os.environ, **ray.client_env(), "RAY_ADDRESS": "http://127.0.0.1:9"}
 
 
 def _start(
