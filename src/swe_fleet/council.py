@@ -172,6 +172,9 @@ def _request(spec: CouncilSpec, agent: AgentSpec, context: str, ask: str, **kw: 
     )
 
 
+CURRENT_PROPOSALS = "The council's current proposals:"
+
+
 def _task_context(task: TaskSpec) -> str:
     return f"Task {task.id}:\n{task.prompt}"
 
@@ -210,7 +213,7 @@ def critique_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[
     signal = spec.protocol.no_objection_signal
     slots = []
     for task, ts in _open_tasks(spec, state):
-        context = _proposals_context(spec, task, ts, "The council's current proposals:")
+        context = _proposals_context(spec, task, ts, CURRENT_PROPOSALS)
         for agent in spec.agents:
             targets = _others(spec, ts, agent.id)
             if not targets:
@@ -229,22 +232,28 @@ def critique_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[
 
 
 def revise_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[Slot]:
-    """Revise after critique round ``round_``: each agent that received critique revises."""
+    """Revise after critique round ``round_``: each agent that received critique revises.
+
+    The context is the critique round's (the task and every current proposal, the reviser's own
+    among them), so the engine's prefix cache still holds it from the critique batch; only the
+    critique addressed to the agent is new.
+    """
     limit = spec.protocol.max_critique_chars
     slots = []
     for task, ts in _open_tasks(spec, state):
         received = ts.critiques.get(round_, {})
+        context = _proposals_context(spec, task, ts, CURRENT_PROPOSALS)
         for agent in spec.agents:
             notes = received.get(agent.id)
             if agent.id not in ts.proposals or not notes:
                 continue
             critique_text = "\n\n".join(f"From {critic}:\n{shorten(text, limit)}" for critic, text in notes)
             ask = (
-                f"Your proposal:\n{shorten(ts.proposals[agent.id], spec.protocol.max_proposal_chars)}\n\n"
-                f"Critique you received:\n\n{critique_text}\n\nWrite your revised proposal in full."
+                f"Your proposal is the one under ### {agent.id}. Critique you received:\n\n"
+                f"{critique_text}\n\nWrite your revised proposal in full."
             )
             slots.append(Slot(task=task, agent=agent, phase="revise", round=round_,
-                              request=_request(spec, agent, _task_context(task), ask)))  # fmt: skip
+                              request=_request(spec, agent, context, ask)))  # fmt: skip
     return slots
 
 

@@ -30,6 +30,7 @@ from typing import IO
 import structlog
 
 from swe_fleet.errors import LocalStackError
+from swe_fleet.llm.cpu_threads import cpu_engine_env
 
 log = structlog.get_logger(__name__)
 
@@ -511,14 +512,13 @@ def local_stack(workdir: Path | None = None, **kwargs: object) -> Iterator[Local
 VLLM_READY_TIMEOUT_S = 240.0
 
 #: Environment a vLLM CPU server needs on this kind of machine (see NOTES-platform): offline model
-#: loading, a KV cache size (without it the engine refuses to start on this VM's NUMA node),
-#: threads bound to the two cores and none reserved.
+#: loading and a KV cache size (without it the engine refuses to start on this VM's NUMA node).
+#: Its threads are bound to every core this process may use, none held back
+#: (:func:`swe_fleet.llm.cpu_threads.cpu_engine_env`).
 VLLM_CPU_ENV: Mapping[str, str] = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_CPU_OMP_THREADS_BIND": "0-1",
-    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
 }
 
 
@@ -568,7 +568,8 @@ class VLLMServer:
             "--enforce-eager",
             "--dtype", "bfloat16",
         ]  # fmt: skip
-        env = {**os.environ, **VLLM_CPU_ENV, **self.env}
+        cores = os.sched_getaffinity(0)
+        env = {**os.environ, **VLLM_CPU_ENV, **cpu_engine_env(len(cores), cores), **self.env}
         self.process = _spawn("vllm-server", argv, self.workdir / f"vllm-{self.port}.log", env)
         self._wait_for_health(ready_timeout_s)
         return self

@@ -190,3 +190,18 @@ def test_no_valid_votes_means_no_winner() -> None:
     assert res.winner is None
     assert all(r.mean_score is None for r in res.ranking)
     assert res.votes_counted == 0 and res.votes_expected == 3
+
+
+def test_revise_prompts_start_with_the_critique_rounds_context() -> None:
+    """A reviser's prompt starts with exactly the context its critique round had (task and every
+    current proposal), so the prefix cached during critique serves it; then its critique."""
+    state = _state(ALL)
+    critique = council.critique_slots(SPEC, state, 1)
+    state.tasks["t1"].critiques[1] = {"a": [("b", "a forgets empty input.")]}
+    (revise,) = council.revise_slots(SPEC, state, 1)
+    crit_text = next(s for s in critique if s.task.id == "t1").request.messages[1]["content"]
+    context = crit_text.split("\n\nYou are ")[0]
+    text = revise.request.messages[1]["content"]
+    assert (revise.task.id, revise.agent.id) == ("t1", "a")
+    assert text.startswith(f"{context}\n\nYou are a, the council's architect.")
+    assert "From b:\na forgets empty input." in text and "### a" in text
