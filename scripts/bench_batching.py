@@ -82,6 +82,7 @@ def run_ceiling(tasks: int) -> dict[str, Any]:
     from swe_fleet.chat import ChatRequest, Completion
     from swe_fleet.deliberation import run_deliberation
     from swe_fleet.llm.cpu_threads import apply_env_defaults, cpu_engine_env
+    from swe_fleet.llm.engine import llm_options
     from swe_fleet.model import prepare_local_model
     from swe_fleet.spec import CouncilSpec
 
@@ -89,9 +90,7 @@ def run_ceiling(tasks: int) -> dict[str, Any]:
     # The same CPU threads as the engine actor gets (its num_cpus), so (b)/(a) compares like with like.
     apply_env_defaults(cpu_engine_env(spec.model.num_cpus, os.sched_getaffinity(0)), os.environ)
     t0 = time.monotonic()
-    llm = LLM(
-        model=str(prepare_local_model()), max_model_len=2048, enforce_eager=True, dtype="bfloat16", seed=0
-    )
+    llm = LLM(model=str(prepare_local_model()), **llm_options(spec.model))
     start_s = time.monotonic() - t0
     gen_s, tokens, calls = 0.0, 0, 0
 

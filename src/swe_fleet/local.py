@@ -31,6 +31,7 @@ import structlog
 
 from swe_fleet.errors import LocalStackError
 from swe_fleet.llm.cpu_threads import cpu_engine_env
+from swe_fleet.spec import DEFAULT_KV_BLOCK_SIZE
 
 log = structlog.get_logger(__name__)
 
@@ -547,6 +548,7 @@ class VLLMServer:
         *,
         port: int | None = None,
         max_model_len: int = 2048,
+        kv_block_size: int | None = DEFAULT_KV_BLOCK_SIZE,
         ready_timeout_s: float = VLLM_READY_TIMEOUT_S,
     ) -> VLLMServer:
         """Start the server on ``model_dir`` (an HF folder) and wait until ``/health`` answers 200.
@@ -567,6 +569,7 @@ class VLLMServer:
             "--max-model-len", str(max_model_len),
             "--enforce-eager",
             "--dtype", "bfloat16",
+            *(["--block-size", str(kv_block_size)] if kv_block_size else []),
         ]  # fmt: skip
         cores = os.sched_getaffinity(0)
         env = {**os.environ, **VLLM_CPU_ENV, **cpu_engine_env(len(cores), cores), **self.env}

@@ -28,6 +28,20 @@ ENGINE_START_TIMEOUT_S = 600.0
 REPLICA_RETRY_PAUSE_S = 2.0
 
 
+def llm_options(model: ModelSpec) -> dict[str, Any]:
+    """The ``vllm.LLM`` keyword arguments for ``model`` (besides ``model`` itself): the engine's
+    and the benchmark ceiling's, so both run the same engine."""
+    options: dict[str, Any] = {
+        "max_model_len": model.max_model_len,
+        "enforce_eager": model.enforce_eager,
+        "dtype": model.dtype,
+        "seed": model.seed,
+    }
+    if model.kv_block_size is not None:
+        options["block_size"] = model.kv_block_size
+    return options
+
+
 class VLLMEngine:
     """Holds one ``vllm.LLM``. Used as a Ray actor (see :class:`EngineGenerator`)."""
 
@@ -43,13 +57,7 @@ class VLLMEngine:
         self.calls = 0
         path = resolve_model(model.name)
         started = time.monotonic()
-        self.llm = LLM(
-            model=path,
-            max_model_len=model.max_model_len,
-            enforce_eager=model.enforce_eager,
-            dtype=model.dtype,
-            seed=model.seed,
-        )
+        self.llm = LLM(model=path, **llm_options(model))
         self.max_model_len = model.max_model_len
         self.tokenizer = self.llm.get_tokenizer()
         self.start_seconds = time.monotonic() - started
