@@ -270,8 +270,17 @@ def main() -> int:
     out: dict[str, Any] = {"workload": {**workload, "protocol": "propose, critique, revise, vote"}}
 
     print("(a) ceiling: raw vLLM.chat ...", flush=True)
-    proc = subprocess.run([sys.executable, __file__, "--part", "ceiling", "--tasks", str(args.tasks),
-                           "--repeats", str(args.repeats)], capture_output=True, text=True, timeout=3600)  # fmt: skip
+    argv = [
+        sys.executable,
+        __file__,
+        "--part",
+        "ceiling",
+        "--tasks",
+        str(args.tasks),
+        "--repeats",
+        str(args.repeats),
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("CEILING ")), None)
     if proc.returncode != 0 or line is None:
         raise SystemExit(f"ceiling run failed:\n{proc.stderr[-3000:]}")
