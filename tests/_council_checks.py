@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -81,3 +82,36 @@ def assert_no_silence(events: Sequence[dict[str, Any]], spec: CouncilSpec) -> st
             for r in range(1, rounds + 1):
                 assert answered[(task.id, agent.id, "revise", r)] <= 1
     return "all answered"
+
+
+def consume_all(nats_url: str, durable: str | None, submission_id: str) -> list[dict[str, Any]]:
+    """Every event of one submission, read by a fresh consumer (ends after 3 s without one)."""
+    from swe_fleet.consume import ConsumerOptions, iter_events
+
+    async def go() -> list[dict[str, Any]]:
+        opts = ConsumerOptions(
+            nats_url=nats_url,
+            durable=durable,
+            idle_timeout_s=3,
+            fetch_wait_s=0.5,
+            submission_id=submission_id,
+        )
+        return [e.model_dump(mode="json") async for e in iter_events(opts)]
+
+    return asyncio.run(go())
+
+
+def saved_checkpoint(nats_url: str, submission_id: str) -> dict[str, Any] | None:
+    """The council checkpoint of ``submission_id`` (None before its first phase is done)."""
+    from swe_fleet.checkpoint import KVCheckpoints
+    from swe_fleet.publish import connect_nats
+
+    async def go() -> dict[str, Any] | None:
+        nc = await connect_nats(nats_url)
+        try:
+            store = await KVCheckpoints.open(nc.jetstream())
+            return await store.load(submission_id)
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())

@@ -15,7 +15,6 @@ started.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -233,39 +232,6 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, poll_
 
 
 # ---- what the tests do from the client host ----------------------------------------------------
-
-
-def consume_all(nats_url: str, durable: str, submission_id: str) -> list[dict[str, Any]]:
-    """Every event of one submission, read by a fresh durable consumer (bounded by idleness)."""
-    from swe_fleet.consume import ConsumerOptions, iter_events
-
-    async def go() -> list[dict[str, Any]]:
-        opts = ConsumerOptions(
-            nats_url=nats_url,
-            durable=durable,
-            idle_timeout_s=3,
-            fetch_wait_s=0.5,
-            submission_id=submission_id,
-        )
-        return [e.model_dump(mode="json") async for e in iter_events(opts)]
-
-    return asyncio.run(go())
-
-
-def saved_checkpoint(nats_url: str, submission_id: str) -> dict[str, Any] | None:
-    """The council checkpoint of ``submission_id`` (None before its first phase is done)."""
-    from swe_fleet.checkpoint import KVCheckpoints
-    from swe_fleet.publish import connect_nats
-
-    async def go() -> dict[str, Any] | None:
-        nc = await connect_nats(nats_url)
-        try:
-            store = await KVCheckpoints.open(nc.jetstream())
-            return await store.load(submission_id)
-        finally:
-            await nc.close()
-
-    return asyncio.run(go())
 
 
 def state_api(dashboard_url: str, token: str, resource: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -15,28 +14,15 @@ from typing import Any
 
 import pytest
 
-from swe_fleet.checkpoint import KVCheckpoints
-from swe_fleet.consume import ConsumerOptions, iter_events
 from swe_fleet.local import NatsServer, RayHead
-from swe_fleet.publish import connect_nats
 from swe_fleet.spec import CouncilSpec
 from swe_fleet.submit import CouncilJobClient, CouncilRequest
 
-from _council_checks import assert_complete_council
+from _council_checks import assert_complete_council, consume_all, saved_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.llm, pytest.mark.slow]
 
 JOB_TIMEOUT_S = 900
-
-
-def _consume_all(url: str, durable: str, submission_id: str) -> list[dict[str, Any]]:
-    async def go() -> list[dict[str, Any]]:
-        opts = ConsumerOptions(
-            nats_url=url, durable=durable, idle_timeout_s=3, fetch_wait_s=0.5, submission_id=submission_id
-        )
-        return [e.model_dump(mode="json") async for e in iter_events(opts)]
-
-    return asyncio.run(go())
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +54,10 @@ def test_job_events_reach_a_durable_consumer_exactly_once(
     """Every proposal, critique, revision and vote reaches a durable consumer once; one result
     per task; a second durable consumer sees the same set (nothing consumed away)."""
     _, sid = tiny_job
-    events = _consume_all(session_nats.url, "it-exactly-once", sid)
+    events = consume_all(session_nats.url, "it-exactly-once", sid)
     phases = assert_complete_council(events, tiny_spec)
     assert phases["vote"] == len(tiny_spec.tasks) * len(tiny_spec.agents)
-    again = _consume_all(session_nats.url, "it-exactly-once-2", sid)
+    again = consume_all(session_nats.url, "it-exactly-once-2", sid)
     assert sorted(map(str, again)) == sorted(map(str, events))
 
 
@@ -117,7 +103,7 @@ def test_plain_ray_job_submit_from_the_readme_works(
     match = re.search(r"Job '(raysubmit_\w+)' submitted successfully", output)
     assert match, output[-2000:]
     spec = CouncilSpec.from_file(repo_root / "examples" / "council.yaml")
-    events = _consume_all(session_nats.url, "it-ray-cli", match.group(1))
+    events = consume_all(session_nats.url, "it-ray-cli", match.group(1))
     assert_complete_council(events, spec)
 
 
@@ -143,7 +129,7 @@ def test_engine_is_called_once_per_phase_per_replica_shard(
     assert done["phases"] == phases
     assert done["replica_calls"] == [phases, phases]
     assert done["llm_calls"] == 2 * phases
-    events = _consume_all(session_nats.url, "it-replicas", submitted.submission_id)
+    events = consume_all(session_nats.url, "it-replicas", submitted.submission_id)
     per_phase = Counter(
         (e["phase"], e["round"]) for e in events if e["event"] != "council.deliberation.completed"
     )
@@ -156,22 +142,10 @@ def test_engine_is_called_once_per_phase_per_replica_shard(
     }
 
 
-def _checkpoint(url: str, submission_id: str) -> dict[str, Any] | None:
-    async def go() -> dict[str, Any] | None:
-        nc = await connect_nats(url)
-        try:
-            store = await KVCheckpoints.open(nc.jetstream())
-            return await store.load(submission_id)
-        finally:
-            await nc.close()
-
-    return asyncio.run(go())
-
-
 def _wait_for_checkpoint(client: CouncilJobClient, url: str, sid: str) -> dict[str, Any]:
     """Poll until the running job has saved its first checkpoint (bounded)."""
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    while (saved := _checkpoint(url, sid)) is None:
+    while (saved := saved_checkpoint(url, sid)) is None:
         assert time.monotonic() < deadline, "no checkpoint appeared"
         assert not client.status(sid).is_terminal(), client.logs(sid)[-2000:]
         time.sleep(0.2)
@@ -202,7 +176,7 @@ def test_killed_driver_resumes_from_its_checkpoint_without_duplicates(
     logs = client.logs(again.job_id)
     assert status.value == "SUCCEEDED", logs[-3000:]
     assert '"council.resumed"' in logs
-    events = _consume_all(session_nats.url, "it-resume", sid)
+    events = consume_all(session_nats.url, "it-resume", sid)
     # The stopped attempt said so (SIGTERM -> council.job.failed for that attempt) ...
     stopped = [e for e in events if e["event"] == "council.job.failed"]
     assert [(e["job_id"], e["reason"]) for e in stopped] == [(sid, "stopped (SIGTERM)")]
@@ -248,7 +222,7 @@ def test_killed_engine_actor_mid_run_never_means_silence(
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     status = client.wait(sid, timeout_s=JOB_TIMEOUT_S)
-    events = _consume_all(session_nats.url, "it-killengine", sid)
+    events = consume_all(session_nats.url, "it-killengine", sid)
     results = [e for e in events if e["event"] == "council.deliberation.completed"]
     assert sorted(r["task_id"] for r in results) == sorted(t.id for t in spec.tasks)
     if status.value == "SUCCEEDED":
@@ -287,7 +261,7 @@ def test_killed_vllm_server_mid_run_never_means_silence(
         status = client.wait(sid, timeout_s=JOB_TIMEOUT_S)
     finally:
         server.stop()
-    events = _consume_all(session_nats.url, "it-killserver", sid)
+    events = consume_all(session_nats.url, "it-killserver", sid)
     assert status.value == "SUCCEEDED", client.logs(sid)[-3000:]
     keys = [
         f"{e['task_id']}/{e.get('phase')}/{e.get('round')}/{e.get('agent_id')}/{e['event']}" for e in events

@@ -25,10 +25,9 @@ from swe_fleet.local import start_process
 from swe_fleet.spec import CouncilSpec
 from swe_fleet.submit import CouncilJobClient, CouncilRequest
 
-from _council_checks import assert_complete_council
+from _council_checks import assert_complete_council, consume_all
 from _netns_cluster import (
     NetnsCluster,
-    consume_all,
     engine_node_ips,
     netns_cluster,
     wait_until,

@@ -16,13 +16,11 @@ import pytest
 from swe_fleet.spec import CouncilSpec
 from swe_fleet.submit import CouncilJobClient, CouncilRequest
 
-from _council_checks import assert_complete_council, assert_no_silence
+from _council_checks import assert_complete_council, assert_no_silence, consume_all, saved_checkpoint
 from _netns_cluster import (
     FAST_HEALTH_CHECKS,
     NetnsCluster,
-    consume_all,
     netns_cluster,
-    saved_checkpoint,
     wait_until,
 )
 

@@ -14,7 +14,6 @@ installs from a wheelhouse of the pin list that the test downloads first (``PIP_
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -31,11 +30,10 @@ from typing import Any
 import pytest
 import yaml
 
-from swe_fleet.consume import ConsumerOptions, iter_events
 from swe_fleet.local import NatsServer, RayHead, RayWorker
 from swe_fleet.spec import CouncilSpec
 
-from _council_checks import assert_complete_council
+from _council_checks import assert_complete_council, consume_all
 from _netns import Host, Network, netns_unavailable, network
 
 pytestmark = [pytest.mark.integration, pytest.mark.llm, pytest.mark.netns, pytest.mark.slow]
@@ -285,11 +283,8 @@ def test_pinned_runtime_env_passes_on_both_nodes_and_a_council_runs_on_both(
     assert "(cached)" in submit.stderr  # doctor's passing result on these nodes and runtime_env
     sid = submit.stdout.strip().splitlines()[-1]
 
-    async def events() -> list[dict[str, Any]]:
-        opts = ConsumerOptions(nats_url=cluster.nats.url, durable=None, idle_timeout_s=3, submission_id=sid)
-        return [e.model_dump(mode="json") async for e in iter_events(opts)]
-
-    assert_complete_council(cluster.client.run(asyncio.run, events()), CouncilSpec.from_file(spec_path))
+    events = cluster.client.run(consume_all, cluster.nats.url, None, sid)
+    assert_complete_council(events, CouncilSpec.from_file(spec_path))
 
     # Placement: the job's two engine actors ran one on each node (Ray's State API says where).
     job = next(j for j in cluster.state("/api/jobs/") if j.get("submission_id") == sid)
