@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,15 @@ import pytest
 from swe_fleet.local import NatsServer, RayHead
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# CI runs `.venv/bin/python -m pytest` without activating the virtualenv: its bin directory is
+# not on PATH there. Take it off PATH here too, so that a test relying on a bare `python`,
+# `ray` or `swe-fleet` (or a Ray node that forgets to put its own Python first) fails on a
+# developer's activated shell exactly as it would in CI.
+_VENV_BIN = str(Path(sys.executable).parent)
+os.environ["PATH"] = os.pathsep.join(
+    d for d in os.environ.get("PATH", os.defpath).split(os.pathsep) if d and d != _VENV_BIN
+)
 
 
 @pytest.fixture(scope="session")

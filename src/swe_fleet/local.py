@@ -279,10 +279,24 @@ def _short_temp_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
-def _ray_node_env(base: Mapping[str, str], token_path: Path) -> dict[str, str]:
+def with_python_first(env: Mapping[str, str], python: str | Path | None = None) -> dict[str, str]:
+    """``env`` with the directory of ``python`` (default: this interpreter) first on ``PATH``.
+
+    A Ray node runs job entrypoints (``python jobs/council.py``) through a shell with the node's
+    ``PATH``. A node started from a virtualenv that is not activated would otherwise run them
+    with whatever ``python`` comes first on ``PATH``, which lacks swe_fleet and the pins.
+    """
+    bin_dir = str(Path(python or sys.executable).parent)
+    rest = [d for d in env.get("PATH", os.defpath).split(os.pathsep) if d and d != bin_dir]
+    return {**env, "PATH": os.pathsep.join([bin_dir, *rest])}
+
+
+def _ray_node_env(
+    base: Mapping[str, str], token_path: Path, ray_command: Sequence[str] = ()
+) -> dict[str, str]:
+    # ray_command is [python, "-m", ...] of another environment, or empty (this one's ``ray``).
     env = {
-        **os.environ,
-        **base,
+        **with_python_first({**os.environ, **base}, ray_command[0] if ray_command else None),
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token_path),
         "RAY_USAGE_STATS_ENABLED": "0",
@@ -346,7 +360,7 @@ class RayHead:
             "--temp-dir", str(temp_dir),
             "--disable-usage-stats",
         ] + [f"--{k}={v}" for k, v in ports.items()]  # fmt: skip
-        env = _ray_node_env(self.env, token_path)
+        env = _ray_node_env(self.env, token_path, self.ray_command)
         if _is_loopback(self.node_ip):
             # Ray turns --node-ip-address 127.0.0.1 into the host's interface address; this
             # switch (meant for laptops) keeps every Ray socket on loopback. It also refuses
@@ -439,7 +453,7 @@ class RayWorker:
             "--disable-usage-stats",
             *([f"--resources={json.dumps(dict(self.resources))}"] if self.resources else []),
         ] + [f"--{k}={free_port()}" for k in _NODE_PORT_FLAGS]  # fmt: skip
-        env = _ray_node_env(self.env, self.head.token_path)
+        env = _ray_node_env(self.env, self.head.token_path, self.ray_command)
         self.process = _spawn("ray-worker", argv, self.workdir / f"ray-worker-{self.node_ip}.log", env)
         _wait_for_line(self.process, re.compile(r"Ray runtime started"), timeout_s)
         return self

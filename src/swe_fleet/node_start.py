@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 
 from swe_fleet.addresses import auth_token_from_env
-from swe_fleet.local import ManagedProcess, venv_binary
+from swe_fleet.local import ManagedProcess, venv_binary, with_python_first
 from swe_fleet.node import (
     NodeAction,
     NodeConfig,
@@ -92,8 +92,9 @@ def _resolve(host: str, port: int, timeout_s: float) -> list[Any] | str:
 
 
 def node_env(base: Mapping[str, str], decision: NodeDecision) -> dict[str, str]:
-    """The Ray node's environment: ``base`` with the decision's changes applied."""
-    env = dict(base)
+    """The Ray node's environment: ``base`` with the decision's changes applied, and this
+    interpreter's directory first on ``PATH`` (jobs' ``python`` is the node's Python)."""
+    env = with_python_first(base)
     for key, value in decision.env.items():
         if value is None:
             env.pop(key, None)

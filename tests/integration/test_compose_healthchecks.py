@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from swe_fleet.local import ManagedProcess, RayHead, free_port, venv_binary
+from swe_fleet.local import ManagedProcess, RayHead, free_port, venv_binary, with_python_first
 
 from _manifests.compose import load_compose
 from _manifests.project import COMPOSE_FILE
@@ -39,9 +39,10 @@ def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 
 def _client_env(home: Path, **extra: str) -> dict[str, str]:
-    """This environment without any Ray token or address, HOME empty (no ~/.ray/auth_token)."""
+    """This environment without any Ray token or address, HOME empty (no ~/.ray/auth_token), and
+    this interpreter first on PATH: the checks' ``python`` is the image's, which has swe_fleet."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SWE_FLEET_"))}
-    return {**env, "HOME": str(home), **extra}
+    return {**with_python_first(env), "HOME": str(home), **extra}
 
 
 def _dashboard_port(head: RayHead) -> str:
