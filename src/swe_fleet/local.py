@@ -307,6 +307,14 @@ def _ray_node_env(
     return env
 
 
+def _stop_node(process: ManagedProcess | None, temp_dir: Path | None) -> None:
+    """Stop a Ray node we started (its process group only) and remove its temp dir."""
+    if process:
+        process.stop()
+    if temp_dir:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 def _is_loopback(ip: str) -> bool:
     return ip == "localhost" or ip.startswith("127.")
 
@@ -408,10 +416,7 @@ class RayHead:
         return wait_for_nodes(self.dashboard_url, self.auth_token, count, timeout_s)
 
     def stop(self) -> None:
-        if self.process:
-            self.process.stop()
-        if self.temp_dir:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        _stop_node(self.process, self.temp_dir)
 
 
 @dataclass
@@ -459,10 +464,7 @@ class RayWorker:
         return self
 
     def stop(self) -> None:
-        if self.process:
-            self.process.stop()
-        if self.temp_dir:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        _stop_node(self.process, self.temp_dir)
 
 
 @dataclass
