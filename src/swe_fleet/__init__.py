@@ -4,7 +4,9 @@ Every phase is one vLLM batch; every agent response is published to NATS JetStre
 (``agent.response.completed``) with its idempotency key as ``Nats-Msg-Id``.
 """
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("swe-fleet")
@@ -47,8 +49,21 @@ from swe_fleet.events import (
     DeliberationCompleted,
     decode_event,
 )
-from swe_fleet.producer import CouncilTicket, request_council
 from swe_fleet.spec import AgentSpec, CouncilSpec, ModelSpec, PublishSpec, TaskSpec
+
+if TYPE_CHECKING:
+    from swe_fleet.producer import CouncilTicket, request_council
+
+#: Imported on first use: they need nats-py, and ``import swe_fleet`` must not, so that a node
+#: without it gets a preflight row naming ``nats`` rather than a failed import of swe_fleet.
+_LAZY = {"CouncilTicket": "swe_fleet.producer", "request_council": "swe_fleet.producer"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'swe_fleet' has no attribute {name!r}")
+
 
 __all__ = [
     "AddressError",

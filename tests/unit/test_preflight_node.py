@@ -6,6 +6,7 @@ import ast
 import http.server
 import json
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -232,3 +233,27 @@ def test_plain_table_shows_the_fix_under_a_failure() -> None:
         [Check("nats", FAIL, "down", "start it", node="n1"), Check("disk", OK, "fine", node="n1")]
     )
     assert "n1  nats" in text and "fix: start it" in text and "fix:" not in text.split("disk")[1]
+
+
+def test_swe_fleet_imports_on_a_node_without_nats_py() -> None:
+    """`import swe_fleet` must not need nats-py: on a node that lacks it, preflight reports
+    `module nats` alone, not also a failed import of swe_fleet. A fresh interpreter where any
+    import of `nats` fails still imports the package (and request_council fails only on use)."""
+    script = (
+        "import builtins, sys\n"
+        "real = builtins.__import__\n"
+        "def guard(name, *a, **k):\n"
+        "    if name.split('.')[0] == 'nats':\n"
+        "        raise ModuleNotFoundError(\"No module named 'nats'\")\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = guard\n"
+        "import swe_fleet\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'nats']\n"
+        "try:\n"
+        "    swe_fleet.request_council\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print('lazy:', exc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "lazy: No module named 'nats'" in proc.stdout
