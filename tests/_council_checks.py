@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from swe_fleet.events import AgentResponseCompleted
+from swe_fleet.local import RayHead
 from swe_fleet.spec import CouncilSpec
 
 
@@ -115,3 +120,20 @@ def saved_checkpoint(nats_url: str, submission_id: str) -> dict[str, Any] | None
             await nc.close()
 
     return asyncio.run(go())
+
+
+def ray_job_submit(
+    repo_root: Path, head: RayHead, runtime_env: str, entrypoint: Sequence[str], timeout_s: float
+) -> tuple[int, str]:
+    """Ray's own CLI, as a user types it: ``ray job submit --address DASHBOARD --runtime-env
+    FILE --entrypoint-num-cpus 0 -- ENTRYPOINT`` from the checkout. Returns (exit code, output)."""
+    cmd = [
+        str(Path(sys.executable).parent / "ray"), "job", "submit",
+        "--address", head.dashboard_url,
+        "--runtime-env", runtime_env,
+        "--entrypoint-num-cpus", "0",
+        "--", *entrypoint,
+    ]  # fmt: skip
+    env = {**os.environ, **head.client_env()}
+    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=timeout_s)
+    return proc.returncode, proc.stdout + proc.stderr

@@ -370,27 +370,17 @@ class CouncilJobClient:
             DashboardUnreachable: no answer within the request bound.
             SubmissionError: the Jobs API refused the job.
         """
-        try:
-            self._client.submit_job(
+        self._call(
+            f"submitting {submission_id}",
+            lambda: self._client.submit_job(
                 entrypoint=entrypoint,
                 runtime_env=runtime_env,
                 submission_id=submission_id,
                 metadata=metadata,
                 entrypoint_num_cpus=0,
-            )
-        except requests.exceptions.RequestException as exc:
-            raise DashboardUnreachable(
-                f"submitting {submission_id}: the Ray dashboard at {self.url} did not answer "
-                f"({type(exc).__name__})",
-                url=self.url,
-                submission_id=submission_id,
-            ) from None
-        except RuntimeError as exc:  # Ray's client raises RuntimeError for every HTTP error
-            raise SubmissionError(
-                f"submitting {submission_id} failed: {str(exc)[:500]}",
-                url=self.url,
-                submission_id=submission_id,
-            ) from None
+            ),
+            submission_id,
+        )
 
     def _latest_attempt(self, sid: str) -> tuple[int, JobDetails | None]:
         """(attempt number, job) of the newest Ray job of this deliberation; (0, None) if none."""

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,7 +16,7 @@ from swe_fleet.local import NatsServer, RayHead
 from swe_fleet.spec import CouncilSpec
 from swe_fleet.submit import CouncilJobClient, CouncilRequest
 
-from _council_checks import assert_complete_council, consume_all, saved_checkpoint
+from _council_checks import assert_complete_council, consume_all, ray_job_submit, saved_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.llm, pytest.mark.slow]
 
@@ -88,18 +86,12 @@ def test_plain_ray_job_submit_from_the_readme_works(
 ) -> None:
     """The README's laptop line (ray job submit ... --runtime-env runtime_envs/pinned.yaml) runs a
     council whose events carry Ray's own submission id."""
-    env = {**os.environ, **ray_head.client_env()}
-    cmd = [
-        str(Path(sys.executable).parent / "ray"), "job", "submit",
-        "--address", ray_head.dashboard_url,
-        "--runtime-env", "runtime_envs/pinned.yaml",
-        "--entrypoint-num-cpus", "0",
-        "--", "python", "jobs/council.py", "--spec", "examples/council.yaml",
-        "--nats-url", session_nats.url,
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-3000:]
+    code, output = ray_job_submit(
+        repo_root, ray_head, "runtime_envs/pinned.yaml",
+        ["python", "jobs/council.py", "--spec", "examples/council.yaml", "--nats-url", session_nats.url],
+        timeout_s=JOB_TIMEOUT_S,
+    )  # fmt: skip
+    assert code == 0, output[-3000:]
     match = re.search(r"Job '(raysubmit_\w+)' submitted successfully", output)
     assert match, output[-2000:]
     spec = CouncilSpec.from_file(repo_root / "examples" / "council.yaml")
@@ -208,7 +200,6 @@ def test_killed_engine_actor_mid_run_never_means_silence(
 ) -> None:
     """SIGKILL the engine actor after the first phase: the actor restarts and the council
     completes, or the affected agents get failed events; every task gets its result."""
-    import os
     import signal
 
     doc = tiny_spec.model_dump(mode="json")

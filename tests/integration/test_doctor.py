@@ -23,6 +23,8 @@ from swe_fleet.preflight_node import parse_pins, parse_report
 from swe_fleet.spec import CouncilSpec
 from swe_fleet.submit import CouncilJobClient, CouncilRequest, staged_runtime_env
 
+from _council_checks import ray_job_submit
+
 pytestmark = pytest.mark.integration
 
 SWE_FLEET = str(Path(sys.executable).parent / "swe-fleet")
@@ -212,18 +214,13 @@ def test_plain_ray_job_submit_of_the_preflight_from_the_runtime_env_comments_wor
     """`ray job submit --runtime-env runtime_envs/image.yaml -- python jobs/preflight.py --pins
     images/requirements-worker.txt --nats-url URL` (no swe-fleet client involved) checks the node
     and prints the report line."""
-    env = {**os.environ, **ray_head.client_env()}
-    cmd = [
-        str(Path(sys.executable).parent / "ray"), "job", "submit",
-        "--address", ray_head.dashboard_url,
-        "--runtime-env", "runtime_envs/image.yaml",
-        "--entrypoint-num-cpus", "0",
-        "--", "python", "jobs/preflight.py", "--pins", "images/requirements-worker.txt",
-        "--nats-url", nats_server.url,
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-3000:]
+    code, output = ray_job_submit(
+        repo_root, ray_head, "runtime_envs/image.yaml",
+        ["python", "jobs/preflight.py", "--pins", "images/requirements-worker.txt",
+         "--nats-url", nats_server.url],
+        timeout_s=300,
+    )  # fmt: skip
+    assert code == 0, output[-3000:]
     report = parse_report(output)
     assert report is not None, output[-3000:]
     names = {c["name"] for c in report["checks"] if c["status"] == "ok"}
