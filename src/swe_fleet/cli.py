@@ -47,6 +47,8 @@ from swe_fleet.errors import (
     LocalStackError,
     ModelError,
     NatsUnreachable,
+    NodeConfigError,
+    NoHeadFound,
     OutboxError,
     PreflightFailed,
     SpecError,
@@ -95,10 +97,13 @@ def _fail(code: ExitCode, message: str) -> NoReturn:
     sys.exit(int(code))
 
 
+_BAD_INPUT = (SpecError, AddressError, SubmissionConflict, StreamConfigMismatch, OutboxError, NodeConfigError)
+
+
 def _exit_code_for(exc: SweFleetError) -> ExitCode:
-    if isinstance(exc, SpecError | AddressError | SubmissionConflict | StreamConfigMismatch | OutboxError):
+    if isinstance(exc, _BAD_INPUT):
         return ExitCode.BAD_INPUT
-    if isinstance(exc, DashboardUnreachable | NatsUnreachable):
+    if isinstance(exc, DashboardUnreachable | NatsUnreachable | NoHeadFound):
         return ExitCode.UNREACHABLE
     if isinstance(exc, JobWaitTimeout):
         return ExitCode.TIMEOUT
@@ -598,17 +603,11 @@ def node_start(dry_run: bool, as_json: bool) -> None:
     """
     import os
 
-    from swe_fleet.errors import NodeConfigError, NoHeadFound
     from swe_fleet.node import NodeAction, masked_env
     from swe_fleet.node_start import decide_from_env, log_decision, node_env, run_node
 
     def body() -> int:
-        try:
-            config, decision = decide_from_env(os.environ, wait=not dry_run)
-        except NodeConfigError as exc:
-            _fail(ExitCode.BAD_INPUT, str(exc))
-        except NoHeadFound as exc:
-            _fail(ExitCode.UNREACHABLE, str(exc))
+        config, decision = decide_from_env(os.environ, wait=not dry_run)
         if dry_run:
             if as_json:
                 doc = decision.as_dict()

@@ -381,32 +381,44 @@ class Dispatcher:
     async def _dispatch(self, msg: Any, rid: str, spec: CouncilSpec, bound: Any) -> None:
         cfg = self.config
         ledger = self._require_ledger()
-        record, reserved_now = await ledger.reserve(rid, submission_id_for(rid), spec.name)
-        self._remember(record)
-        request = CouncilRequest(
-            spec=spec,
-            env_kind=cfg.env_kind,
-            nats_url=cfg.job_nats_url or cfg.nats_url,
-            submission_id=record.submission_id,
-        )
-        try:
-            async with _heartbeat(msg, cfg.ack_wait_s):
-                submitted = await asyncio.to_thread(self._client.submit, request)
-                bound.info(
-                    "dispatch.submitted" if submitted.created else "dispatch.found_existing",
-                    job_id=submitted.job_id,
+        # The heartbeat covers everything up to the ack: ledger writes and the publish can
+        # take longer than ack_wait too, and a redelivery meanwhile would count as an attempt.
+        async with _heartbeat(msg, cfg.ack_wait_s):
+            record, reserved_now = await ledger.reserve(rid, submission_id_for(rid), spec.name)
+            self._remember(record)
+            # A record with a job: an earlier delivery submitted it and lost its ack. Submitting
+            # again finds that job (or refuses a different request under the same id), but once
+            # Ray has deleted the finished job it would start a second run: then only ack.
+            job_gone = (
+                record.job_id is not None
+                and await asyncio.to_thread(self._client.find_job, record.job_id) is None
+            )
+            if not job_gone:
+                request = CouncilRequest(
+                    spec=spec,
+                    env_kind=cfg.env_kind,
+                    nats_url=cfg.job_nats_url or cfg.nats_url,
+                    submission_id=record.submission_id,
                 )
-                await self._test_pause(rid, bound)
-        except SubmissionConflict as exc:
-            if reserved_now and record.job_id is None:
-                await self._release(record)
-            await self._dead_letter(msg, str(exc), rid)
-            return
-        record = await ledger.mark_submitted(record, submitted.job_id, submitted.dashboard_url)
-        self._remember(record)
-        record = await ledger.publish_once(record, record.status_event("submitted"))
-        self._remember(record)
-        await msg.ack_sync(timeout=cfg.connect_timeout_s)
+                try:
+                    submitted = await asyncio.to_thread(self._client.submit, request)
+                    bound.info(
+                        "dispatch.submitted" if submitted.created else "dispatch.found_existing",
+                        job_id=submitted.job_id,
+                    )
+                    await self._test_pause(rid, bound)
+                except SubmissionConflict as exc:
+                    if reserved_now:
+                        await self._release(record)
+                    await self._dead_letter(msg, str(exc), rid)
+                    return
+                record = await ledger.mark_submitted(record, submitted.job_id, submitted.dashboard_url)
+                self._remember(record)
+            else:
+                bound.info("dispatch.job_gone_not_resubmitted", job_id=record.job_id)
+            record = await ledger.publish_once(record, record.status_event("submitted"))
+            self._remember(record)
+            await msg.ack_sync(timeout=cfg.connect_timeout_s)
         self.stats.dispatched += 1
         bound.info("dispatch.acked", job_id=record.job_id, in_flight=self.in_flight)
 
@@ -509,8 +521,10 @@ class Dispatcher:
                 return
             record = await ledger.mark_submitted(record, record.submission_id, self._client.url)
             self._remember(record)
-            record = await ledger.publish_once(record, record.status_event("submitted"))
-            self._remember(record)
+        # "submitted" comes before any later state, also when publishing it failed in _dispatch
+        # (the request then waits for redelivery); once published, this is a no-op.
+        record = await ledger.publish_once(record, record.status_event("submitted"))
+        self._remember(record)
         assert record.job_id is not None
         job = await asyncio.to_thread(self._client.find_job, record.job_id)
         if job is None:

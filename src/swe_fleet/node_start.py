@@ -246,7 +246,12 @@ def log_decision(decision: NodeDecision) -> None:
     )
 
 
+#: Loaded here, not in the forked child: dlopen there can deadlock on a lock that another thread
+#: of ours (a name lookup still running) held at fork time.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
 def _die_with_parent() -> None:
     # If the entrypoint is killed outright (SIGKILL, OOM), Ray still gets its SIGTERM.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))

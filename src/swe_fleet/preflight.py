@@ -36,8 +36,8 @@ from swe_fleet.events import AGENT_RESPONSES_SUBJECTS
 from swe_fleet.preflight_cluster import (
     DEFAULT_PREFLIGHT_TIMEOUT_S,
     PreflightCache,
+    cluster_preflight_key,
     node_expectations,
-    preflight_key,
     run_cluster_checks,
 )
 from swe_fleet.preflight_node import CLUSTER, DEFAULT_MIN_FREE_DISK_GB, FAIL, OK, SKIP, Check
@@ -271,7 +271,7 @@ def run_doctor(
             client = CouncilJobClient(
                 dashboard_url, auth_token=token, request_timeout_s=max(check_timeout_s, 10)
             )
-            node_ids = [str(n["node_id"]) for n in client.alive_nodes()]
+            key = cluster_preflight_key(client, runtime_env, expectations) if cache is not None else None
             cluster_checks = run_cluster_checks(
                 client, request, runtime_env, expectations, timeout_s=cluster_timeout_s, on_info=on_info
             )
@@ -280,8 +280,8 @@ def run_doctor(
                 Check("preflight-job", FAIL, str(exc), "check the dashboard and the Jobs API", node=CLUSTER)
             ]
         else:
-            if cache is not None:
-                cache.store(preflight_key(client.url, node_ids, runtime_env, expectations), cluster_checks)
+            if cache is not None and key is not None:
+                cache.store(key, cluster_checks)
     return [*checks, *cluster_checks]
 
 

@@ -122,7 +122,8 @@ def _unreported_job(client: CouncilJobClient, job_id: str, status: str, logs: st
     info = client.info(job_id)
     message = info.message or ""
     label, node_id = _driver_node(client, info.driver_node_id)
-    if "runtime_env" in str(info.error_type or "") or "runtime env" in message.lower():
+    # error_type is Ray's JobErrorType (RUNTIME_ENV_SETUP_FAILURE); the message says "runtime env".
+    if "RUNTIME_ENV" in str(info.error_type or "").upper() or "runtime env" in message.lower():
         return Check(
             "runtime-env",
             FAIL,
@@ -215,6 +216,14 @@ def preflight_key(
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def cluster_preflight_key(
+    client: CouncilJobClient, runtime_env: dict[str, Any], expectations: NodeExpectations
+) -> str:
+    """:func:`preflight_key` of the cluster ``client`` talks to, with the nodes alive now."""
+    node_ids = [str(n["node_id"]) for n in client.alive_nodes()]
+    return preflight_key(client.url, node_ids, runtime_env, expectations)
+
+
 @dataclass(frozen=True)
 class PreflightCache:
     """Passing preflight results on disk, one small JSON file per key."""
@@ -289,14 +298,10 @@ def ensure_preflight(
     )
     key = None
     if cache is not None:
-        node_ids = [str(n["node_id"]) for n in client.alive_nodes()]
-        key = preflight_key(client.url, node_ids, runtime_env, expectations)
+        key = cluster_preflight_key(client, runtime_env, expectations)
         age = cache.passed_age(key)
         if age is not None:
-            on_info(
-                f"preflight: passed {age:.0f} s ago on these {len(node_ids)} node(s) with this "
-                "runtime_env (cached)"
-            )
+            on_info(f"preflight: passed {age:.0f} s ago on these nodes with this runtime_env (cached)")
             return []
     started = time.monotonic()
     checks = run_cluster_checks(
@@ -306,7 +311,7 @@ def ensure_preflight(
     if failures:
         raise preflight_failed(failures)
     if cache is not None and key is not None:
-        cache.store(key, checks)
+        cache.store(key, checks)  # the key of the nodes alive before the run
     nodes = {c.node_id for c in checks if c.node_id}
     on_info(f"preflight: every check passed on {len(nodes)} node(s) in {time.monotonic() - started:.0f} s")
     return checks

@@ -353,8 +353,8 @@ def check_gpus(gpus_per_replica: float, ray_gpus: float, visible: int) -> Check:
 
 
 def model_cache_dir() -> Path:
-    # The same variable as swe_fleet.model.cache_dir reads (this module cannot import swe_fleet).
-    return Path(os.environ.get("SWE_FLEET_CACHE") or Path.home() / ".cache" / "swe-fleet")
+    # The same folder as swe_fleet.model.cache_dir (this module cannot import swe_fleet).
+    return Path(os.environ.get("SWE_FLEET_CACHE") or Path.home() / ".cache" / "swe-fleet") / "models"
 
 
 def runtime_env_dir() -> Path:
@@ -376,7 +376,11 @@ def check_disk(places: Sequence[tuple[str, Path]], min_free_gb: float) -> Check:
     """At least ``min_free_gb`` GiB free at each place (runtime envs, models)."""
     free = []
     for what, path in places:
-        usage = shutil.disk_usage(_existing(path))
+        try:
+            usage = shutil.disk_usage(_existing(path))
+        except OSError as exc:  # this row fails; the node's other checks still count
+            detail = f"cannot read the free space at {path} ({what}): {exc}"
+            return Check("disk", FAIL, detail, "make the path readable by the Ray worker's user")
         free.append((what, path, usage.free / 1024**3))
     detail = ", ".join(f"{gib:.1f} GiB free at {path} ({what})" for what, path, gib in free)
     short = [(what, path) for what, path, gib in free if gib < min_free_gb]

@@ -48,6 +48,7 @@ from swe_fleet.events import (
     COUNCIL_REQUESTS_STREAM,
     COUNCIL_REQUESTS_SUBJECTS,
     DELIBERATION_COMPLETED,
+    TERMINAL_JOB_STATES,
     CouncilJobStatus,
     CouncilRequestDead,
     CouncilRequested,
@@ -262,7 +263,7 @@ class _Waiter:
             self.results[event.task_id] = event
             if self.task_ids is not None and set(self.task_ids) <= set(self.results):
                 return self._ordered()
-        elif isinstance(event, CouncilJobStatus) and event.state in ("succeeded", "failed", "stopped"):
+        elif isinstance(event, CouncilJobStatus) and event.state in TERMINAL_JOB_STATES:
             missing = [t for t in self.task_ids or [] if t not in self.results]
             if event.state == "succeeded" and not missing:
                 return self._ordered()

@@ -193,6 +193,26 @@ def test_disk_below_the_minimum_fails_naming_the_place(tmp_path: Path) -> None:
     assert check.status == FAIL and str(tmp_path / "not" / "yet") in check.fix
 
 
+def test_an_unreadable_place_is_a_failed_disk_row_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(path: object) -> object:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(pn.shutil, "disk_usage", refuse)
+    check = pn.check_disk([("models", tmp_path)], 1)
+    assert check.status == FAIL and "Permission denied" in check.detail and str(tmp_path) in check.detail
+
+
+def test_the_node_checks_the_disk_of_the_folder_the_models_live_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from swe_fleet.model import cache_dir
+
+    monkeypatch.setenv("SWE_FLEET_CACHE", str(tmp_path))
+    assert pn.model_cache_dir() == cache_dir()
+
+
 def test_expectations_travel_as_arguments_unchanged() -> None:
     """to_argv -> parse_args gives the same expectations back (the job's command line)."""
     exp = NodeExpectations(
