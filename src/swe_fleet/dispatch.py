@@ -439,15 +439,20 @@ class Dispatcher:
             await msg.nak(delay=delay)
 
     async def _give_up(self, msg: Any, rid: str, deliveries: int) -> None:
-        record = await self._require_ledger().get(rid)
-        if record is not None and "submitted" in record.published:
-            # Dispatched after all (only its acks were lost): nothing to give up on.
-            await msg.ack_sync(timeout=self.config.connect_timeout_s)
-            return
+        ledger = self._require_ledger()
+        record = await ledger.get(rid)
         if record is not None and record.job_id is None:
             job = await asyncio.to_thread(self._client.find_job, record.submission_id)
             if job is None:
                 await self._release(record)
+            else:
+                record = await ledger.mark_submitted(record, record.submission_id, self._client.url)
+                self._remember(record)
+        if record is not None and record.job_id is not None:
+            # Its job runs: nothing to give up on. Only the acks or the submitted event failed;
+            # the follower publishes the job's status events, starting with submitted.
+            await msg.ack_sync(timeout=self.config.connect_timeout_s)
+            return
         await self._dead_letter(
             msg,
             f"not dispatched after {deliveries - 1} deliveries (max_attempts {self.config.max_attempts}); "
