@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from swe_fleet.driver import run_council_job
+from swe_fleet.driver.council_job import run_council_job
 
 
 def main() -> int:

@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-NODE_MODULE = "preflight_node.py"
+NODE_MODULE = "preflight/node_check.py"
 
 
 def load_node_checks() -> ModuleType:
-    """swe_fleet/preflight_node.py, loaded by file path.
+    """swe_fleet/preflight/node_check.py, loaded by file path.
 
-    ``import swe_fleet.preflight_node`` would first import the swe_fleet package, and with it
+    ``import swe_fleet.preflight.node_check`` would first import the swe_fleet package, and with it
     pydantic and yaml: a node that lacks them must be reported, not crash this driver.
     """
     found = importlib.util.find_spec("swe_fleet")

@@ -90,11 +90,11 @@ def run_ceiling(tasks: int, repeats: int) -> dict[str, Any]:
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
-    from swe_fleet.chat import ChatRequest, Completion
-    from swe_fleet.deliberation import run_deliberation
+    from swe_fleet.council.deliberation import run_deliberation
+    from swe_fleet.llm.base import ChatRequest, Completion
     from swe_fleet.llm.cpu_threads import apply_env_defaults, cpu_engine_env
     from swe_fleet.llm.engine import llm_options
-    from swe_fleet.model import prepare_local_model
+    from swe_fleet.llm.model import prepare_local_model
     from swe_fleet.spec import CouncilSpec
 
     spec = CouncilSpec.from_dict(bench_spec(tasks))
@@ -168,7 +168,7 @@ def _done_line(logs: str, event: str) -> dict[str, Any] | None:
 
 def run_job(client: Any, nats_url: str, spec_doc: dict[str, Any], label: str) -> dict[str, Any]:
     from swe_fleet.spec import CouncilSpec
-    from swe_fleet.submit import CouncilRequest
+    from swe_fleet.submit.client import CouncilRequest
 
     spec = CouncilSpec.from_dict(spec_doc)
     t0 = time.monotonic()
@@ -214,7 +214,7 @@ def reset_server_cache(server_url: str) -> None:
 
 
 def run_sequential(tasks: int, server_url: str) -> dict[str, Any]:
-    from swe_fleet.deliberation import run_deliberation
+    from swe_fleet.council.deliberation import run_deliberation
     from swe_fleet.llm.server import ServerGenerator
     from swe_fleet.spec import CouncilSpec
 
@@ -260,9 +260,9 @@ def main() -> int:
         print("CEILING " + json.dumps(run_ceiling(args.tasks, args.repeats)), flush=True)
         return 0
 
-    from swe_fleet.local import LocalStack, VLLMServer
-    from swe_fleet.model import prepare_local_model
-    from swe_fleet.submit import CouncilJobClient
+    from swe_fleet.llm.model import prepare_local_model
+    from swe_fleet.local.stack import LocalStack, VLLMServer
+    from swe_fleet.submit.client import CouncilJobClient
 
     model_dir = prepare_local_model()
     workload = {"tasks": args.tasks, "agents": len(AGENTS), "max_tokens": 64, "temperature": 0,

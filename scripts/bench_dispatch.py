@@ -43,8 +43,8 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from swe_fleet.errors import JobWaitTimeout, LocalStackError, SubmissionError
 from swe_fleet.events import CouncilRequested, submission_id_for
-from swe_fleet.local import LocalStack, ManagedProcess, local_stack
-from swe_fleet.publish import close_nats, connect_nats
+from swe_fleet.local.stack import LocalStack, ManagedProcess, local_stack
+from swe_fleet.nats.publisher import close_nats, connect_nats
 from swe_fleet.spec import CouncilSpec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -40,9 +40,9 @@ import nats
 from nats.js import api
 
 from swe_fleet.events import AGENT_RESPONSES_STREAM, AGENT_RESPONSES_SUBJECTS, AgentResponseCompleted
-from swe_fleet.local import NatsServer
-from swe_fleet.outbox import OutboxEntry
-from swe_fleet.publish import JetStreamPublisher, PublishPolicy, default_duplicate_window_s
+from swe_fleet.local.stack import NatsServer
+from swe_fleet.nats.outbox import OutboxEntry
+from swe_fleet.nats.publisher import JetStreamPublisher, PublishPolicy, default_duplicate_window_s
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

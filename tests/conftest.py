@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from swe_fleet.local import NatsServer, RayHead
+from swe_fleet.local.stack import NatsServer, RayHead
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def ray_head() -> Iterator[RayHead]:
 @pytest.fixture(scope="session")
 def prepared_model() -> Path:
     """The local SmolLM2 folder (converted once, cached across sessions)."""
-    from swe_fleet.model import prepare_local_model
+    from swe_fleet.llm.model import prepare_local_model
 
     return prepare_local_model()
 

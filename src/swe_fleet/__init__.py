@@ -52,11 +52,11 @@ from swe_fleet.events import (
 from swe_fleet.spec import AgentSpec, CouncilSpec, ModelSpec, PublishSpec, TaskSpec
 
 if TYPE_CHECKING:
-    from swe_fleet.producer import CouncilTicket, request_council
+    from swe_fleet.dispatch.producer import CouncilTicket, request_council
 
 #: Imported on first use: they need nats-py, and ``import swe_fleet`` must not, so that a node
 #: without it gets a preflight row naming ``nats`` rather than a failed import of swe_fleet.
-_LAZY = {"CouncilTicket": "swe_fleet.producer", "request_council": "swe_fleet.producer"}
+_LAZY = {"CouncilTicket": "swe_fleet.dispatch.producer", "request_council": "swe_fleet.dispatch.producer"}
 
 
 def __getattr__(name: str) -> Any:

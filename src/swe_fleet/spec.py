@@ -26,7 +26,7 @@ LOCAL_MODEL_ALIAS = "smollm2-135m"
 DEFAULT_KV_BLOCK_SIZE = 32
 
 #: What every member is told first (the system message): the same text for all, so it is part
-#: of the prefix that the engine caches once (see :mod:`swe_fleet.council`).
+#: of the prefix that the engine caches once (see :mod:`swe_fleet.council.protocol`).
 DEFAULT_COUNCIL_PROMPT = (
     "You are a member of a small engineering council. Its members propose solutions to tasks, "
     "critique each other's proposals, revise their own, and score each other's final proposals. "

@@ -11,7 +11,7 @@ import pytest
 
 from swe_fleet.spec import CouncilSpec
 
-from _council_checks import assert_complete_council
+from support.councils import assert_complete_council
 
 pytestmark = [pytest.mark.integration, pytest.mark.llm, pytest.mark.slow]
 

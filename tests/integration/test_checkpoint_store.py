@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from swe_fleet.checkpoint import MAX_CHECKPOINT_BYTES, KVCheckpoints
-from swe_fleet.local import NatsServer
-from swe_fleet.publish import connect_nats
+from swe_fleet.local.stack import NatsServer
+from swe_fleet.nats.checkpoints import MAX_CHECKPOINT_BYTES, KVCheckpoints
+from swe_fleet.nats.publisher import connect_nats
 
 pytestmark = pytest.mark.integration
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from swe_fleet.local import NatsServer, RayHead, free_port
+from swe_fleet.local.stack import NatsServer, RayHead, free_port
 from swe_fleet.spec import CouncilSpec
-from swe_fleet.submit import CouncilJobClient, CouncilRequest
+from swe_fleet.submit.client import CouncilJobClient, CouncilRequest
 
-from _council_checks import propose_events
+from support.councils import propose_events
 
 SWE_FLEET = str(Path(sys.executable).parent / "swe-fleet")
 
@@ -94,7 +94,7 @@ def test_consume_json_prints_each_event_once(nats_server: NatsServer) -> None:
     """consume --json prints one JSON line per event and exits 0 when idle."""
     import asyncio
 
-    from swe_fleet.publish import JetStreamPublisher
+    from swe_fleet.nats.publisher import JetStreamPublisher
     from swe_fleet.spec import PublishSpec
 
     async def publish() -> None:
@@ -114,7 +114,7 @@ def test_consume_json_prints_each_event_once(nats_server: NatsServer) -> None:
 def _consume(url: str, submission_id: str) -> list[Any]:
     import asyncio
 
-    from swe_fleet.consume import ConsumerOptions, iter_events
+    from swe_fleet.nats.consumer import ConsumerOptions, iter_events
 
     async def go() -> list[Any]:
         opts = ConsumerOptions(nats_url=url, durable=None, idle_timeout_s=3, submission_id=submission_id)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from swe_fleet.local import ManagedProcess, RayHead, free_port, venv_binary, with_python_first
+from swe_fleet.local.stack import ManagedProcess, RayHead, free_port, venv_binary, with_python_first
 
-from _manifests.compose import load_compose
-from _manifests.project import COMPOSE_FILE
+from support.manifests.compose import load_compose
+from support.manifests.project import COMPOSE_FILE
 
 pytestmark = pytest.mark.integration
 CHECK_TIMEOUT_S = 30

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from swe_fleet.local import NatsServer, RayHead
+from swe_fleet.local.stack import NatsServer, RayHead
 from swe_fleet.spec import CouncilSpec
-from swe_fleet.submit import CouncilJobClient, CouncilRequest
+from swe_fleet.submit.client import CouncilJobClient, CouncilRequest
 
-from _council_checks import assert_complete_council, consume_all, ray_job_submit, saved_checkpoint
+from support.councils import assert_complete_council, consume_all, ray_job_submit, saved_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.llm, pytest.mark.slow]
 
@@ -233,7 +233,7 @@ def test_killed_vllm_server_mid_run_never_means_silence(
     """Server backend: SIGKILL the vLLM server after the first phase and restart it on the same
     port: requests are retried, those that run out of retries become failed events, and the
     council still ends with a result per task; no key is stored twice."""
-    from swe_fleet.local import VLLMServer
+    from swe_fleet.local.stack import VLLMServer
 
     server = VLLMServer(tmp_path / "vllm").start(prepared_model)
     try:

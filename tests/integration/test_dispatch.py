@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 from nats.js import api
 
+from swe_fleet.dispatch.producer import request_council
 from swe_fleet.errors import RequestRejected
 from swe_fleet.events import (
     COUNCIL_REQUESTS_STREAM,
@@ -40,11 +41,10 @@ from swe_fleet.events import (
     DeliberationCompleted,
     decode_event,
 )
-from swe_fleet.local import ManagedProcess, NatsServer, RayHead, VLLMServer, free_port
-from swe_fleet.producer import request_council
-from swe_fleet.publish import close_nats, connect_nats, ensure_stream
+from swe_fleet.local.stack import ManagedProcess, NatsServer, RayHead, VLLMServer, free_port
+from swe_fleet.nats.publisher import close_nats, connect_nats, ensure_stream
 from swe_fleet.spec import CouncilSpec
-from swe_fleet.submit import CouncilJobClient
+from swe_fleet.submit.client import CouncilJobClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.llm, pytest.mark.slow]
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from nats.js import api
 
-from swe_fleet.dispatch_ledger import DispatchRecord, Ledger, PendingPublish
+from swe_fleet.dispatch.ledger import DispatchRecord, Ledger, PendingPublish
 from swe_fleet.events import AGENT_RESPONSES_SUBJECTS, CouncilJobStatus
-from swe_fleet.local import NatsServer
-from swe_fleet.publish import JetStreamPublisher, PublishPolicy, close_nats, connect_nats
+from swe_fleet.local.stack import NatsServer
+from swe_fleet.nats.publisher import JetStreamPublisher, PublishPolicy, close_nats, connect_nats
 
 pytestmark = pytest.mark.integration
 

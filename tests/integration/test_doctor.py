@@ -12,18 +12,18 @@ from typing import Any
 
 import pytest
 
-from swe_fleet.local import NatsServer, RayHead, free_port
-from swe_fleet.preflight_cluster import (
+from swe_fleet.local.stack import NatsServer, RayHead, free_port
+from swe_fleet.preflight.cluster import (
     PreflightCache,
     ensure_preflight,
     node_expectations,
     run_cluster_checks,
 )
-from swe_fleet.preflight_node import parse_pins, parse_report
+from swe_fleet.preflight.node_check import parse_pins, parse_report
 from swe_fleet.spec import CouncilSpec
-from swe_fleet.submit import CouncilJobClient, CouncilRequest, staged_runtime_env
+from swe_fleet.submit.client import CouncilJobClient, CouncilRequest, staged_runtime_env
 
-from _council_checks import ray_job_submit
+from support.councils import ray_job_submit
 
 pytestmark = pytest.mark.integration
 

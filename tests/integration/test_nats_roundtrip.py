@@ -8,14 +8,14 @@ import time
 import nats
 import pytest
 
-from swe_fleet.consume import ConsumerOptions, iter_events
 from swe_fleet.errors import NatsUnreachable, StreamConfigMismatch
 from swe_fleet.events import DeliberationCompleted, RankedAgent
-from swe_fleet.local import NatsServer, free_port
-from swe_fleet.publish import JetStreamPublisher, connect_nats, ensure_stream
+from swe_fleet.local.stack import NatsServer, free_port
+from swe_fleet.nats.consumer import ConsumerOptions, iter_events
+from swe_fleet.nats.publisher import JetStreamPublisher, connect_nats, ensure_stream
 from swe_fleet.spec import PublishSpec
 
-from _council_checks import propose_events
+from support.councils import propose_events
 
 pytestmark = pytest.mark.integration
 

@@ -14,15 +14,15 @@ import nats
 import pytest
 from nats.js import api
 
-from swe_fleet.consume import ConsumerOptions, Event, iter_events
 from swe_fleet.errors import OutboxWritten, StreamConfigMismatch
 from swe_fleet.events import decode_event
-from swe_fleet.local import NatsServer, free_port
-from swe_fleet.outbox import OUTBOX_DIR_ENV, append_to_outbox, entries_of, read_outbox, replay_outbox
-from swe_fleet.publish import JetStreamPublisher, PublishPolicy, ensure_stream
+from swe_fleet.local.stack import NatsServer, free_port
+from swe_fleet.nats.consumer import ConsumerOptions, Event, iter_events
+from swe_fleet.nats.outbox import OUTBOX_DIR_ENV, append_to_outbox, entries_of, read_outbox, replay_outbox
+from swe_fleet.nats.publisher import JetStreamPublisher, PublishPolicy, ensure_stream
 from swe_fleet.spec import PublishSpec
 
-from _council_checks import propose_events
+from support.councils import propose_events
 
 pytestmark = pytest.mark.integration
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from swe_fleet.local import RayHead
-from swe_fleet.submit import CouncilJobClient
+from swe_fleet.local.stack import RayHead
+from swe_fleet.submit.client import CouncilJobClient
 
 pytestmark = pytest.mark.integration
 

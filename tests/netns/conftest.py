@@ -8,7 +8,7 @@ import pytest
 
 from swe_fleet.spec import CouncilSpec
 
-from _netns import netns_unavailable
+from support.netns import netns_unavailable
 
 
 @pytest.fixture(scope="session", autouse=True)

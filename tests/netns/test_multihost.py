@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 
 from swe_fleet.addresses import ClusterAddresses, Role
-from swe_fleet.local import start_process
+from swe_fleet.local.stack import start_process
 from swe_fleet.spec import CouncilSpec
-from swe_fleet.submit import CouncilJobClient, CouncilRequest
+from swe_fleet.submit.client import CouncilJobClient, CouncilRequest
 
-from _council_checks import assert_complete_council, consume_all
-from _netns_cluster import (
+from support.councils import assert_complete_council, consume_all
+from support.netns_cluster import (
     NetnsCluster,
     engine_node_ips,
     netns_cluster,

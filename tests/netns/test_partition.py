@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from swe_fleet.spec import CouncilSpec
-from swe_fleet.submit import CouncilJobClient, CouncilRequest
+from swe_fleet.submit.client import CouncilJobClient, CouncilRequest
 
-from _council_checks import assert_complete_council, assert_no_silence, consume_all, saved_checkpoint
-from _netns_cluster import (
+from support.councils import assert_complete_council, assert_no_silence, consume_all, saved_checkpoint
+from support.netns_cluster import (
     FAST_HEALTH_CHECKS,
     NetnsCluster,
     netns_cluster,

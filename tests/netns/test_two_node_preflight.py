@@ -1,6 +1,6 @@
 """The original failure, for real: a worker node without nats-py.
 
-Two Ray nodes on a private network of the test's own (network namespaces, see tests/_netns.py)
+Two Ray nodes on a private network of the test's own (network namespaces, see tests/support.netns.py)
 and a client in a third: the head runs from the test's virtualenv, the worker from a hard-link
 clone of it with nats-py uninstalled (``ray start`` from the clone's Python). With the baked
 image's runtime_env (which installs nothing) ``doctor`` names the worker and ``module nats``,
@@ -30,11 +30,11 @@ from typing import Any
 import pytest
 import yaml
 
-from swe_fleet.local import NatsServer, RayHead, RayWorker
+from swe_fleet.local.stack import NatsServer, RayHead, RayWorker
 from swe_fleet.spec import CouncilSpec
 
-from _council_checks import assert_complete_council, consume_all
-from _netns import Host, Network, netns_unavailable, network
+from support.councils import assert_complete_council, consume_all
+from support.netns import Host, Network, netns_unavailable, network
 
 pytestmark = [pytest.mark.integration, pytest.mark.llm, pytest.mark.netns, pytest.mark.slow]
 

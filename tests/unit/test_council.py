@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from swe_fleet import council
-from swe_fleet.chat import Completion
+from swe_fleet.council import protocol as council
+from swe_fleet.council.ranking import rank_task
 from swe_fleet.events import AgentResponseCompleted, AgentResponseFailed
-from swe_fleet.ranking import rank_task
+from swe_fleet.llm.base import Completion
 from swe_fleet.spec import CouncilSpec
 
 SPEC = CouncilSpec.from_text("""

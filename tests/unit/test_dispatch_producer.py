@@ -8,6 +8,7 @@ from typing import Any
 import nats.errors
 import pytest
 
+from swe_fleet.dispatch.producer import _Waiter
 from swe_fleet.errors import CouncilIncomplete, DispatchTimeout, RequestRejected
 from swe_fleet.events import (
     CouncilJobStatus,
@@ -18,7 +19,6 @@ from swe_fleet.events import (
     RankedAgent,
     submission_id_for,
 )
-from swe_fleet.producer import _Waiter
 from swe_fleet.spec import CouncilSpec
 
 SPEC = CouncilSpec.from_dict(

@@ -12,9 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from swe_fleet.cli import format_event
-from swe_fleet.consume import COUNCIL_SUBJECTS
-from swe_fleet.dispatch import DispatcherConfig, resolve_spec, retry_delay_s
-from swe_fleet.dispatch_ledger import DispatchRecord, ledger_key
+from swe_fleet.dispatch.ledger import DispatchRecord, ledger_key
+from swe_fleet.dispatch.service import DispatcherConfig, resolve_spec, retry_delay_s
 from swe_fleet.errors import InvalidRequest
 from swe_fleet.events import (
     AGENT_RESPONSES_SUBJECTS,
@@ -30,7 +29,8 @@ from swe_fleet.events import (
     request_json_schema,
     submission_id_for,
 )
-from swe_fleet.publish import subject_covers
+from swe_fleet.nats.consumer import COUNCIL_SUBJECTS
+from swe_fleet.nats.publisher import subject_covers
 
 SPEC: dict[str, Any] = {
     "name": "tiny",

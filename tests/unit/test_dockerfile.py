@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from _manifests import describe
-from _manifests.dockerfile import check_dockerfile, parse, repository_file_for
-from _manifests.project import DOCKERFILE, REPO_ROOT
+from support.manifests import describe
+from support.manifests.dockerfile import check_dockerfile, parse, repository_file_for
+from support.manifests.project import DOCKERFILE, REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_continuation_lines_form_one_instruction():
     [
         "/opt/swe-fleet/jobs/council.py",
         "/opt/swe-fleet/runtime_envs/image.yaml",
-        "/opt/swe-fleet/src/swe_fleet/cli.py",
+        "/opt/swe-fleet/src/swe_fleet/cli/__init__.py",
     ],
 )
 def test_image_holds_a_checkout_for_submit_and_rayjobs(text, path):

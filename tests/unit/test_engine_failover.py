@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import ray.exceptions
 
-from swe_fleet.chat import BatchStats, ChatRequest, Completion
 from swe_fleet.errors import LLMError
 from swe_fleet.llm import engine
+from swe_fleet.llm.base import BatchStats, ChatRequest, Completion
 from swe_fleet.llm.engine import EngineGenerator
 from swe_fleet.spec import ModelSpec
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _manifests.interpolate import InterpolationError, interpolate, interpolate_text
-from _manifests.jsonpatch import PatchError, apply_patch, parse_pointer
-from _manifests.kustomize import KustomizeError, render
+from support.manifests.interpolate import InterpolationError, interpolate, interpolate_text
+from support.manifests.jsonpatch import PatchError, apply_patch, parse_pointer
+from support.manifests.kustomize import KustomizeError, render
 
 # ---- JSON Patch -------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from swe_fleet.local import _ray_node_env, with_python_first
+from swe_fleet.local.stack import _ray_node_env, with_python_first
 
 
 def test_this_interpreter_goes_first_and_only_once() -> None:

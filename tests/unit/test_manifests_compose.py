@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from _manifests import Problem, describe
-from _manifests.compose import load_compose, node_role, validate_compose_data, validate_compose_file
-from _manifests.project import COMPOSE_FILE, nats_server_version
+from support.manifests import Problem, describe
+from support.manifests.compose import load_compose, node_role, validate_compose_data, validate_compose_file
+from support.manifests.project import COMPOSE_FILE, nats_server_version
 
 Compose = dict[str, Any]
 

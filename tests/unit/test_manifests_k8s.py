@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import yaml
 
-from _manifests import Problem, describe
-from _manifests.dockerfile import repository_file_for
-from _manifests.kube import validate_resources
-from _manifests.kustomize import render, resource_id
-from _manifests.policy import check_all, check_references, check_roles, check_secrets
-from _manifests.project import DOCKERFILE, K8S_DIR, REPO_ROOT
+from support.manifests import Problem, describe
+from support.manifests.dockerfile import repository_file_for
+from support.manifests.kube import validate_resources
+from support.manifests.kustomize import render, resource_id
+from support.manifests.policy import check_all, check_references, check_roles, check_secrets
+from support.manifests.project import DOCKERFILE, K8S_DIR, REPO_ROOT
 
 OVERLAYS = ("cpu-local", "gpu-prod")
 #: What a user applies: an overlay, and on GPU clusters the RayJob example on top of it.

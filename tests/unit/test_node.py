@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import pytest
 
 from swe_fleet.errors import AddressError, NodeConfigError, NoHeadFound
-from swe_fleet.node import (
+from swe_fleet.node.decision import (
     NodeAction,
     NodeConfig,
     ProbeResult,

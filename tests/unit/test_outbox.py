@@ -10,7 +10,7 @@ import pytest
 
 from swe_fleet.errors import OutboxError
 from swe_fleet.events import AgentResponseCompleted
-from swe_fleet.outbox import (
+from swe_fleet.nats.outbox import (
     OUTBOX_DIR_ENV,
     OutboxEntry,
     append_to_outbox,
@@ -131,9 +131,11 @@ def test_default_path_is_named_by_a_filename_safe_submission_id() -> None:
 def test_env_var_is_read_only_in_outbox_dir(repo_root: Path) -> None:
     """The variable's name is spelled once (a constant) and only outbox_dir touches os.environ."""
     src = repo_root / "src" / "swe_fleet"
-    spelled = {p.name: p.read_text().count(f'"{OUTBOX_DIR_ENV}"') for p in src.rglob("*.py")}
-    assert {name: n for name, n in spelled.items() if n} == {"outbox.py": 1}
-    tree = ast.parse((src / "outbox.py").read_text())
+    spelled = {
+        p.relative_to(src).as_posix(): p.read_text().count(f'"{OUTBOX_DIR_ENV}"') for p in src.rglob("*.py")
+    }
+    assert {name: n for name, n in spelled.items() if n} == {"nats/outbox.py": 1}
+    tree = ast.parse((src / "nats" / "outbox.py").read_text())
     readers = {
         fn.name
         for fn in ast.walk(tree)

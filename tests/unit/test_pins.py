@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from swe_fleet.preflight_node import Pin, normalize_dist, parse_pins
+from swe_fleet.preflight.node_check import Pin, normalize_dist, parse_pins
 
 PIN_LIST = Path("images/requirements-worker.txt")
 PINNED_ENV = Path("runtime_envs/pinned.yaml")

@@ -7,16 +7,16 @@ import time
 from pathlib import Path
 
 import swe_fleet
-from swe_fleet.preflight_cluster import (
+from swe_fleet.preflight.cluster import (
     PreflightCache,
     node_expectations,
     preflight_failed,
     preflight_key,
     read_worker_pins,
 )
-from swe_fleet.preflight_node import FAIL, OK, Check
+from swe_fleet.preflight.node_check import FAIL, OK, Check
 from swe_fleet.spec import CouncilSpec
-from swe_fleet.submit import CouncilRequest, runtime_env_fingerprint, staged_runtime_env
+from swe_fleet.submit.client import CouncilRequest, runtime_env_fingerprint, staged_runtime_env
 
 SPEC = CouncilSpec.from_text("tasks: [{id: t, prompt: p}]\nagents: [{id: a, role: x}, {id: b, role: y}]\n")
 

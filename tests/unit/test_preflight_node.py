@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 import swe_fleet
-from swe_fleet import preflight_node as pn
-from swe_fleet.local import free_port
-from swe_fleet.preflight_node import FAIL, OK, SKIP, Check, NodeExpectations, Pin
+from swe_fleet.local.stack import free_port
+from swe_fleet.preflight import node_check as pn
+from swe_fleet.preflight.node_check import FAIL, OK, SKIP, Check, NodeExpectations, Pin
 
 NODE_MODULE = Path(pn.__file__)
 
@@ -207,7 +207,7 @@ def test_an_unreadable_place_is_a_failed_disk_row_not_a_crash(
 def test_the_node_checks_the_disk_of_the_folder_the_models_live_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from swe_fleet.model import cache_dir
+    from swe_fleet.llm.model import cache_dir
 
     monkeypatch.setenv("SWE_FLEET_CACHE", str(tmp_path))
     assert pn.model_cache_dir() == cache_dir()

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from swe_fleet.chat import ChatRequest, Completion
-from swe_fleet.deliberation import run_deliberation
+from swe_fleet.council.deliberation import run_deliberation
 from swe_fleet.events import AgentResponseCompleted, AgentResponseFailed, DeliberationCompleted
+from swe_fleet.llm.base import ChatRequest, Completion
 from swe_fleet.spec import CouncilSpec
 
 BASE = """

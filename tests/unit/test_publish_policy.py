@@ -9,10 +9,10 @@ import nats.js.errors
 import pytest
 from nats.js import api
 
-from swe_fleet.consume import ConsumerOptions, redelivery_backoff
 from swe_fleet.errors import NatsUnreachable
 from swe_fleet.events import AGENT_RESPONSES_SUBJECTS
-from swe_fleet.publish import (
+from swe_fleet.nats.consumer import ConsumerOptions, redelivery_backoff
+from swe_fleet.nats.publisher import (
     TRANSIENT_ERRORS,
     PublishPolicy,
     default_duplicate_window_s,

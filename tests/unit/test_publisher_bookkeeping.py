@@ -11,10 +11,10 @@ import pytest
 from nats.js import api
 
 from swe_fleet.errors import OutboxWritten, PublishError
-from swe_fleet.outbox import read_outbox
-from swe_fleet.publish import JetStreamPublisher, PublishPolicy
+from swe_fleet.nats.outbox import read_outbox
+from swe_fleet.nats.publisher import JetStreamPublisher, PublishPolicy
 
-from _council_checks import propose_events
+from support.councils import propose_events
 
 FAST = PublishPolicy(ack_timeout_s=1, max_attempts=3, budget_s=5, initial_wait_s=0.001, max_wait_s=0.002)
 

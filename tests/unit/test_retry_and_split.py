@@ -7,9 +7,9 @@ import pytest
 from tenacity import RetryError
 
 from swe_fleet.llm.engine import split_evenly
-from swe_fleet.publish import PublishPolicy
+from swe_fleet.nats.publisher import PublishPolicy
 
-from _retry import run_with_retries
+from support.retry import run_with_retries
 
 
 async def test_transient_errors_are_retried_until_success() -> None:

@@ -7,7 +7,7 @@ import aiohttp
 import pytest
 from tenacity import RetryError
 
-from swe_fleet.chat import ChatRequest
+from swe_fleet.llm.base import ChatRequest
 from swe_fleet.llm.server import (
     SCHEMA_NAME,
     ServerRetryPolicy,
@@ -18,7 +18,7 @@ from swe_fleet.llm.server import (
     is_transient_status,
 )
 
-from _retry import run_with_retries
+from support.retry import run_with_retries
 
 URL = "http://127.0.0.1:1/v1/chat/completions"
 

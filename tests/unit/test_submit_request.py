@@ -8,7 +8,7 @@ import pytest
 
 from swe_fleet.errors import SubmissionError
 from swe_fleet.spec import CouncilSpec
-from swe_fleet.submit import CouncilRequest, load_runtime_env
+from swe_fleet.submit.client import CouncilRequest, load_runtime_env
 
 SPEC = CouncilSpec.from_text("tasks: [{id: t, prompt: p}]\nagents: [{id: a, role: x}, {id: b, role: y}]\n")
 
@@ -49,7 +49,7 @@ def test_unknown_runtime_env_kind_is_refused(repo_root: Path) -> None:
 
 def test_retries_get_their_own_ray_job_ids() -> None:
     """Ray never takes an id twice: attempt 0 is the id itself, retries are {id}-retry{n}."""
-    from swe_fleet.submit import attempt_job_id
+    from swe_fleet.submit.client import attempt_job_id
 
     assert attempt_job_id("council-x", 0) == "council-x"
     assert attempt_job_id("council-x", 2) == "council-x-retry2"

@@ -15,8 +15,8 @@ from typing import Any
 import ray
 import structlog
 
-from swe_fleet.chat import BatchStats, ChatRequest, Completion
 from swe_fleet.errors import LLMError
+from swe_fleet.llm.base import BatchStats, ChatRequest, Completion
 from swe_fleet.llm.cpu_threads import apply_env_defaults, cpu_engine_env
 from swe_fleet.spec import ModelSpec
 
@@ -49,7 +49,7 @@ class VLLMEngine:
         # Imported here: the driver process never needs vLLM, only the engine's node does.
         from vllm import LLM
 
-        from swe_fleet.model import resolve_model
+        from swe_fleet.llm.model import resolve_model
 
         if not model.num_gpus:
             apply_env_defaults(cpu_engine_env(model.num_cpus, os.sched_getaffinity(0)), os.environ)
@@ -145,7 +145,7 @@ def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 class EngineGenerator:
-    """A :class:`~swe_fleet.chat.Generator` over ``model.replicas`` vLLM engine actors."""
+    """A :class:`~swe_fleet.llm.base.Generator` over ``model.replicas`` vLLM engine actors."""
 
     def __init__(self, model: ModelSpec, *, runtime_env: dict[str, Any] | None = None) -> None:
         self.model = model

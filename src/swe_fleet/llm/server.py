@@ -1,10 +1,10 @@
 """Server backend: an aiohttp client to a vLLM OpenAI-compatible server (``/v1/chat/completions``).
 
-One HTTP request per :class:`~swe_fleet.chat.ChatRequest`, at most ``concurrency`` in flight;
+One HTTP request per :class:`~swe_fleet.llm.base.ChatRequest`, at most ``concurrency`` in flight;
 the server's continuous batching does the rest. Only transient failures (connection trouble,
 timeouts, HTTP 429 and 5xx) are retried, bounded by attempts *and* total time.
 
-A request that still fails does not fail the batch: its :class:`~swe_fleet.chat.Completion`
+A request that still fails does not fail the batch: its :class:`~swe_fleet.llm.base.Completion`
 carries ``error`` (and empty ``text``), so the council publishes a failed event for that one
 agent and the deliberation goes on.
 """
@@ -30,8 +30,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from swe_fleet.chat import BatchStats, ChatRequest, Completion
 from swe_fleet.errors import LLMError
+from swe_fleet.llm.base import BatchStats, ChatRequest, Completion
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +54,7 @@ class ServerStatusError(LLMError):
     """The server answered with a non-200 status.
 
     It never leaves :meth:`ServerGenerator.generate` (a failed request becomes a
-    :class:`~swe_fleet.chat.Completion` with ``error``); it exists so the retry policy can tell
+    :class:`~swe_fleet.llm.base.Completion` with ``error``); it exists so the retry policy can tell
     transient statuses (429, 5xx) from the request's own fault (other 4xx).
 
     Attributes:
@@ -182,7 +182,7 @@ def _describe(exc: BaseException | None) -> str:
 
 
 class ServerGenerator:
-    """A :class:`~swe_fleet.chat.Generator` over a vLLM OpenAI-compatible server.
+    """A :class:`~swe_fleet.llm.base.Generator` over a vLLM OpenAI-compatible server.
 
     Failures are per request, never per batch: a non-retryable HTTP 4xx (e.g. 400 because the
     prompt exceeds the model's context) or a transient failure that outlasts the retry policy

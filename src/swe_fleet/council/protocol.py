@@ -1,0 +1,414 @@
+"""The deliberation protocol as pure functions: state + phase -> batch of chat requests;
+completions -> events -> new state.
+
+Phases, each ONE batch across all tasks and agents:
+
+1. **propose** (round 0): every agent answers every task.
+2. **critique** (rounds 1..k): every agent critiques the other agents' *current* proposals for
+   the same task, one section per proposal (``### <agent_id>``).
+3. **revise** (same round): every agent revises its proposal given the critique sections
+   addressed to it. Then the next round critiques the revisions.
+4. **vote**: every agent scores every other agent's final proposal, as JSON.
+
+Routing of critiques: the section under ``### <agent_id>`` goes to that agent; a critique with
+no recognisable sections goes whole to every agent it covered. A failed proposal is out of the
+running for that task (not critiqued, revised or voted on) but its agent still critiques and
+votes; a failed revision keeps the previous proposal.
+Early stop and prompt shortening: see :class:`swe_fleet.spec.ProtocolSpec`. Ranking: see
+:mod:`swe_fleet.council.ranking`.
+
+Prompt layout, shared context first: every request is ``[system: the council prompt (the same
+for everyone), user: <context of the task> + <who this agent is> + <what it must do now>]``.
+The context (the task and, for critique and vote, *every* current proposal of the task, in spec
+order) is the same text for every agent of a task, and the agent's role and role prompt come
+after it, so an engine with prefix caching (vLLM's default) computes that context once per
+task instead of once per agent: in a batch, most of a critique or vote prompt is shared.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from swe_fleet.council.ranking import parse_vote, rank_task, vote_schema
+from swe_fleet.events import AgentResponseCompleted, AgentResponseFailed, DeliberationCompleted, Phase
+from swe_fleet.llm.base import ChatRequest, Completion
+from swe_fleet.spec import AgentSpec, CouncilSpec, TaskSpec
+
+__all__ = [
+    "CouncilState",
+    "Outcome",
+    "Slot",
+    "apply",
+    "critique_slots",
+    "outcome_event",
+    "parse_vote",
+    "phase_plan",
+    "phase_slots",
+    "proposal_slots",
+    "results",
+    "revise_slots",
+    "route_critique",
+    "shorten",
+    "vote_schema",
+    "vote_slots",
+]
+
+Outcome = AgentResponseCompleted | AgentResponseFailed
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One (task, agent, phase, round) position and the request that fills it."""
+
+    task: TaskSpec
+    agent: AgentSpec
+    phase: Phase
+    round: int
+    request: ChatRequest
+    #: The other agents this response is about (critique targets, vote candidates).
+    candidates: tuple[str, ...] = ()
+
+
+@dataclass
+class TaskState:
+    """Where one task's deliberation stands."""
+
+    #: agent_id -> current proposal text (agents whose proposal failed are absent).
+    proposals: dict[str, str] = field(default_factory=dict)
+    #: round -> target agent_id -> [(critic, text)] addressed to that target.
+    critiques: dict[int, dict[str, list[tuple[str, str]]]] = field(default_factory=dict)
+    #: voter -> candidate -> score, for votes that counted.
+    votes: dict[str, dict[str, int]] = field(default_factory=dict)
+    votes_expected: int = 0
+    rounds_run: int = 0
+    settled: bool = False
+    transcript: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CouncilState:
+    """The whole council's state between phases (pure data; the driver checkpoints it)."""
+
+    tasks: dict[str, TaskState]
+
+    @classmethod
+    def start(cls, spec: CouncilSpec) -> CouncilState:
+        return cls(tasks={t.id: TaskState() for t in spec.tasks})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (round numbers become string keys)."""
+        return {
+            tid: {
+                **{k: v for k, v in ts.__dict__.items() if k != "critiques"},
+                "critiques": {
+                    str(r): {t: [list(n) for n in notes] for t, notes in by_target.items()}
+                    for r, by_target in ts.critiques.items()
+                },
+            }
+            for tid, ts in self.tasks.items()
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CouncilState:
+        """Inverse of :meth:`to_dict`."""
+        tasks = {}
+        for tid, raw in data.items():
+            critiques = {
+                int(r): {t: [(n[0], n[1]) for n in notes] for t, notes in by_target.items()}
+                for r, by_target in raw["critiques"].items()
+            }
+            tasks[tid] = TaskState(**{**raw, "critiques": critiques})
+        return cls(tasks=tasks)
+
+
+def phase_plan(spec: CouncilSpec) -> list[tuple[Phase, int]]:
+    """Every phase the council runs, in order: propose, (critique, revise) x k, vote."""
+    plan: list[tuple[Phase, int]] = [("propose", 0)]
+    for r in range(1, spec.protocol.critique_rounds + 1):
+        plan += [("critique", r), ("revise", r)]
+    return [*plan, ("vote", 0)]
+
+
+def phase_slots(spec: CouncilSpec, state: CouncilState, phase: Phase, round_: int) -> list[Slot]:
+    """The batch of one planned phase."""
+    if phase == "propose":
+        return proposal_slots(spec)
+    if phase == "critique":
+        return critique_slots(spec, state, round_)
+    if phase == "revise":
+        return revise_slots(spec, state, round_)
+    return vote_slots(spec, state)
+
+
+# ---- prompts -----------------------------------------------------------------------------------
+
+
+def shorten(text: str, limit: int) -> str:
+    """Keep the first ``limit`` characters and say how many were cut (deterministic)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n[... {len(text) - limit} characters cut]"
+
+
+def _role(agent: AgentSpec) -> str:
+    return f"You are {agent.id}, the council's {agent.role}. {agent.resolved_role_prompt()}"
+
+
+def _request(spec: CouncilSpec, agent: AgentSpec, context: str, ask: str, **kw: Any) -> ChatRequest:
+    """``context`` is shared by every agent of the task; the agent's role and ``ask`` follow it."""
+    return ChatRequest(
+        messages=(
+            {"role": "system", "content": spec.protocol.council_prompt},
+            {"role": "user", "content": f"{context}\n\n{_role(agent)}\n\n{ask}"},
+        ),
+        max_tokens=kw.pop("max_tokens", spec.model.max_tokens),
+        temperature=spec.model.temperature,
+        seed=spec.model.seed,
+        **kw,
+    )
+
+
+CURRENT_PROPOSALS = "The council's current proposals:"
+
+
+def _task_context(task: TaskSpec) -> str:
+    return f"Task {task.id}:\n{task.prompt}"
+
+
+def _proposals_context(spec: CouncilSpec, task: TaskSpec, state: TaskState, heading: str) -> str:
+    """The task and every standing proposal of it (spec order, each cut to max_proposal_chars)."""
+    limit = spec.protocol.max_proposal_chars
+    listing = "\n\n".join(
+        f"### {a.id}\n{shorten(state.proposals[a.id], limit)}" for a in spec.agents if a.id in state.proposals
+    )
+    return f"{_task_context(task)}\n\n{heading}\n\n{listing}"
+
+
+def proposal_slots(spec: CouncilSpec) -> list[Slot]:
+    """The propose phase: one request per (task, agent), tasks outer, agents inner."""
+    return [
+        Slot(task=task, agent=agent, phase="propose", round=0,
+             request=_request(spec, agent, _task_context(task), "Propose a solution."))
+        for task in spec.tasks
+        for agent in spec.agents
+    ]  # fmt: skip
+
+
+def _others(spec: CouncilSpec, state: TaskState, agent_id: str) -> tuple[str, ...]:
+    return tuple(a.id for a in spec.agents if a.id != agent_id and a.id in state.proposals)
+
+
+def _open_tasks(spec: CouncilSpec, state: CouncilState) -> list[tuple[TaskSpec, TaskState]]:
+    """Tasks whose critique rounds go on (not settled by early stop), in spec order."""
+    return [(t, state.tasks[t.id]) for t in spec.tasks if not state.tasks[t.id].settled]
+
+
+def critique_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[Slot]:
+    """Critique round ``round_``: each agent critiques the others' current proposals, for every
+    task that is not settled."""
+    signal = spec.protocol.no_objection_signal
+    slots = []
+    for task, ts in _open_tasks(spec, state):
+        context = _proposals_context(spec, task, ts, CURRENT_PROPOSALS)
+        for agent in spec.agents:
+            targets = _others(spec, ts, agent.id)
+            if not targets:
+                continue
+            headings = ", ".join(f"### {t}" for t in targets)
+            ask = (
+                f"Critique each proposal except your own, under its own heading ({headings}). "
+                f"Name concrete problems. If you have no objection to a proposal, write {signal} "
+                "under its heading."
+            )
+            slots.append(
+                Slot(task=task, agent=agent, phase="critique", round=round_,
+                     request=_request(spec, agent, context, ask), candidates=targets)
+            )  # fmt: skip
+    return slots
+
+
+def revise_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[Slot]:
+    """Revise after critique round ``round_``: each agent that received critique revises.
+
+    The context is the critique round's (the task and every current proposal, the reviser's own
+    among them), so the engine's prefix cache still holds it from the critique batch; only the
+    critique addressed to the agent is new.
+    """
+    limit = spec.protocol.max_critique_chars
+    slots = []
+    for task, ts in _open_tasks(spec, state):
+        received = ts.critiques.get(round_, {})
+        context = _proposals_context(spec, task, ts, CURRENT_PROPOSALS)
+        for agent in spec.agents:
+            notes = received.get(agent.id)
+            if agent.id not in ts.proposals or not notes:
+                continue
+            critique_text = "\n\n".join(f"From {critic}:\n{shorten(text, limit)}" for critic, text in notes)
+            ask = (
+                f"Your proposal is the one under ### {agent.id}. Critique you received:\n\n"
+                f"{critique_text}\n\nWrite your revised proposal in full."
+            )
+            slots.append(Slot(task=task, agent=agent, phase="revise", round=round_,
+                              request=_request(spec, agent, context, ask)))  # fmt: skip
+    return slots
+
+
+def vote_slots(spec: CouncilSpec, state: CouncilState) -> list[Slot]:
+    """The vote phase: each agent scores the others' final proposals for each task.
+
+    An agent with no other proposal to score gets no vote slot.
+    """
+    lo, hi = spec.protocol.min_score, spec.protocol.max_score
+    slots: list[Slot] = []
+    for task in spec.tasks:
+        ts = state.tasks[task.id]
+        context = _proposals_context(spec, task, ts, "The council's final proposals:")
+        for voter in spec.agents:
+            candidates = _others(spec, ts, voter.id)
+            if not candidates:
+                continue
+            # Placeholders, not numbers: small models copy an example's numbers verbatim.
+            example = json.dumps({"scores": dict.fromkeys(candidates, "<score>")})
+            ask = (
+                f"Score each proposal except your own from {lo} (worst) to {hi} (best). "
+                f"Answer with JSON only, in this form: {example}"
+            )
+            slots.append(
+                Slot(task=task, agent=voter, phase="vote", round=0, candidates=candidates,
+                     request=_request(spec, voter, context, ask, max_tokens=spec.model.vote_max_tokens,
+                                      json_schema=vote_schema(candidates, lo, hi)))
+            )  # fmt: skip
+    return slots
+
+
+# ---- completions -> events -> state --------------------------------------------------------------
+
+
+def outcome_event(slot: Slot, completion: Completion, *, submission_id: str, spec: CouncilSpec) -> Outcome:
+    """Turn one completion into its event: completed, or failed with the reason."""
+    common: dict[str, Any] = {
+        "submission_id": submission_id,
+        "council": spec.name,
+        "task_id": slot.task.id,
+        "phase": slot.phase,
+        "round": slot.round,
+        "agent_id": slot.agent.id,
+        "role": slot.agent.role,
+    }
+    if not completion.ok:
+        return AgentResponseFailed(**common, reason=completion.error or "unknown error")
+    if not completion.text.strip():
+        return AgentResponseFailed(**common, reason="empty response", content=completion.text)
+    data: dict[str, Any] | None = None
+    if slot.phase == "vote":
+        try:
+            scores = parse_vote(
+                completion.text, slot.candidates, spec.protocol.min_score, spec.protocol.max_score
+            )
+        except ValueError as exc:
+            return AgentResponseFailed(**common, reason=f"unparseable vote: {exc}", content=completion.text)
+        data = {"scores": scores}
+    elif slot.phase == "critique":
+        data = {"targets": list(slot.candidates)}
+    return AgentResponseCompleted(
+        **common,
+        content=completion.text,
+        data=data,
+        prompt_tokens=completion.prompt_tokens,
+        output_tokens=completion.output_tokens,
+        finish_reason=completion.finish_reason,
+    )
+
+
+_HEADING = re.compile(r"^\s*#{1,6}\s*(?:proposal\s+(?:by|from)\s+)?([A-Za-z0-9][A-Za-z0-9_.-]*)\s*:?\s*$",
+                      re.IGNORECASE | re.MULTILINE)  # fmt: skip
+
+
+def route_critique(text: str, targets: Sequence[str]) -> dict[str, str]:
+    """Split a critique into the sections addressed to each target (module docstring)."""
+    marks = [(m.start(), m.end(), m.group(1)) for m in _HEADING.finditer(text) if m.group(1) in targets]
+    if not marks:
+        return dict.fromkeys(targets, text.strip())
+    sections: dict[str, str] = {}
+    for i, (_, end, target) in enumerate(marks):
+        stop = marks[i + 1][0] if i + 1 < len(marks) else len(text)
+        body = text[end:stop].strip()
+        sections[target] = f"{sections[target]}\n{body}" if target in sections else body
+    return sections
+
+
+def apply(
+    spec: CouncilSpec, state: CouncilState, phase: Phase, round_: int, events: Sequence[Outcome]
+) -> None:
+    """Fold one phase's events into the state (and settle tasks whose critiques all agree)."""
+    signal = spec.protocol.no_objection_signal.lower()
+    for e in events:
+        ts = state.tasks[e.task_id]
+        ts.transcript.append(e.key)
+        if not isinstance(e, AgentResponseCompleted):
+            continue
+        if phase in ("propose", "revise"):
+            ts.proposals[e.agent_id] = e.content
+        elif phase == "critique":
+            targets = (e.data or {}).get("targets", [])
+            for target, section in route_critique(e.content, targets).items():
+                ts.critiques.setdefault(round_, {}).setdefault(target, []).append((e.agent_id, section))
+        elif phase == "vote" and e.data:
+            ts.votes[e.agent_id] = dict(e.data["scores"])
+    if phase == "critique":
+        by_task: dict[str, list[Outcome]] = {}
+        for e in events:
+            by_task.setdefault(e.task_id, []).append(e)
+        for task_id, task_events in by_task.items():
+            ts = state.tasks[task_id]
+            ts.rounds_run = round_
+            if spec.protocol.early_stop and _no_objections(task_events, ts, round_, signal):
+                ts.settled = True
+    if phase == "vote":
+        for e in events:
+            state.tasks[e.task_id].votes_expected += 1
+
+
+def _no_objections(events: Sequence[Outcome], ts: TaskState, round_: int, signal: str) -> bool:
+    """Every critic completed and addressed every proposal it saw with the bare signal."""
+    completed = [e for e in events if isinstance(e, AgentResponseCompleted)]
+    if len(completed) != len(events):
+        return False
+    received = ts.critiques.get(round_, {})
+    for e in completed:
+        for target in (e.data or {}).get("targets", []):
+            notes = [text for critic, text in received.get(target, []) if critic == e.agent_id]
+            if not notes or not all(_says_only(text, signal) for text in notes):
+                return False
+    return True
+
+
+def _says_only(text: str, signal: str) -> bool:
+    """The section's first line is the signal (markdown emphasis and punctuation aside)."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return first.strip().strip("*_`.!:- ").lower() == signal
+
+
+def results(spec: CouncilSpec, state: CouncilState, *, submission_id: str) -> list[DeliberationCompleted]:
+    """One ``council.deliberation.completed`` per task, in spec order."""
+    out = []
+    for task in spec.tasks:
+        ts = state.tasks[task.id]
+        out.append(
+            rank_task(
+                spec,
+                task,
+                ts.votes,
+                votes_expected=ts.votes_expected,
+                proposals={(task.id, a): text for a, text in ts.proposals.items()},
+                submission_id=submission_id,
+                rounds_run=ts.rounds_run,
+                early_stopped=ts.settled,
+                transcript=ts.transcript,
+            )
+        )
+    return out

@@ -1,0 +1,303 @@
+"""The producer side of the dispatcher: publish a council request, await its results.
+
+::
+
+    ticket = await swe_fleet.request_council(spec, nats_url="nats://NATS:4222")
+    results = await ticket  # one DeliberationCompleted per task, in the spec's order
+
+No Ray SDK on the producer: the request goes to ``council.request`` (stream ``COUNCIL_REQUESTS``)
+with ``Nats-Msg-Id`` ``request/{request_id}``, so a retried publish is stored once; a
+``swe-fleet dispatch`` turns it into a job. The ticket listens from *before* the publish on:
+``council.deliberation.completed`` and the dispatcher's ``council.job.<state>`` events of that
+submission (same stream, so a terminal status always comes after the job's results), and
+``council.request.dead`` for this request. It resolves when every task has its result (or, for
+a ``spec_ref`` request, when the job succeeded), and raises
+:class:`~swe_fleet.errors.RequestRejected` (dead-lettered), :class:`~swe_fleet.errors.CouncilIncomplete`
+(the job failed or was stopped) or :class:`~swe_fleet.errors.DispatchTimeout`.
+
+Only events published after the call are seen: asking again for a ``request_id`` whose job
+already finished waits until ``timeout_s`` (read its events with ``swe-fleet consume
+--submission-id`` instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import Generator, Sequence
+from typing import Any
+
+import nats.errors
+import structlog
+from nats.js import api
+from pydantic import ValidationError
+
+from swe_fleet.errors import (
+    CouncilIncomplete,
+    DispatchTimeout,
+    NatsUnreachable,
+    RequestRejected,
+)
+from swe_fleet.events import (
+    AGENT_RESPONSES_STREAM,
+    AGENT_RESPONSES_SUBJECTS,
+    COUNCIL_JOB_STATUS_SUBJECTS,
+    COUNCIL_REQUEST_DEAD,
+    COUNCIL_REQUESTS_STREAM,
+    COUNCIL_REQUESTS_SUBJECTS,
+    DELIBERATION_COMPLETED,
+    TERMINAL_JOB_STATES,
+    CouncilJobStatus,
+    CouncilRequestDead,
+    CouncilRequested,
+    DeliberationCompleted,
+    UndecodableEvent,
+    decode_event,
+    decode_request,
+    submission_id_for,
+)
+from swe_fleet.nats.publisher import (
+    TRANSIENT_ERRORS,
+    JetStreamPublisher,
+    PublishPolicy,
+    close_nats,
+    connect_nats,
+    ensure_stream,
+)
+from swe_fleet.spec import CouncilSpec
+
+log = structlog.get_logger(__name__)
+
+#: A ticket's consumers outlive a vanished producer by this long, then the server removes them.
+CONSUMER_INACTIVE_S = 300.0
+
+
+class CouncilTicket:
+    """A published council request; ``await`` it for the results (see the module docstring).
+
+    Attributes:
+        request_id: the request's id.
+        submission_id: the job's submission id (event keys, ``swe-fleet consume --submission-id``).
+    """
+
+    def __init__(self, request_id: str, submission_id: str, task: asyncio.Task[list[DeliberationCompleted]]):
+        self.request_id = request_id
+        self.submission_id = submission_id
+        self._task = task
+
+    def __await__(self) -> Generator[Any, None, list[DeliberationCompleted]]:
+        return self._task.__await__()
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    def cancel(self) -> None:
+        """Stop waiting (the job, if any, keeps running)."""
+        self._task.cancel()
+
+
+async def request_council(
+    spec: CouncilSpec | None = None,
+    *,
+    nats_url: str,
+    spec_ref: str | None = None,
+    request_id: str | None = None,
+    timeout_s: float = 3600.0,
+    events_stream: str = AGENT_RESPONSES_STREAM,
+    requests_stream: str = COUNCIL_REQUESTS_STREAM,
+    connect_timeout_s: float = 5.0,
+) -> CouncilTicket:
+    """Publish a council request for a dispatcher and return a ticket to await its results.
+
+    Args:
+        spec: the council; or ``spec_ref``, a spec file under the dispatcher's ``--spec-dir``.
+        nats_url: the NATS of the dispatcher (and of the jobs' events).
+        request_id: the request's name for good (default: a new unique one). The same id
+            again starts no second job; another request under a used id is dead-lettered.
+        timeout_s: how long the ticket waits for the results.
+
+    Returns:
+        A ticket: ``await ticket`` gives one ``DeliberationCompleted`` per task.
+
+    Raises:
+        InvalidRequest: the request is invalid (nothing is published).
+        NatsUnreachable / PublishError / StreamConfigMismatch: the request could not be published.
+    """
+    request = _build_request(spec, spec_ref, request_id or f"req-{uuid.uuid4().hex}")
+    nc = await connect_nats(nats_url, timeout_s=connect_timeout_s, name="swe-fleet-request")
+    try:
+        js = nc.jetstream(timeout=connect_timeout_s)
+        bound = connect_timeout_s * 2
+        try:
+            await asyncio.wait_for(ensure_stream(js, requests_stream, COUNCIL_REQUESTS_SUBJECTS), bound)
+            await asyncio.wait_for(ensure_stream(js, events_stream, AGENT_RESPONSES_SUBJECTS), bound)
+            # Listening starts before the request exists: nothing it causes can be missed.
+            events = await asyncio.wait_for(
+                _listen(js, events_stream, [DELIBERATION_COMPLETED, *COUNCIL_JOB_STATUS_SUBJECTS]), bound
+            )
+            dead = await asyncio.wait_for(_listen(js, requests_stream, [COUNCIL_REQUEST_DEAD]), bound)
+        except TimeoutError:
+            raise NatsUnreachable(
+                f"NATS at {nats_url} answered but JetStream did not within {bound:.0f} s", url=nats_url
+            ) from None
+        ack = await JetStreamPublisher(nc, requests_stream, PublishPolicy(), url=nats_url).publish(request)
+    except BaseException:
+        await close_nats(nc)
+        raise
+    sid = submission_id_for(request.request_id)
+    log.info("request.published", request_id=request.request_id, seq=ack.seq, duplicate=ack.duplicate)
+    waiter = _Waiter(request, sid, ack.seq, spec, timeout_s, nats_url)
+    task = asyncio.create_task(waiter.run(nc, events, dead), name=f"council-{request.request_id}")
+    return CouncilTicket(request.request_id, sid, task)
+
+
+def _build_request(spec: CouncilSpec | None, spec_ref: str | None, request_id: str) -> CouncilRequested:
+    doc: dict[str, Any] = {"request_id": request_id}
+    if spec is not None:
+        doc["spec"] = spec.model_dump(mode="json")
+    if spec_ref is not None:
+        doc["spec_ref"] = spec_ref
+    # The dispatcher's own validator: what passes here is what it accepts.
+    return decode_request(json.dumps(doc).encode())
+
+
+async def _listen(js: Any, stream: str, subjects: Sequence[str]) -> Any:
+    """An ephemeral pull consumer of ``subjects``, from the next message on."""
+    config = api.ConsumerConfig(
+        ack_policy=api.AckPolicy.EXPLICIT,
+        deliver_policy=api.DeliverPolicy.NEW,
+        filter_subjects=list(subjects),
+        inactive_threshold=CONSUMER_INACTIVE_S,
+    )
+    return await js.pull_subscribe("", stream=stream, config=config)
+
+
+class _Waiter:
+    """Reads a ticket's two consumers until the outcome is known."""
+
+    def __init__(
+        self,
+        request: CouncilRequested,
+        sid: str,
+        request_seq: int,
+        spec: CouncilSpec | None,
+        timeout_s: float,
+        nats_url: str,
+    ) -> None:
+        self.nats_url = nats_url
+        self.request = request
+        self.sid = sid
+        self.request_seq = request_seq
+        self.task_ids = [t.id for t in spec.tasks] if spec is not None else None
+        self.timeout_s = timeout_s
+        self.results: dict[str, DeliberationCompleted] = {}
+
+    async def run(self, nc: Any, events: Any, dead: Any) -> list[DeliberationCompleted]:
+        queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        pumps = [
+            asyncio.create_task(_pump(nc, self.nats_url, events, "event", queue)),
+            asyncio.create_task(_pump(nc, self.nats_url, dead, "dead", queue)),
+        ]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait(
+                    [getter, *pumps],
+                    timeout=max(deadline - loop.time(), 0),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if getter not in done:
+                    getter.cancel()
+                    for p in pumps:
+                        if p in done:
+                            p.result()  # a consumer that died raises here
+                    raise DispatchTimeout(
+                        f"request {self.request.request_id}: no final result within {self.timeout_s:.0f} s "
+                        f"({len(self.results)} task result(s) so far); the job, if any, keeps running "
+                        f"(submission {self.sid})",
+                        timeout_s=self.timeout_s,
+                        submission_id=self.sid,
+                        request_id=self.request.request_id,
+                    )
+                kind, data = getter.result()
+                outcome = self._take(kind, data)
+                if outcome is not None:
+                    return outcome
+        finally:
+            for p in pumps:
+                p.cancel()
+            for p in pumps:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await p
+            for sub in (events, dead):
+                # A pull subscription's late "no messages" status would keep a drain waiting.
+                with contextlib.suppress(*TRANSIENT_ERRORS, nats.errors.Error):
+                    await sub.unsubscribe()
+            await close_nats(nc)
+
+    def _take(self, kind: str, data: bytes) -> list[DeliberationCompleted] | None:
+        rid = self.request.request_id
+        if kind == "dead":
+            try:
+                dead = CouncilRequestDead.model_validate_json(data)
+            except ValidationError:
+                return None
+            if dead.request_id == rid and dead.stream_seq == self.request_seq:
+                raise RequestRejected(
+                    f"the dispatcher rejected request {rid}: {dead.reason}",
+                    reason=dead.reason,
+                    request_id=rid,
+                )
+            return None
+        try:
+            event = decode_event(data)
+        except UndecodableEvent:
+            return None
+        if event.submission_id != self.sid:
+            return None
+        if isinstance(event, DeliberationCompleted):
+            self.results[event.task_id] = event
+            if self.task_ids is not None and set(self.task_ids) <= set(self.results):
+                return self._ordered()
+        elif isinstance(event, CouncilJobStatus) and event.state in TERMINAL_JOB_STATES:
+            missing = [t for t in self.task_ids or [] if t not in self.results]
+            if event.state == "succeeded" and not missing:
+                return self._ordered()
+            why = f": {event.message}" if event.message else ""
+            raise CouncilIncomplete(
+                f"the job of request {rid} ended {event.state}{why}; "
+                f"{len(self.results)} task result(s) arrived, missing: {missing or 'unknown'}",
+                state=event.state,
+                submission_id=self.sid,
+                results=self._ordered(),
+                request_id=rid,
+            )
+        return None
+
+    def _ordered(self) -> list[DeliberationCompleted]:
+        order = self.task_ids or list(self.results)
+        return [self.results[t] for t in order if t in self.results]
+
+
+async def _pump(nc: Any, url: str, sub: Any, kind: str, queue: asyncio.Queue[tuple[str, bytes]]) -> None:
+    """Move a consumer's messages into ``queue`` (acked); ride out NATS reconnecting."""
+    while True:
+        try:
+            msgs = await sub.fetch(16, timeout=1.0)
+        except TRANSIENT_ERRORS as exc:
+            if nc.is_closed:
+                raise NatsUnreachable(
+                    f"the connection to NATS at {url} closed while awaiting a council ({type(exc).__name__})",
+                    url=url,
+                ) from exc
+            if not isinstance(exc, TimeoutError):
+                await asyncio.sleep(0.5)
+            continue
+        for msg in msgs:
+            await queue.put((kind, msg.data))
+            with contextlib.suppress(*TRANSIENT_ERRORS, nats.errors.Error):
+                await msg.ack()

@@ -1,0 +1,213 @@
+"""The council job's driver: what ``jobs/council.py`` runs on the cluster.
+
+Exit codes (the job's status follows them): 0 every event published; 1 the LLM backend failed
+(it did not start, or a whole batch failed; every affected response still got its
+``agent.response.failed`` event and every task its result); 3 the spec is invalid; 4 events
+could not be published (those not acknowledged are in the outbox named in the log); 143 the
+driver was stopped (SIGTERM). Every failing exit first tries to publish ``council.job.failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ray
+import structlog
+
+from swe_fleet._logging import configure_logging
+from swe_fleet.addresses import DEFAULT_NAMESPACE
+from swe_fleet.council.deliberation import UnavailableBackend, run_deliberation
+from swe_fleet.errors import LLMError, OutboxWritten, PublishError, SpecError
+from swe_fleet.events import CouncilJobFailed
+from swe_fleet.llm.engine import EngineGenerator
+from swe_fleet.nats.checkpoints import KVCheckpoints
+from swe_fleet.nats.publisher import JetStreamPublisher, connect_nats
+from swe_fleet.spec import CouncilSpec
+
+if TYPE_CHECKING:
+    from swe_fleet.llm.server import ServerGenerator
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK = 0
+EXIT_COUNCIL_FAILED = 1
+EXIT_BAD_SPEC = 3
+EXIT_PUBLISH_FAILED = 4
+EXIT_STOPPED = 143  # 128 + SIGTERM
+
+#: Ray passes the job's metadata (with its submission id) to the driver in this variable.
+_RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def submission_id_from_ray(environ: dict[str, str] | None = None) -> str | None:
+    """The Jobs API submission id of the running job, or None outside a submitted job."""
+    raw = (environ if environ is not None else dict(os.environ)).get(_RAY_JOB_CONFIG_ENV)
+    if not raw:
+        return None
+    try:
+        meta = json.loads(raw).get("metadata") or {}
+    except ValueError:
+        return None
+    value = meta.get("job_submission_id")
+    return str(value) if value else None
+
+
+def run_council_job(spec_path: Path, *, nats_url: str | None, submission_id: str | None) -> int:
+    """Load the spec, run the council on the engine backend, publish every event."""
+    configure_logging(json=True)
+    try:
+        spec = CouncilSpec.from_file(spec_path).with_overrides(nats_url=nats_url)
+    except SpecError as exc:
+        log.error("spec.invalid", error=str(exc))
+        return EXIT_BAD_SPEC
+    job_id = submission_id_from_ray() or f"local-{uuid.uuid4().hex[:12]}"
+    sid = submission_id or job_id
+    structlog.contextvars.bind_contextvars(submission_id=sid, job_id=job_id, council=spec.name)
+    ray.init(namespace=os.environ.get("RAY_NAMESPACE") or DEFAULT_NAMESPACE, log_to_driver=True)
+    try:
+        return asyncio.run(_run(spec, sid, job_id))
+    finally:
+        ray.shutdown()
+
+
+def build_generator(spec: CouncilSpec) -> EngineGenerator | ServerGenerator:
+    """The spec's backend: vLLM engine actors, or a client of a vLLM server."""
+    if spec.backend == "server":
+        from swe_fleet.llm.server import ServerGenerator
+
+        return ServerGenerator(
+            spec.server.url,
+            spec.model.name,
+            concurrency=spec.server.concurrency,
+            request_timeout_s=spec.server.request_timeout_s,
+        )
+    return EngineGenerator(spec.model)
+
+
+async def _run(spec: CouncilSpec, submission_id: str, job_id: str) -> int:
+    try:
+        publisher = await JetStreamPublisher.connect(spec.publish)
+    except PublishError as exc:
+        log.error("publish.unreachable", error=str(exc))
+        return EXIT_PUBLISH_FAILED
+    # `ray job stop` sends SIGTERM (SIGKILL a few seconds later): turn it into a cancellation
+    # so this attempt can still say that it failed.
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if main is not None:
+        loop.add_signal_handler(signal.SIGTERM, main.cancel)
+    try:
+        code = await _run_council(spec, submission_id, publisher)
+        if code == EXIT_PUBLISH_FAILED:
+            await _publish_job_failed(
+                publisher, spec, submission_id, job_id, "events could not be published", 5
+            )
+        return code
+    except asyncio.CancelledError:
+        log.error("council.stopped")
+        await _publish_job_failed(publisher, spec, submission_id, job_id, "stopped (SIGTERM)", 2)
+        return EXIT_STOPPED
+    except Exception as exc:
+        # Whatever went wrong, consumers learn that this attempt will publish nothing more.
+        log.exception("council.crashed")
+        reason = f"{type(exc).__name__}: {exc}"
+        await _publish_job_failed(publisher, spec, submission_id, job_id, reason, spec.publish.retry_budget_s)
+        return EXIT_COUNCIL_FAILED
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        await publisher.close()
+
+
+async def _publish_job_failed(
+    publisher: JetStreamPublisher,
+    spec: CouncilSpec,
+    submission_id: str,
+    job_id: str,
+    reason: str,
+    bound_s: float,
+) -> None:
+    event = CouncilJobFailed(
+        submission_id=submission_id, council=spec.name, task_id="*", reason=reason, job_id=job_id
+    )
+    try:
+        await asyncio.wait_for(publisher.publish(event), bound_s)
+    except (PublishError, TimeoutError) as exc:
+        log.error("job_failed.unpublished", error=str(exc))
+
+
+async def _open_checkpoints(spec: CouncilSpec) -> tuple[Any, KVCheckpoints]:
+    nc = await connect_nats(
+        spec.publish.nats_url, timeout_s=spec.publish.connect_timeout_s, name="swe-fleet-ckpt"
+    )
+    try:
+        return nc, await KVCheckpoints.open(nc.jetstream(timeout=spec.publish.ack_timeout_s))
+    except BaseException:
+        await nc.close()
+        raise
+
+
+async def _run_council(spec: CouncilSpec, submission_id: str, publisher: JetStreamPublisher) -> int:
+    ckpt_nc, checkpoints = await _open_checkpoints(spec)
+    try:
+        generator = build_generator(spec)
+    except BaseException:
+        await ckpt_nc.close()
+        raise
+    replica_calls: list[int | None] = []
+    start_error: str | None = None
+    try:
+        try:
+            if isinstance(generator, EngineGenerator):
+                await generator.start()
+            else:
+                from swe_fleet.llm.server import wait_until_healthy
+
+                await wait_until_healthy(spec.server.url, timeout_s=120)
+        except LLMError as exc:
+            start_error = str(exc)
+            log.error("backend.unavailable", error=start_error)
+        active = UnavailableBackend(f"LLM backend unavailable: {start_error}") if start_error else generator
+        report = await run_deliberation(
+            spec, submission_id=submission_id, generator=active, publisher=publisher, checkpoints=checkpoints
+        )
+        if isinstance(generator, EngineGenerator) and not start_error:
+            try:
+                replica_calls = await generator.replica_call_counts()
+            except (TimeoutError, ray.exceptions.RayError) as exc:  # statistics only
+                log.warning("engine.call_counts_unavailable", error=str(exc))
+    except OutboxWritten as exc:
+        # Nothing is lost: the unacknowledged events wait in the outbox for `swe-fleet outbox replay`.
+        log.error("publish.outbox", outbox=str(exc.path), count=exc.count, error=str(exc))
+        return EXIT_PUBLISH_FAILED
+    except PublishError as exc:
+        log.error("publish.failed", error=str(exc), subject=exc.subject, key=exc.key)
+        return EXIT_PUBLISH_FAILED
+    finally:
+        await generator.close()
+        await ckpt_nc.close()
+    log.info(
+        "council.done",
+        backend=spec.backend,
+        completed=report.completed,
+        failed=report.failed,
+        tasks=len(report.results),
+        phases=len(report.phase_seconds),
+        llm_calls=generator.stats.calls,
+        replica_calls=replica_calls,
+        output_tokens=generator.stats.output_tokens,
+        generate_seconds=round(generator.stats.generate_seconds, 3),
+        phase_seconds=report.phase_seconds,
+        phase_requests=report.phase_requests,
+        backend_errors=report.backend_errors,
+        resumed_after=report.resumed_after,
+    )
+    if start_error or report.backend_errors:
+        # Every response has its event (failed ones say why), but the council did not really run.
+        return EXIT_COUNCIL_FAILED
+    return EXIT_OK

@@ -1,0 +1,1 @@
+"""The embedded local stack (nats-server, Ray head, vLLM server) and ``swe-fleet run``."""

@@ -1,0 +1,125 @@
+"""``swe-fleet run``: one council on the embedded local stack, end to end.
+
+Start nats-server and a Ray head, prepare the model, submit through the Jobs API (exactly as
+to a remote cluster), stream the events while the job runs, and tear everything down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from swe_fleet.errors import JobWaitTimeout
+from swe_fleet.events import DeliberationCompleted
+from swe_fleet.llm.model import is_prepared, prepare_local_model
+from swe_fleet.local.stack import local_stack
+from swe_fleet.nats.consumer import ConsumerOptions, Event, iter_events
+from swe_fleet.spec import LOCAL_MODEL_ALIAS, CouncilSpec
+from swe_fleet.submit.client import CouncilJobClient, CouncilRequest, Submitted
+
+#: After the job ends, how long to wait for events still in flight.
+DRAIN_IDLE_S = 5.0
+
+
+def run_locally(
+    spec: CouncilSpec,
+    *,
+    env_kind: str = "pinned",
+    timeout_s: float = 1800,
+    workdir: Path | None = None,
+    on_event: Callable[[Event], None] = lambda e: None,
+    on_info: Callable[[str], None] = lambda m: None,
+    on_results: Callable[[Sequence[DeliberationCompleted]], None] = lambda r: None,
+) -> str:
+    """Run ``spec`` on a fresh local stack; return the job's terminal status (``SUCCEEDED`` ...)."""
+    started = time.monotonic()
+    if spec.model.name == LOCAL_MODEL_ALIAS:
+        cached = is_prepared()
+        t = time.monotonic()
+        prepare_local_model()
+        on_info(
+            f"model {LOCAL_MODEL_ALIAS}: {'cached' if cached else 'prepared'} ({time.monotonic() - t:.1f} s)"
+        )
+    with local_stack(workdir) as stack:
+        on_info(
+            f"local stack up in {time.monotonic() - started:.1f} s: dashboard {stack.ray.dashboard_url}, "
+            f"NATS {stack.nats.url}"
+        )
+        client = CouncilJobClient(stack.ray.dashboard_url, auth_token=stack.ray.auth_token)
+        submitted = client.submit(CouncilRequest(spec=spec, env_kind=env_kind, nats_url=stack.nats.url))
+        on_info(f"submitted {submitted.submission_id} through the Jobs API")
+        try:
+            status, results = asyncio.run(
+                _follow(client, submitted, stack.nats.url, spec, timeout_s, on_event, on_info)
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.stop(submitted.job_id)
+            raise
+        if status != "SUCCEEDED":
+            tail = "\n".join(client.logs(submitted.job_id).splitlines()[-25:])
+            on_info(f"job {submitted.job_id} ended {status}; last log lines:\n{tail}")
+        on_results(results)
+        on_info(f"done in {time.monotonic() - started:.1f} s: {status}")
+        return status
+
+
+async def _follow(
+    client: CouncilJobClient,
+    submitted: Submitted,
+    nats_url: str,
+    spec: CouncilSpec,
+    timeout_s: float,
+    on_event: Callable[[Event], None],
+    on_info: Callable[[str], None],
+) -> tuple[str, list[DeliberationCompleted]]:
+    results: list[DeliberationCompleted] = []
+    all_results = asyncio.Event()
+
+    async def consume() -> None:
+        opts = ConsumerOptions(
+            nats_url=nats_url, durable=None, submission_id=submitted.submission_id, fetch_wait_s=0.5
+        )
+        async for event in iter_events(opts):
+            on_event(event)
+            if isinstance(event, DeliberationCompleted):
+                results.append(event)
+                if len(results) >= len(spec.tasks):
+                    all_results.set()
+
+    consumer = asyncio.create_task(consume())
+    try:
+        # Polled here, not in a thread that blocks until the job ends: Ctrl-C (cancellation)
+        # takes effect within one bounded status request.
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while True:
+            if consumer.done():
+                consumer.result()  # a consumer that died raises here, now, not at the end
+            status = await asyncio.to_thread(client.status, submitted.job_id)
+            if status != last:
+                on_info(f"job {submitted.job_id}: {status.value}")
+                last = status
+            if status.is_terminal():
+                break
+            if time.monotonic() > deadline:
+                raise JobWaitTimeout(
+                    f"job {submitted.job_id} is still {status.value} after {timeout_s:.0f} s; "
+                    "it is stopped with the local stack",
+                    submission_id=submitted.submission_id,
+                    url=client.url,
+                )
+            await asyncio.sleep(1.0)
+        # Events published just before the job ended may still be on their way.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_results.wait(), DRAIN_IDLE_S)
+        if consumer.done():
+            consumer.result()
+    finally:
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await consumer
+    return status.value, sorted(results, key=lambda r: [t.id for t in spec.tasks].index(r.task_id))

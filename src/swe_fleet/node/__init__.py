@@ -1,0 +1,1 @@
+"""Which Ray node this process becomes (pure decision) and starting it."""

@@ -1,0 +1,4 @@
+"""Preflight: can this council run on that cluster? The client's checks, the preflight job on
+every node, and the cache of passing results. ``node_check`` is stdlib-only: the job loads it
+by file path.
+"""

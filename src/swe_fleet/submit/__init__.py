@@ -1,0 +1,1 @@
+"""Submitting council jobs through the Ray Jobs API and following them."""

@@ -1,0 +1,1 @@
+"""Test support: real servers, CLI runner, fakes, netns hosts, council checks."""
