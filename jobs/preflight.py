@@ -5,8 +5,8 @@
         -- python jobs/preflight.py --pins images/requirements-worker.txt --nats-url nats://NATS:4222
 
 Prints one row per node and check, then one ``SWE_FLEET_PREFLIGHT_REPORT {json}`` line; exits 0
-when every check passed, 8 when one failed. ``swe-fleet doctor`` and ``swe-fleet submit`` run
-it with the council's own runtime_env.
+when every check passed, 8 (``ExitCode.PREFLIGHT_FAILED``) when one failed. ``swe-fleet doctor``
+and ``swe-fleet submit`` run it with the council's own runtime_env.
 """
 
 import importlib.util
@@ -51,7 +51,8 @@ def main() -> int:
             "node_id": "",
         }
         print("SWE_FLEET_PREFLIGHT_REPORT " + json.dumps({"nodes": [], "checks": [row]}), flush=True)
-        return 8
+        # Without swe_fleet there is no ExitCode to load: a plain failure (the report says why).
+        return 1
     return int(node_checks.run_preflight_job(sys.argv[1:]))
 
 

@@ -7,6 +7,7 @@ fields that caller needs. Messages say what happened *and what to do next*.
 
     SweFleetError
     ├── SpecError                 bad council spec (file, field)
+    ├── ConfigError               a setting out of its range (setting)
     ├── AddressError              an address of the wrong kind for its use (address, use)
     ├── SubmissionError           Jobs API trouble (submission_id, url)
     │   ├── DashboardUnreachable  the dashboard did not answer within the bound (url)
@@ -17,7 +18,10 @@ fields that caller needs. Messages say what happened *and what to do next*.
     │   └── OutboxWritten         ... and the events not acknowledged are in an outbox file (path, count)
     ├── OutboxError               an outbox file cannot be written, read or parsed (path, line)
     ├── StreamConfigMismatch      an existing stream has an incompatible config (stream, differences)
+    ├── UndecodableEvent          a payload on a council subject is not a valid event (reason, payload)
+    ├── InvalidVote               a vote that cannot be read (reason)
     ├── LLMError                  the LLM backend failed (backend)
+    │   └── ServerStatusError     the vLLM server answered a non-200 status (status, url)
     ├── ModelError                the model could not be located or prepared (model)
     ├── CheckpointMismatch        a checkpoint of another spec under this id (submission_id)
     ├── DispatchError             a council request could not be dispatched or awaited (request_id)
@@ -56,6 +60,18 @@ class SpecError(SweFleetError):
         self.field = field
         where = f"{self.source}: {field}" if field else self.source
         super().__init__(f"{where}: {message}")
+
+
+class ConfigError(SweFleetError):
+    """A setting given in code or on the command line is out of its range.
+
+    Attributes:
+        setting: the setting to fix (e.g. ``max_in_flight``, ``backoff_s``).
+    """
+
+    def __init__(self, message: str, *, setting: str):
+        self.setting = setting
+        super().__init__(message)
 
 
 class AddressError(SweFleetError):
@@ -151,12 +167,58 @@ class StreamConfigMismatch(SweFleetError):
         super().__init__(message)
 
 
+class UndecodableEvent(SweFleetError):
+    """A payload on a council subject that is not a valid event of this schema.
+
+    Attributes:
+        reason: what is wrong with it (also the message).
+        payload: the bytes as they arrived.
+    """
+
+    def __init__(self, reason: str, payload: bytes):
+        self.reason = reason
+        self.payload = payload
+        super().__init__(reason)
+
+
+class InvalidVote(SweFleetError):
+    """A vote that cannot be read: no JSON object, a candidate missing, a score out of range.
+
+    Attributes:
+        reason: what is wrong with it (also the message).
+    """
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
 class LLMError(SweFleetError):
     """The LLM backend failed to produce completions."""
 
     def __init__(self, message: str, *, backend: str):
         self.backend = backend
         super().__init__(message)
+
+
+class ServerStatusError(LLMError):
+    """The vLLM server answered with a non-200 status.
+
+    It never leaves the server backend's ``generate`` (a failed request becomes a completion
+    with ``error``); it lets the retry policy tell transient statuses (429, 5xx) from the
+    request's own fault (other 4xx).
+
+    Attributes:
+        status: the HTTP status.
+        url: the URL that answered it.
+        server_message: the server's error message (``error.message`` of vLLM's JSON body).
+    """
+
+    def __init__(self, *, status: int, url: str, server_message: str) -> None:
+        self.status = status
+        self.url = url
+        self.server_message = server_message
+        super().__init__(f"HTTP {status} from {url}: {server_message}", backend="server")
 
 
 class ModelError(SweFleetError):

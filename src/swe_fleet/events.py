@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from swe_fleet.errors import InvalidRequest
+from swe_fleet.errors import InvalidRequest, UndecodableEvent
 from swe_fleet.spec import CouncilSpec, Identifier
 
 SCHEMA_VERSION = 1
@@ -319,15 +319,6 @@ class CouncilRequestDead(BaseModel):
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
-
-
-class UndecodableEvent(ValueError):
-    """A payload on a council subject that is not a valid event of this schema."""
-
-    def __init__(self, reason: str, payload: bytes):
-        self.reason = reason
-        self.payload = payload
-        super().__init__(reason)
 
 
 def agent_response_key(submission_id: str, task_id: str, phase: str, round_: int, agent_id: str) -> str:

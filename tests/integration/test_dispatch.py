@@ -5,8 +5,8 @@ One module-scoped scenario runs once and every test asserts on it (a council job
 
 1. 5 malformed requests, then 20 valid ones through ``request_council`` (the 20th by
    ``spec_ref``); every valid one's ticket is awaited throughout.
-2. Dispatcher A serves them until the hidden test hook pauses it right after submitting r05's
-   job (before its event and ack); A is SIGKILLed there.
+2. Dispatcher A serves them until a pause (tests/support/paused_dispatch.py) holds it right
+   after submitting r05's job (before its event and ack); A is SIGKILLed there.
 3. Dispatcher B restarts on the same durable and ledger; it is paused after submitting r12 and
    gets SIGTERM during the pause: it must finish r12, ack it and exit 0.
 4. Dispatcher C serves the rest; after every job's terminal event it gets SIGINT (exit 130).
@@ -49,6 +49,7 @@ from swe_fleet.submit.client import CouncilJobClient
 pytestmark = [pytest.mark.integration, pytest.mark.llm, pytest.mark.slow]
 
 SWE_FLEET = str(Path(sys.executable).parent / "swe-fleet")
+PAUSED_DISPATCH = Path(__file__).resolve().parents[1] / "support" / "paused_dispatch.py"
 N_VALID = 20
 MAX_IN_FLIGHT = 4
 KILLED_AT = 5  # r05: A is SIGKILLed between submitting its job and acking it
@@ -173,12 +174,24 @@ def _client_env(ray: RayHead) -> dict[str, str]:
 
 
 def _start(
-    name: str, workdir: Path, nats: NatsServer, ray: RayHead, *extra: str, spec_dir: Path | None = None
+    name: str,
+    workdir: Path,
+    nats: NatsServer,
+    ray: RayHead,
+    *extra: str,
+    spec_dir: Path | None = None,
+    pause_after_submit: str | None = None,
 ) -> DispatcherRun:
-    """A ``swe-fleet dispatch`` child process (own process group), logging JSON to a file."""
+    """A ``swe-fleet dispatch`` child process (own process group), logging JSON to a file; with
+    ``pause_after_submit`` (``REQUEST_ID=SECONDS``) run through tests/support/paused_dispatch.py."""
     log_path = workdir / f"dispatcher-{name}.log"
+    command = (
+        [sys.executable, str(PAUSED_DISPATCH), pause_after_submit]
+        if pause_after_submit
+        else [SWE_FLEET, "dispatch"]
+    )
     argv = [
-        SWE_FLEET, "dispatch",
+        *command,
         "--nats-url", nats.url,
         "--address", ray.dashboard_url,
         "--env", "image",  # the local cluster's nodes have swe-fleet and its pins: nothing to install
@@ -228,7 +241,7 @@ async def _run_scenario(
     ]
 
     runs["a"] = a = _start(
-        "a", workdir, nats, ray, "--pause-after-submit", f"{rids[KILLED_AT]}=3600", spec_dir=spec_dir
+        "a", workdir, nats, ray, spec_dir=spec_dir, pause_after_submit=f"{rids[KILLED_AT]}=3600"
     )
     await a.wait_for("dispatch.test_pause_after_submit", 300)
     a_alive = a.process.alive()
@@ -236,7 +249,7 @@ async def _run_scenario(
     a.exit_code = await asyncio.to_thread(a.process.popen.wait, 30)
 
     runs["b"] = b = _start(
-        "b", workdir, nats, ray, "--pause-after-submit", f"{rids[STOPPED_AT]}=4", spec_dir=spec_dir
+        "b", workdir, nats, ray, spec_dir=spec_dir, pause_after_submit=f"{rids[STOPPED_AT]}=4"
     )
     await b.wait_for("dispatch.test_pause_after_submit", 300)
     b.process.popen.send_signal(signal.SIGTERM)

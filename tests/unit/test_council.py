@@ -6,6 +6,7 @@ import pytest
 
 from swe_fleet.council import protocol as council
 from swe_fleet.council.ranking import rank_task
+from swe_fleet.errors import InvalidVote
 from swe_fleet.events import AgentResponseCompleted, AgentResponseFailed
 from swe_fleet.llm.base import Completion
 from swe_fleet.spec import CouncilSpec
@@ -126,7 +127,7 @@ def test_parse_vote_accepts_wrapped_and_flat_forms(text: str) -> None:
 ])  # fmt: skip
 def test_parse_vote_rejects_with_reason(text: str, reason: str) -> None:
     """Unusable votes raise ValueError saying why."""
-    with pytest.raises(ValueError, match=reason):
+    with pytest.raises(InvalidVote, match=reason):
         council.parse_vote(text, ["b", "c"], 1, 10)
 
 

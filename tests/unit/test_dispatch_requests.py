@@ -12,9 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from swe_fleet.cli import format_event
+from swe_fleet.dispatch.config import DispatcherConfig
 from swe_fleet.dispatch.ledger import DispatchRecord, ledger_key
-from swe_fleet.dispatch.service import DispatcherConfig, resolve_spec, retry_delay_s
-from swe_fleet.errors import InvalidRequest
+from swe_fleet.dispatch.service import resolve_spec, retry_delay_s
+from swe_fleet.errors import ConfigError, InvalidRequest
 from swe_fleet.events import (
     AGENT_RESPONSES_SUBJECTS,
     COUNCIL_JOB_STATUS_SUBJECTS,
@@ -250,7 +251,7 @@ def test_the_request_consumer_never_drops_a_request_itself() -> None:
     cfg = DispatcherConfig(nats_url="nats://x:1", dashboard_url="http://x:2", ack_wait_s=7)
     c = cfg.consumer_config()
     assert c.max_deliver == -1 and c.ack_wait == 7 and c.filter_subject == "council.request"
-    with pytest.raises(ValueError, match="max_in_flight"):
+    with pytest.raises(ConfigError, match="max_in_flight"):
         DispatcherConfig(nats_url="nats://x:1", dashboard_url="http://x:2", max_in_flight=0)
 
 

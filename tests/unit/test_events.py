@@ -6,12 +6,12 @@ import json
 
 import pytest
 
+from swe_fleet.errors import UndecodableEvent
 from swe_fleet.events import (
     AgentResponseCompleted,
     AgentResponseFailed,
     DeliberationCompleted,
     RankedAgent,
-    UndecodableEvent,
     decode_event,
     event_json_schema,
 )

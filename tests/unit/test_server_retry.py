@@ -7,11 +7,11 @@ import aiohttp
 import pytest
 from tenacity import RetryError
 
+from swe_fleet.errors import ServerStatusError
 from swe_fleet.llm.base import ChatRequest
 from swe_fleet.llm.server import (
     SCHEMA_NAME,
     ServerRetryPolicy,
-    ServerStatusError,
     chat_body,
     completion_from_response,
     is_transient,

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swe_fleet.council.ranking import parse_vote, rank_task, vote_schema
+from swe_fleet.errors import InvalidVote
 from swe_fleet.events import AgentResponseCompleted, AgentResponseFailed, DeliberationCompleted, Phase
 from swe_fleet.llm.base import ChatRequest, Completion
 from swe_fleet.spec import AgentSpec, CouncilSpec, TaskSpec
@@ -309,7 +310,7 @@ def outcome_event(slot: Slot, completion: Completion, *, submission_id: str, spe
             scores = parse_vote(
                 completion.text, slot.candidates, spec.protocol.min_score, spec.protocol.max_score
             )
-        except ValueError as exc:
+        except InvalidVote as exc:
             return AgentResponseFailed(**common, reason=f"unparseable vote: {exc}", content=completion.text)
         data = {"scores": scores}
     elif slot.phase == "critique":

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from swe_fleet.errors import InvalidVote
 from swe_fleet.events import DeliberationCompleted, RankedAgent
 from swe_fleet.spec import CouncilSpec, TaskSpec
 
@@ -44,28 +45,28 @@ def parse_vote(text: str, candidates: Sequence[str], lo: int, hi: int) -> dict[s
     prose or a code fence. Integral floats (``7.0``) count as integers; extra keys are ignored.
 
     Raises:
-        ValueError: no JSON object, a candidate missing, a score not a number or out of range.
+        InvalidVote: no JSON object, a candidate missing, a score not a number or out of range.
     """
     match = _JSON_OBJECT.search(text)
     if not match:
-        raise ValueError("no JSON object in the vote")
+        raise InvalidVote("no JSON object in the vote")
     try:
         obj = json.loads(match.group(0))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"vote is not valid JSON: {exc.msg}") from None
+        raise InvalidVote(f"vote is not valid JSON: {exc.msg}") from None
     if isinstance(obj, dict) and isinstance(obj.get("scores"), dict):
         obj = obj["scores"]
     if not isinstance(obj, dict):
-        raise ValueError("vote JSON is not an object")
+        raise InvalidVote("vote JSON is not an object")
     scores: dict[str, int] = {}
     for cand in candidates:
         if cand not in obj:
-            raise ValueError(f"vote has no score for {cand!r}")
+            raise InvalidVote(f"vote has no score for {cand!r}")
         value = obj[cand]
         if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-            raise ValueError(f"score for {cand!r} is not an integer: {value!r}")
+            raise InvalidVote(f"score for {cand!r} is not an integer: {value!r}")
         if not lo <= int(value) <= hi:
-            raise ValueError(f"score for {cand!r} is {value}, outside {lo}..{hi}")
+            raise InvalidVote(f"score for {cand!r} is {value}, outside {lo}..{hi}")
         scores[cand] = int(value)
     return scores
 

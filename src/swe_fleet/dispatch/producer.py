@@ -39,6 +39,7 @@ from swe_fleet.errors import (
     DispatchTimeout,
     NatsUnreachable,
     RequestRejected,
+    UndecodableEvent,
 )
 from swe_fleet.events import (
     AGENT_RESPONSES_STREAM,
@@ -53,7 +54,6 @@ from swe_fleet.events import (
     CouncilRequestDead,
     CouncilRequested,
     DeliberationCompleted,
-    UndecodableEvent,
     decode_event,
     decode_request,
     submission_id_for,

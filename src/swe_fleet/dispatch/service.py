@@ -46,9 +46,9 @@ from typing import Any
 
 import nats.errors
 import structlog
-from nats.js import api
 from ray.job_submission import JobStatus
 
+from swe_fleet.dispatch.config import DispatcherConfig
 from swe_fleet.dispatch.ledger import DispatchRecord, Ledger
 from swe_fleet.errors import (
     DashboardUnreachable,
@@ -61,10 +61,8 @@ from swe_fleet.errors import (
     SubmissionError,
 )
 from swe_fleet.events import (
-    AGENT_RESPONSES_STREAM,
     AGENT_RESPONSES_SUBJECTS,
     COUNCIL_REQUEST,
-    COUNCIL_REQUESTS_STREAM,
     COUNCIL_REQUESTS_SUBJECTS,
     CouncilRequestDead,
     CouncilRequested,
@@ -85,7 +83,6 @@ from swe_fleet.submit.client import CouncilJobClient, CouncilRequest
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_DURABLE = "swe-fleet-dispatch"
 #: How much of a bad payload a dead letter carries (the rest is cut, and the cut is marked).
 MAX_DEAD_PAYLOAD_CHARS = 256 * 1024
 
@@ -99,71 +96,6 @@ _TERMINAL_STATES: dict[JobStatus, JobState] = {
 _RETRYABLE = (SubmissionError, PublishError, DispatchError, TimeoutError, nats.errors.Error)
 #: What a fetch of the next request can raise while NATS (or the consumer) is away.
 _FETCH_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, nats.errors.Error)
-
-
-@dataclass(frozen=True)
-class DispatcherConfig:
-    """How the dispatcher runs.
-
-    Attributes:
-        nats_url: NATS of the request stream, the status events and the ledger.
-        dashboard_url: the cluster's Jobs API (``http://HEAD:8265``).
-        job_nats_url: NATS as the jobs see it (overrides every spec's ``publish.nats_url``);
-            default ``nats_url``.
-        env_kind: runtime env of the jobs (``pinned`` or ``image``).
-        events_stream: where status events go (the stream of the jobs' events, so that a
-            terminal status comes after every event of its job).
-        max_in_flight: jobs not yet terminal at once; more requests wait in the stream.
-        poll_s: how often the status of every job in flight is read.
-        ack_wait_s: the request consumer's ack wait (set when the durable is created): how soon
-            a request held by a crashed dispatcher is delivered again.
-        max_attempts: deliveries of one request before it is dead-lettered.
-        spec_dir: where ``spec_ref`` files live (None: requests must carry their spec).
-        reservation_timeout_s: a slot reserved for a submission that never created a job (and
-            whose request never came back) is freed after this long.
-        outage_budget_s: how long NATS may be away before the dispatcher gives up
-            (:class:`~swe_fleet.errors.NatsUnreachable`; a supervisor restarts it, nothing is lost).
-        pause_after_submit: test hook: ``(request_id, seconds)`` to sleep after that request's
-            job was submitted, before its event and ack (a deterministic window to kill or stop
-            the dispatcher in). Never set in production.
-    """
-
-    nats_url: str
-    dashboard_url: str
-    auth_token: str | None = None
-    job_nats_url: str | None = None
-    env_kind: str = "pinned"
-    events_stream: str = AGENT_RESPONSES_STREAM
-    requests_stream: str = COUNCIL_REQUESTS_STREAM
-    durable: str = DEFAULT_DURABLE
-    max_in_flight: int = 4
-    poll_s: float = 1.0
-    ack_wait_s: float = 30.0
-    max_attempts: int = 5
-    fetch_wait_s: float = 1.0
-    spec_dir: Path | None = None
-    request_timeout_s: float = 10.0
-    connect_timeout_s: float = 5.0
-    outage_budget_s: float = 120.0
-    reservation_timeout_s: float = 600.0
-    pause_after_submit: tuple[str, float] | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_in_flight < 1 or self.max_attempts < 1:
-            raise ValueError("max_in_flight and max_attempts must be at least 1")
-        if min(self.poll_s, self.ack_wait_s, self.fetch_wait_s, self.request_timeout_s) <= 0:
-            raise ValueError("poll_s, ack_wait_s, fetch_wait_s and request_timeout_s must be positive")
-
-    def consumer_config(self) -> api.ConsumerConfig:
-        """The durable request consumer: explicit acks, never dropped by JetStream (the
-        dispatcher dead-letters a request itself after ``max_attempts``, payload kept)."""
-        return api.ConsumerConfig(
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=self.ack_wait_s,
-            max_deliver=-1,
-            deliver_policy=api.DeliverPolicy.ALL,
-            filter_subject=COUNCIL_REQUEST,
-        )
 
 
 @dataclass
@@ -406,7 +338,6 @@ class Dispatcher:
                         "dispatch.submitted" if submitted.created else "dispatch.found_existing",
                         job_id=submitted.job_id,
                     )
-                    await self._test_pause(rid, bound)
                 except SubmissionConflict as exc:
                     if reserved_now:
                         await self._release(record)
@@ -421,12 +352,6 @@ class Dispatcher:
             await msg.ack_sync(timeout=cfg.connect_timeout_s)
         self.stats.dispatched += 1
         bound.info("dispatch.acked", job_id=record.job_id, in_flight=self.in_flight)
-
-    async def _test_pause(self, rid: str, bound: Any) -> None:
-        hook = self.config.pause_after_submit
-        if hook is not None and hook[0] == rid:
-            bound.warning("dispatch.test_pause_after_submit", seconds=hook[1])
-            await asyncio.sleep(hook[1])  # not cut short by a stop: it stands for a slow submission
 
     async def _retry_later(self, msg: Any, rid: str, deliveries: int, exc: BaseException, bound: Any) -> None:
         delay = retry_delay_s(deliveries)

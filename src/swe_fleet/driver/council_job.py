@@ -1,10 +1,11 @@
 """The council job's driver: what ``jobs/council.py`` runs on the cluster.
 
-Exit codes (the job's status follows them): 0 every event published; 1 the LLM backend failed
-(it did not start, or a whole batch failed; every affected response still got its
-``agent.response.failed`` event and every task its result); 3 the spec is invalid; 4 events
-could not be published (those not acknowledged are in the outbox named in the log); 143 the
-driver was stopped (SIGTERM). Every failing exit first tries to publish ``council.job.failed``.
+Exit codes (:mod:`swe_fleet.exit_codes`; the job's status follows them): ``OK`` every event
+published; ``JOB_FAILED`` the LLM backend failed (it did not start, or a whole batch failed;
+every affected response still got its ``agent.response.failed`` event and every task its
+result); ``BAD_INPUT`` the spec is invalid; ``PUBLISH_FAILED`` events could not be published
+(those not acknowledged are in the outbox named in the log); ``TERMINATED`` the driver was
+stopped (SIGTERM). Every failing exit first tries to publish ``council.job.failed``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from swe_fleet.addresses import DEFAULT_NAMESPACE
 from swe_fleet.council.deliberation import UnavailableBackend, run_deliberation
 from swe_fleet.errors import LLMError, OutboxWritten, PublishError, SpecError
 from swe_fleet.events import CouncilJobFailed
+from swe_fleet.exit_codes import ExitCode
 from swe_fleet.llm.engine import EngineGenerator
 from swe_fleet.nats.checkpoints import KVCheckpoints
 from swe_fleet.nats.publisher import JetStreamPublisher, connect_nats
@@ -35,11 +37,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-EXIT_OK = 0
-EXIT_COUNCIL_FAILED = 1
-EXIT_BAD_SPEC = 3
-EXIT_PUBLISH_FAILED = 4
-EXIT_STOPPED = 143  # 128 + SIGTERM
 
 #: Ray passes the job's metadata (with its submission id) to the driver in this variable.
 _RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -65,7 +62,7 @@ def run_council_job(spec_path: Path, *, nats_url: str | None, submission_id: str
         spec = CouncilSpec.from_file(spec_path).with_overrides(nats_url=nats_url)
     except SpecError as exc:
         log.error("spec.invalid", error=str(exc))
-        return EXIT_BAD_SPEC
+        return ExitCode.BAD_INPUT
     job_id = submission_id_from_ray() or f"local-{uuid.uuid4().hex[:12]}"
     sid = submission_id or job_id
     structlog.contextvars.bind_contextvars(submission_id=sid, job_id=job_id, council=spec.name)
@@ -95,7 +92,7 @@ async def _run(spec: CouncilSpec, submission_id: str, job_id: str) -> int:
         publisher = await JetStreamPublisher.connect(spec.publish)
     except PublishError as exc:
         log.error("publish.unreachable", error=str(exc))
-        return EXIT_PUBLISH_FAILED
+        return ExitCode.PUBLISH_FAILED
     # `ray job stop` sends SIGTERM (SIGKILL a few seconds later): turn it into a cancellation
     # so this attempt can still say that it failed.
     main = asyncio.current_task()
@@ -104,7 +101,7 @@ async def _run(spec: CouncilSpec, submission_id: str, job_id: str) -> int:
         loop.add_signal_handler(signal.SIGTERM, main.cancel)
     try:
         code = await _run_council(spec, submission_id, publisher)
-        if code == EXIT_PUBLISH_FAILED:
+        if code == ExitCode.PUBLISH_FAILED:
             await _publish_job_failed(
                 publisher, spec, submission_id, job_id, "events could not be published", 5
             )
@@ -112,13 +109,13 @@ async def _run(spec: CouncilSpec, submission_id: str, job_id: str) -> int:
     except asyncio.CancelledError:
         log.error("council.stopped")
         await _publish_job_failed(publisher, spec, submission_id, job_id, "stopped (SIGTERM)", 2)
-        return EXIT_STOPPED
+        return ExitCode.TERMINATED
     except Exception as exc:
         # Whatever went wrong, consumers learn that this attempt will publish nothing more.
         log.exception("council.crashed")
         reason = f"{type(exc).__name__}: {exc}"
         await _publish_job_failed(publisher, spec, submission_id, job_id, reason, spec.publish.retry_budget_s)
-        return EXIT_COUNCIL_FAILED
+        return ExitCode.JOB_FAILED
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
         await publisher.close()
@@ -184,10 +181,10 @@ async def _run_council(spec: CouncilSpec, submission_id: str, publisher: JetStre
     except OutboxWritten as exc:
         # Nothing is lost: the unacknowledged events wait in the outbox for `swe-fleet outbox replay`.
         log.error("publish.outbox", outbox=str(exc.path), count=exc.count, error=str(exc))
-        return EXIT_PUBLISH_FAILED
+        return ExitCode.PUBLISH_FAILED
     except PublishError as exc:
         log.error("publish.failed", error=str(exc), subject=exc.subject, key=exc.key)
-        return EXIT_PUBLISH_FAILED
+        return ExitCode.PUBLISH_FAILED
     finally:
         await generator.close()
         await ckpt_nc.close()
@@ -209,5 +206,5 @@ async def _run_council(spec: CouncilSpec, submission_id: str, publisher: JetStre
     )
     if start_error or report.backend_errors:
         # Every response has its event (failed ones say why), but the council did not really run.
-        return EXIT_COUNCIL_FAILED
-    return EXIT_OK
+        return ExitCode.JOB_FAILED
+    return ExitCode.OK

@@ -30,7 +30,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from swe_fleet.errors import LLMError
+from swe_fleet.errors import ConfigError, LLMError, ServerStatusError
 from swe_fleet.llm.base import BatchStats, ChatRequest, Completion
 
 log = structlog.get_logger(__name__)
@@ -50,30 +50,6 @@ SCHEMA_NAME = "swe_fleet_response"
 _MAX_ERROR_CHARS = 500
 
 
-class ServerStatusError(LLMError):
-    """The server answered with a non-200 status.
-
-    It never leaves :meth:`ServerGenerator.generate` (a failed request becomes a
-    :class:`~swe_fleet.llm.base.Completion` with ``error``); it exists so the retry policy can tell
-    transient statuses (429, 5xx) from the request's own fault (other 4xx).
-
-    Attributes:
-        status: the HTTP status.
-        url: the URL that answered it.
-        server_message: the server's error message (``error.message`` of vLLM's JSON body).
-    """
-
-    def __init__(self, *, status: int, url: str, server_message: str) -> None:
-        self.status = status
-        self.url = url
-        self.server_message = server_message
-        super().__init__(f"HTTP {status} from {url}: {server_message}", backend="server")
-
-    @property
-    def transient(self) -> bool:
-        return is_transient_status(self.status)
-
-
 def is_transient_status(status: int) -> bool:
     """True for statuses worth retrying: 429 (too many requests) and every 5xx."""
     return status == 429 or 500 <= status <= 599
@@ -82,7 +58,7 @@ def is_transient_status(status: int) -> bool:
 def is_transient(exc: BaseException) -> bool:
     """True when ``exc`` is worth retrying (see :data:`TRANSIENT_ERRORS`, :func:`is_transient_status`)."""
     if isinstance(exc, ServerStatusError):
-        return exc.transient
+        return is_transient_status(exc.status)
     return isinstance(exc, TRANSIENT_ERRORS)
 
 
@@ -203,7 +179,7 @@ class ServerGenerator:
         policy: ServerRetryPolicy | None = None,
     ) -> None:
         if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+            raise ConfigError(f"concurrency must be >= 1, got {concurrency}", setting="server.concurrency")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.concurrency = concurrency

@@ -19,7 +19,7 @@ import nats.errors
 import structlog
 from nats.js import api
 
-from swe_fleet.errors import NatsUnreachable
+from swe_fleet.errors import NatsUnreachable, UndecodableEvent
 from swe_fleet.events import (
     AGENT_RESPONSE_COMPLETED,
     AGENT_RESPONSE_FAILED,
@@ -29,7 +29,6 @@ from swe_fleet.events import (
     COUNCIL_JOB_STATUS_SUBJECTS,
     DELIBERATION_COMPLETED,
     AnyEvent,
-    UndecodableEvent,
     decode_event,
 )
 from swe_fleet.nats.publisher import TRANSIENT_ERRORS, connect_nats, ensure_stream

@@ -29,6 +29,7 @@ from typing import Any
 import swe_fleet
 from swe_fleet.errors import JobWaitTimeout, PreflightFailed, SubmissionError, SweFleetError
 from swe_fleet.llm.model import cache_dir
+from swe_fleet.preflight import DEFAULT_PREFLIGHT_TIMEOUT_S
 from swe_fleet.preflight.node_check import (
     CLUSTER,
     DEFAULT_MIN_FREE_DISK_GB,
@@ -53,8 +54,6 @@ from swe_fleet.submit.client import (
 
 #: The one pin list (relative to the checkout).
 WORKER_PINS = Path("images") / "requirements-worker.txt"
-#: Bound on the whole preflight job: the driver's runtime_env, the nodes' runtime_envs, the checks.
-DEFAULT_PREFLIGHT_TIMEOUT_S = 600.0
 #: How long a passing preflight stays good for the same cluster and runtime_env.
 CACHE_MAX_AGE_S = 3600.0
 PREFLIGHT_JOB_PREFIX = "swe-fleet-preflight-"

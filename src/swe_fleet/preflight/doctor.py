@@ -34,8 +34,8 @@ from swe_fleet.addresses import jobs_api_url
 from swe_fleet.errors import LLMError, NatsUnreachable, SubmissionError, SweFleetError
 from swe_fleet.events import AGENT_RESPONSES_SUBJECTS
 from swe_fleet.nats.publisher import PublishPolicy, connect_nats, stream_config_differences
+from swe_fleet.preflight import DEFAULT_PREFLIGHT_TIMEOUT_S
 from swe_fleet.preflight.cluster import (
-    DEFAULT_PREFLIGHT_TIMEOUT_S,
     PreflightCache,
     cluster_preflight_key,
     node_expectations,

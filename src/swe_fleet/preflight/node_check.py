@@ -29,6 +29,7 @@ import argparse
 import glob
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -48,8 +49,21 @@ OK, FAIL, SKIP = "ok", "FAIL", "skip"
 
 #: Prefix of the job's report line (JSON follows on the same line).
 REPORT_MARKER = "SWE_FLEET_PREFLIGHT_REPORT "
+
+
+def _exit_codes() -> Any:
+    """:mod:`swe_fleet.exit_codes`, loaded by file path like this module (stdlib only)."""
+    path = Path(__file__).resolve().parents[1] / "exit_codes.py"
+    spec = importlib.util.spec_from_file_location("swe_fleet_exit_codes", path)
+    if spec is None or spec.loader is None:  # pragma: no cover - the file ships with this one
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 #: The job driver's exit code when a check failed (the CLI's "preflight failed" code).
-EXIT_FAILED = 8
+EXIT_FAILED = int(_exit_codes().ExitCode.PREFLIGHT_FAILED)
 #: Node name of rows about the cluster as a whole (and about the preflight job itself).
 CLUSTER = "cluster"
 

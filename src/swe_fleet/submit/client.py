@@ -38,8 +38,8 @@ from swe_fleet.errors import (
     SubmissionError,
 )
 from swe_fleet.spec import CouncilSpec
+from swe_fleet.submit import RUNTIME_ENV_KINDS
 
-RUNTIME_ENV_KINDS = ("pinned", "image")
 #: Retries of one deliberation (``--retry-failed``) before the id must change.
 MAX_ATTEMPTS = 20
 ENTRYPOINT_FILE = "council.py"

@@ -1,0 +1,136 @@
+"""What every command shares: the consoles, the error-to-exit-code mapping, shared options.
+
+Logs go to stderr; stdout carries results (``--json`` lines, ids) for scripts. Every option's
+default comes from the library's own constant, so ``--help`` and the code cannot disagree.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+import click
+from rich.console import Console
+
+from swe_fleet.errors import (
+    AddressError,
+    ConfigError,
+    DashboardUnreachable,
+    JobWaitTimeout,
+    LocalStackError,
+    ModelError,
+    NatsUnreachable,
+    NodeConfigError,
+    NoHeadFound,
+    OutboxError,
+    PreflightFailed,
+    SpecError,
+    StreamConfigMismatch,
+    SubmissionConflict,
+    SweFleetError,
+)
+from swe_fleet.events import AGENT_RESPONSES_STREAM
+from swe_fleet.exit_codes import ExitCode
+from swe_fleet.preflight import DEFAULT_PREFLIGHT_TIMEOUT_S
+from swe_fleet.spec import CouncilSpec, PublishSpec
+from swe_fleet.submit import RUNTIME_ENV_KINDS
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+#: Errors that are the caller's input, not the cluster's state.
+_BAD_INPUT = (
+    SpecError,
+    AddressError,
+    ConfigError,
+    SubmissionConflict,
+    StreamConfigMismatch,
+    OutboxError,
+    NodeConfigError,
+)
+
+
+def exit_code_for(exc: SweFleetError) -> ExitCode:
+    """The exit code a swe-fleet error ends a command with (see :mod:`swe_fleet.exit_codes`)."""
+    if isinstance(exc, _BAD_INPUT):
+        return ExitCode.BAD_INPUT
+    if isinstance(exc, DashboardUnreachable | NatsUnreachable | NoHeadFound):
+        return ExitCode.UNREACHABLE
+    if isinstance(exc, JobWaitTimeout):
+        return ExitCode.TIMEOUT
+    if isinstance(exc, LocalStackError | ModelError):
+        return ExitCode.LOCAL_STACK
+    if isinstance(exc, PreflightFailed):
+        return ExitCode.PREFLIGHT_FAILED
+    return ExitCode.JOB_FAILED
+
+
+def fail(code: ExitCode, message: str) -> NoReturn:
+    """Print one error line and exit with ``code``."""
+    err.print(f"[bold red]error:[/] {message}", markup=True)
+    sys.exit(int(code))
+
+
+def guard(fn: Callable[[], int]) -> NoReturn:
+    """Run a command body; map swe-fleet errors to exit codes with one clear line."""
+    try:
+        code = fn()
+    except SweFleetError as exc:
+        fail(exit_code_for(exc), str(exc))
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(int(ExitCode.INTERRUPTED))
+    sys.exit(code)
+
+
+def load_spec(path: str) -> CouncilSpec:
+    """Read and validate a spec file (raises :class:`~swe_fleet.errors.SpecError`)."""
+    return CouncilSpec.from_file(Path(path))
+
+
+def info(message: str) -> None:
+    """A progress line on stderr (no markup: messages quote URLs and brackets)."""
+    err.print(message, markup=False)
+
+
+#: Defaults from the library's own constants.
+DEFAULT_NATS_URL = PublishSpec().nats_url
+DEFAULT_JOB_TIMEOUT_S = 1800.0
+
+SPEC_ARGUMENT = click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+
+ENV_OPTION = click.option(
+    "--env",
+    "env_kind",
+    type=click.Choice(list(RUNTIME_ENV_KINDS)),
+    default=RUNTIME_ENV_KINDS[0],
+    show_default=True,
+    help="runtime env: pip pins (runtime_envs/pinned.yaml) or the baked image's",
+)
+NATS_URL_OPTION = click.option(
+    "--nats-url", default=DEFAULT_NATS_URL, show_default=True, envvar="NATS_URL",
+    help="NATS server (env NATS_URL)",
+)  # fmt: skip
+STREAM_OPTION = click.option("--stream", default=AGENT_RESPONSES_STREAM, show_default=True)
+TIMEOUT_OPTION = click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=DEFAULT_JOB_TIMEOUT_S,
+    show_default=True,
+    help="seconds to wait for the job",
+)
+ADDRESS_OPTION = click.option(
+    "--address", default=None, help="Jobs API URL http://HEAD:8265 (default: from RAY_ADDRESS / RAY_HOST)"
+)
+
+
+PREFLIGHT_TIMEOUT_OPTION = click.option(
+    "--preflight-timeout",
+    type=float,
+    default=DEFAULT_PREFLIGHT_TIMEOUT_S,
+    show_default=True,
+    help="seconds for the preflight job (runtime_env set-up on every node included)",
+)

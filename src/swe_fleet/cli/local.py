@@ -1,0 +1,52 @@
+"""``swe-fleet local up``: the embedded local stack in the foreground."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from swe_fleet.cli._common import err, guard, out
+from swe_fleet.exit_codes import ExitCode
+
+#: Logical CPUs of the local Ray head.
+DEFAULT_NUM_CPUS = 2
+
+
+@click.group()
+def local() -> None:
+    """The embedded local stack (nats-server with JetStream + a Ray head)."""
+
+
+@local.command("up")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="where logs and the JetStream store live (default: a temp dir)",
+)
+@click.option("--num-cpus", type=int, default=DEFAULT_NUM_CPUS, show_default=True)
+def local_up(workdir: str | None, num_cpus: int) -> None:
+    """Start the local stack in the foreground; print its addresses; Ctrl-C stops it."""
+    from swe_fleet.local.stack import local_stack
+
+    def body() -> int:
+        root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="swe-fleet-local-"))
+        with local_stack(root, num_cpus=num_cpus) as stack:
+            env = {**stack.ray.client_env(), "NATS_URL": stack.nats.url}
+            for k, v in env.items():
+                out.print(f"export {k}={v}", markup=False)
+            err.print(f"Ray Client: {stack.ray.client_url}   logs: {root}   (Ctrl-C stops the stack)")
+            procs = [p for p in (stack.ray.process, stack.nats.process) if p is not None]
+            try:
+                while all(p.alive() for p in procs):
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                return int(ExitCode.OK)
+            dead = next(p for p in procs if not p.alive())
+            err.print(f"{dead.name} exited with code {dead.popen.returncode}:\n{dead.tail()}", markup=False)
+        return int(ExitCode.LOCAL_STACK)
+
+    guard(body)

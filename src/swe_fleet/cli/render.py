@@ -1,0 +1,88 @@
+"""How the CLI shows things: one line per event, a ranking table per task, the doctor's table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from swe_fleet.cli._common import err, out
+from swe_fleet.events import (
+    AgentResponseCompleted,
+    AgentResponseFailed,
+    AnyEvent,
+    CouncilJobFailed,
+    CouncilJobStatus,
+    DeliberationCompleted,
+)
+
+
+def format_event(event: AnyEvent) -> str:
+    """One human-readable line per event."""
+    if isinstance(event, AgentResponseCompleted):
+        text = " ".join(event.content.split())
+        scores = (event.data or {}).get("scores")
+        summary = json.dumps(scores) if scores is not None else text[:90]
+        return (
+            f"{event.phase:<8} {event.task_id:<14} {event.agent_id:<12} ok   "
+            f"{event.output_tokens:>4} tok  {summary}"
+        )
+    if isinstance(event, AgentResponseFailed):
+        return f"{event.phase:<8} {event.task_id:<14} {event.agent_id:<12} FAIL {event.reason}"
+    if isinstance(event, CouncilJobFailed):
+        return f"{'JOB':<8} {event.submission_id} FAILED: {event.reason}"
+    if isinstance(event, CouncilJobStatus):
+        why = f": {' '.join(event.message.split())[:120]}" if event.message else ""
+        return f"{'JOB':<8} {event.submission_id} {event.state.upper()} (request {event.request_id}){why}"
+    ranking = ", ".join(
+        f"{r.rank}. {r.agent_id} ({r.mean_score if r.mean_score is not None else '-'})" for r in event.ranking
+    )
+    votes = f"{event.votes_counted}/{event.votes_expected}"
+    return f"{'result':<8} {event.task_id:<14} winner={event.winner} votes={votes}  {ranking}"
+
+
+def print_event(event: AnyEvent, *, as_json: bool) -> None:
+    """An event on stdout: its JSON, or its line."""
+    out.print(event.model_dump_json() if as_json else format_event(event), markup=False)
+
+
+def print_lines(lines: list[str]) -> None:
+    """Log lines (of a job) on stderr, as they are."""
+    for line in lines:
+        err.print(line, markup=False)
+
+
+def print_rankings(results: Sequence[DeliberationCompleted]) -> None:
+    """One table per task: rank, agent, mean score, votes."""
+    for res in results:
+        table = Table(
+            title=f"task {res.task_id}: winner {res.winner or '-'} "
+            f"({res.votes_counted}/{res.votes_expected} votes counted)"
+        )
+        table.add_column("rank", justify="right")
+        table.add_column("agent")
+        table.add_column("mean score", justify="right")
+        table.add_column("votes", justify="right")
+        for r in res.ranking:
+            table.add_row(
+                str(r.rank),
+                r.agent_id,
+                "-" if r.mean_score is None else f"{r.mean_score:.2f}",
+                str(r.votes),
+            )
+        out.print(table)
+
+
+def print_checks(checks: Sequence[Any], title: str) -> None:
+    """The doctor's table: one row per node and check, failures with their fix."""
+    table = Table(title=title)
+    for column in ("node", "check", "status", "detail", "fix"):
+        table.add_column(column)
+    for c in checks:
+        style = "bold red" if c.failed else ("dim" if c.status == "skip" else "")
+        # Text, not markup: details quote pip errors and URLs with brackets.
+        table.add_row(Text(c.node), Text(c.name), Text(c.status, style=style), Text(c.detail), Text(c.fix))
+    out.print(table)

@@ -1,0 +1,47 @@
+"""``swe-fleet run``: a council on the embedded local stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from swe_fleet.cli._common import ENV_OPTION, SPEC_ARGUMENT, TIMEOUT_OPTION, guard, info, load_spec
+from swe_fleet.cli.render import print_event, print_rankings
+from swe_fleet.exit_codes import for_job_status
+
+
+@click.command()
+@SPEC_ARGUMENT
+@ENV_OPTION
+@TIMEOUT_OPTION
+@click.option("--json", "as_json", is_flag=True, help="print events as JSON lines")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="keep the stack's logs here (default: a temp dir, removed at the end)",
+)
+def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir: str | None) -> None:
+    """Run a council on the embedded local stack (nats-server, Ray head, vLLM on CPU).
+
+    Starts the stack, prepares the model, submits through the Jobs API exactly as to a remote
+    cluster, shows events as they arrive, prints the ranking per task, and tears everything
+    down (also on Ctrl-C).
+    """
+    from swe_fleet.local.run import run_locally
+
+    def body() -> int:
+        spec = load_spec(spec_path)
+        status = run_locally(
+            spec,
+            env_kind=env_kind,
+            timeout_s=timeout_s,
+            workdir=Path(workdir) if workdir else None,
+            on_event=lambda e: print_event(e, as_json=as_json),
+            on_info=info,
+            on_results=(lambda r: None) if as_json else print_rankings,
+        )
+        return int(for_job_status(status))
+
+    guard(body)

@@ -1,0 +1,125 @@
+"""``swe-fleet submit``: a council job on a cluster, through the Jobs API."""
+
+from __future__ import annotations
+
+import click
+
+from swe_fleet.cli._common import (
+    ADDRESS_OPTION,
+    ENV_OPTION,
+    PREFLIGHT_TIMEOUT_OPTION,
+    SPEC_ARGUMENT,
+    TIMEOUT_OPTION,
+    err,
+    guard,
+    info,
+    load_spec,
+    out,
+)
+from swe_fleet.cli.render import print_lines
+from swe_fleet.exit_codes import ExitCode, for_job_status
+
+#: Seconds for each Jobs API request.
+DEFAULT_REQUEST_TIMEOUT_S = 10.0
+
+
+@click.command()
+@SPEC_ARGUMENT
+@ADDRESS_OPTION
+@click.option(
+    "--nats-url",
+    default=None,
+    help="override the spec's publish.nats_url (as seen from the cluster)",
+)
+@ENV_OPTION
+@click.option("--submission-id", default=None, help="explicit id (default: derived from the request)")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="follow the job to a terminal state")
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="if this request's job ended FAILED/STOPPED, run it again under the same id "
+    "(it resumes from its checkpoint)",
+)
+@TIMEOUT_OPTION
+@click.option("--logs/--no-logs", default=False, show_default=True, help="print the job's log lines")
+@click.option(
+    "--request-timeout",
+    type=float,
+    default=DEFAULT_REQUEST_TIMEOUT_S,
+    show_default=True,
+    help="seconds for each Jobs API request",
+)
+@click.option(
+    "--skip-preflight",
+    is_flag=True,
+    help="submit without first checking every node (a passing check is cached per cluster and runtime_env)",
+)
+@PREFLIGHT_TIMEOUT_OPTION
+def submit(
+    spec_path: str,
+    address: str | None,
+    nats_url: str | None,
+    env_kind: str,
+    submission_id: str | None,
+    wait: bool,
+    retry_failed: bool,
+    timeout_s: float,
+    logs: bool,
+    request_timeout: float,
+    skip_preflight: bool,
+    preflight_timeout: float,
+) -> None:
+    """Submit a council job to a cluster through the Jobs API and follow it.
+
+    Before a new job is submitted, a preflight job checks every alive node in the council's
+    own runtime_env (pinned modules, swe-fleet version, NATS and the vLLM server from the node,
+    GPUs, disk); when a check fails nothing is submitted and the exit code is 8. A passing
+    preflight is cached per cluster (its alive nodes) and runtime_env.
+
+    The same request twice finds the existing job (no second job); --retry-failed reruns a
+    failed or stopped one, resuming from its checkpoint. Exit code follows the job.
+    """
+    from swe_fleet.addresses import ClusterAddresses, Role, auth_token_from_env
+    from swe_fleet.errors import SweFleetError
+    from swe_fleet.preflight.cluster import PreflightCache, preflight_hook
+    from swe_fleet.submit.client import CouncilJobClient, CouncilRequest
+
+    def body() -> int:
+        spec = load_spec(spec_path)
+        url = address or ClusterAddresses.from_env(Role.CLIENT).dashboard_url
+        client = CouncilJobClient(url, auth_token=auth_token_from_env(), request_timeout_s=request_timeout)
+        hook = (
+            None
+            if skip_preflight
+            else preflight_hook(
+                client, timeout_s=preflight_timeout, cache=PreflightCache.default(), on_info=info
+            )
+        )
+        done = client.submit(
+            CouncilRequest(spec=spec, env_kind=env_kind, nats_url=nats_url, submission_id=submission_id),
+            retry_failed=retry_failed,
+            preflight=hook,
+        )
+        verb = "submitted" if done.created else "already submitted"
+        attempt = "" if done.job_id == done.submission_id else f" as Ray job {done.job_id}"
+        err.print(f"{verb}: {done.submission_id}{attempt} ({done.dashboard_url})")
+        out.print(done.submission_id)
+        if not wait:
+            return int(ExitCode.OK)
+        try:
+            status = client.wait(
+                done.job_id,
+                timeout_s=timeout_s,
+                on_status=lambda s: err.print(f"job {done.job_id}: {s.value}"),
+                on_log_lines=print_lines if logs else None,
+            )
+        except KeyboardInterrupt:
+            try:
+                client.stop(done.job_id)
+                err.print(f"stopped job {done.job_id}")
+            except SweFleetError as exc:
+                err.print(f"could not stop job {done.job_id}: {exc}")
+            raise
+        return int(for_job_status(status.value))
+
+    guard(body)
