@@ -166,18 +166,20 @@ def _done_line(logs: str, event: str) -> dict[str, Any] | None:
     return None
 
 
-def run_job(client: Any, nats_url: str, spec_doc: dict[str, Any], label: str) -> dict[str, Any]:
+def run_job(jobs: Any, nats_url: str, spec_doc: dict[str, Any], label: str) -> dict[str, Any]:
     from swe_fleet.spec import CouncilSpec
-    from swe_fleet.submit.client import CouncilRequest
+    from swe_fleet.submit.request import CouncilSubmission
+    from swe_fleet.submit.submission import submit_council
+    from swe_fleet.submit.wait import wait_until_terminal
 
     spec = CouncilSpec.from_dict(spec_doc)
     t0 = time.monotonic()
-    submitted = client.submit(
-        CouncilRequest(spec=spec, nats_url=nats_url, submission_id=f"{label}-{int(t0)}")
+    submitted = submit_council(
+        jobs, CouncilSubmission(spec=spec, nats_url=nats_url, submission_id=f"{label}-{int(t0)}")
     )
-    status = client.wait(submitted.submission_id, timeout_s=1800)
+    status = wait_until_terminal(jobs, submitted.job_id, timeout_s=1800)
     wall = time.monotonic() - t0
-    logs = client.logs(submitted.submission_id)
+    logs = jobs.logs(submitted.job_id)
     if status.value != "SUCCEEDED":
         raise SystemExit(f"{label}: job {status.value}\n{logs[-3000:]}")
     done = _done_line(logs, "council.done")
@@ -261,8 +263,9 @@ def main() -> int:
         return 0
 
     from swe_fleet.llm.model import prepare_local_model
-    from swe_fleet.local.stack import LocalStack, VLLMServer
-    from swe_fleet.submit.client import CouncilJobClient
+    from swe_fleet.local.stack import LocalStack
+    from swe_fleet.local.vllm_server import VLLMServer
+    from swe_fleet.submit.jobs_api import JobsApi
 
     model_dir = prepare_local_model()
     workload = {"tasks": args.tasks, "agents": len(AGENTS), "max_tokens": 64, "temperature": 0,
@@ -291,7 +294,7 @@ def main() -> int:
         # Dev mode for its /reset_prefix_cache endpoint (cold cache before every run).
         server = VLLMServer(Path(tmp) / "vllm", env={"VLLM_SERVER_DEV_MODE": "1"})
         try:
-            client = CouncilJobClient(stack.ray.dashboard_url, auth_token=stack.ray.auth_token)
+            client = JobsApi(stack.ray.dashboard_url, auth_token=stack.ray.auth_token)
             print("(b) engine job through the Jobs API ...", flush=True)
             out["engine"] = median_run([
                 run_job(client, stack.nats.url, bench_spec(args.tasks), f"bench-engine-{i}")

@@ -10,7 +10,7 @@ job RUNNING, two ways, for the same job:
                 vars, ``entrypoint_num_cpus=0``): the clock starts before the call
   (b) dispatch  a ``council.request`` published to JetStream (what a service does): the clock
                 starts before the publish; the dispatcher validates it, reserves a slot in its
-                ledger and submits through ``CouncilJobClient`` (staging and all)
+                ledger and submits through ``submit_council`` (staging and all)
 
 Both are read the same way: ``GET /api/jobs/{id}`` every POLL_S until RUNNING. Time to RUNNING
 does not depend on the LLM (the job is RUNNING once its driver started), so the jobs use the
@@ -41,10 +41,11 @@ from typing import Any
 import requests
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from swe_fleet._processes import ManagedProcess
+from swe_fleet.dispatch.requests import CouncilRequested, submission_id_for
 from swe_fleet.errors import JobWaitTimeout, LocalStackError, SubmissionError
-from swe_fleet.events import CouncilRequested, submission_id_for
-from swe_fleet.local.stack import LocalStack, ManagedProcess, local_stack
-from swe_fleet.nats.publisher import close_nats, connect_nats
+from swe_fleet.local.stack import LocalStack, local_stack
+from swe_fleet.nats.connection import close_nats, connect_nats
 from swe_fleet.spec import CouncilSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,10 +89,10 @@ class Cluster:
                 return time.perf_counter() - t0
             if status is not None and status.is_terminal():
                 raise SubmissionError(
-                    f"{job_id} ended {status.value} before it was seen RUNNING", submission_id=job_id
+                    f"{job_id} ended {status.value} before it was seen RUNNING", job_id=job_id
                 )
             await asyncio.sleep(POLL_S)
-        raise JobWaitTimeout(f"{job_id} was not RUNNING within {timeout_s} s", submission_id=job_id)
+        raise JobWaitTimeout(f"{job_id} was not RUNNING within {timeout_s} s", job_id=job_id)
 
     async def stop_and_settle(self, job_id: str) -> None:
         await asyncio.to_thread(self.client.stop_job, job_id)
@@ -100,7 +101,7 @@ class Cluster:
             if status is not None and status.is_terminal():
                 return
             await asyncio.sleep(0.1)
-        raise JobWaitTimeout(f"{job_id} did not stop within 60 s", submission_id=job_id)
+        raise JobWaitTimeout(f"{job_id} did not stop within 60 s", job_id=job_id)
 
 
 def start_dispatcher(stack: LocalStack, workdir: Path) -> ManagedProcess:

@@ -42,7 +42,9 @@ from nats.js import api
 from swe_fleet.events import AGENT_RESPONSES_STREAM, AGENT_RESPONSES_SUBJECTS, AgentResponseCompleted
 from swe_fleet.local.stack import NatsServer
 from swe_fleet.nats.outbox import OutboxEntry
-from swe_fleet.nats.publisher import JetStreamPublisher, PublishPolicy, default_duplicate_window_s
+from swe_fleet.nats.policy import PublishPolicy
+from swe_fleet.nats.publisher import JetStreamPublisher
+from swe_fleet.nats.streams import default_duplicate_window_s
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

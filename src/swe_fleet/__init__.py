@@ -14,6 +14,7 @@ except PackageNotFoundError:  # shipped as py_modules to a cluster: no dist meta
     __version__ = "0.1.0"
 
 from swe_fleet.addresses import ClusterAddresses, Role, jobs_api_url, ray_client_url
+from swe_fleet.dispatch.requests import CouncilRequested
 from swe_fleet.errors import (
     AddressError,
     CouncilIncomplete,
@@ -45,7 +46,6 @@ from swe_fleet.events import (
     AgentResponseFailed,
     CouncilJobFailed,
     CouncilJobStatus,
-    CouncilRequested,
     DeliberationCompleted,
     decode_event,
 )

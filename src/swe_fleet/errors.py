@@ -9,7 +9,7 @@ fields that caller needs. Messages say what happened *and what to do next*.
     ├── SpecError                 bad council spec (file, field)
     ├── ConfigError               a setting out of its range (setting)
     ├── AddressError              an address of the wrong kind for its use (address, use)
-    ├── SubmissionError           Jobs API trouble (submission_id, url)
+    ├── SubmissionError           Jobs API trouble (submission_id, job_id, url)
     │   ├── DashboardUnreachable  the dashboard did not answer within the bound (url)
     │   ├── SubmissionConflict    same submission_id, different request (submission_id)
     │   └── JobWaitTimeout        the job did not reach a terminal state in time
@@ -84,10 +84,24 @@ class AddressError(SweFleetError):
 
 
 class SubmissionError(SweFleetError):
-    """The Jobs API refused or failed a request."""
+    """The Jobs API refused or failed a request.
 
-    def __init__(self, message: str, *, submission_id: str | None = None, url: str | None = None):
+    Attributes:
+        submission_id: the deliberation concerned (event keys, checkpoints), when known.
+        job_id: Ray's id of the one job (attempt) concerned, when known.
+        url: the Jobs API.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        submission_id: str | None = None,
+        job_id: str | None = None,
+        url: str | None = None,
+    ):
         self.submission_id = submission_id
+        self.job_id = job_id
         self.url = url
         super().__init__(message)
 

@@ -11,26 +11,24 @@ duplicate), ``{submission_id}/{task_id}/deliberation`` for a task's result,
 dispatcher). The segment counts and the fixed third segment keep these families apart: no
 phase is called ``failed`` or ``status``.
 
-The dispatcher's side of the contract lives here too: the request a service publishes on
-``council.request`` (stream ``COUNCIL_REQUESTS``, :class:`CouncilRequested`), the dead letter of a
-request that cannot be dispatched (``council.request.dead``, :class:`CouncilRequestDead`) and the
-job status events on ``council.job.<state>`` (:class:`CouncilJobStatus`). ``council.job.failed``
-carries two event types: the driver's :class:`CouncilJobFailed` (one per crashed attempt, from
-inside the job) and the dispatcher's terminal :class:`CouncilJobStatus` (``state: failed``, one per
-job, also when the driver could not say anything); consumers tell them apart by ``event``.
+The dispatcher's job status events on ``council.job.<state>`` (:class:`CouncilJobStatus`) are
+council events too. ``council.job.failed`` carries two event types: the driver's
+:class:`CouncilJobFailed` (one per crashed attempt, from inside the job) and the dispatcher's
+terminal :class:`CouncilJobStatus` (``state: failed``, one per job, also when the driver could not
+say anything); consumers tell them apart by ``event``. The subjects and stream of the
+dispatcher's input are named here; its payloads (the request and its dead letter) are the request
+contract, :mod:`swe_fleet.dispatch.requests`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from swe_fleet.errors import InvalidRequest, UndecodableEvent
-from swe_fleet.spec import CouncilSpec, Identifier
+from swe_fleet.errors import UndecodableEvent
 
 SCHEMA_VERSION = 1
 
@@ -59,9 +57,6 @@ AGENT_RESPONSES_SUBJECTS = (
 #: Stream of council requests (the dispatcher's input) and their dead letters.
 COUNCIL_REQUESTS_STREAM = "COUNCIL_REQUESTS"
 COUNCIL_REQUESTS_SUBJECTS = (COUNCIL_REQUEST, COUNCIL_REQUEST_DEAD)
-
-#: A request bigger than this is refused (NATS' default max_payload is 1 MiB anyway).
-MAX_REQUEST_BYTES = 1024 * 1024
 
 Phase = Literal["propose", "critique", "revise", "vote"]
 
@@ -248,79 +243,6 @@ def job_status_key(submission_id: str, job_id: str, state: JobState) -> str:
 COUNCIL_JOB_STATUS_SUBJECTS = tuple(job_status_subject(s) for s in JOB_STATES)
 
 
-# ---- the dispatcher's input: council requests ----------------------------------------------------
-
-#: A ``spec_ref`` is a relative path under the dispatcher's ``--spec-dir``.
-SpecRef = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]{0,199}$")]
-
-
-class CouncilRequested(BaseModel):
-    """A request for one council: published by a service on ``council.request``.
-
-    Exactly one of ``spec`` (the council spec itself) and ``spec_ref`` (a spec file under the
-    dispatcher's ``--spec-dir``) is given. The ``request_id`` names the request for good: the
-    job's submission id is derived from it, so the same request delivered twice starts one job,
-    and a different request under a used id is refused (dead-lettered).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    schema_version: int = SCHEMA_VERSION
-    event: Literal["council.request"] = "council.request"
-    request_id: Identifier
-    spec: CouncilSpec | None = None
-    spec_ref: SpecRef | None = None
-    created_at: float = Field(default_factory=time.time)
-
-    @model_validator(mode="after")
-    def _one_spec(self) -> CouncilRequested:
-        if (self.spec is None) == (self.spec_ref is None):
-            raise ValueError("spec: give exactly one of spec (the council spec) and spec_ref (a file name)")
-        return self
-
-    @property
-    def subject(self) -> str:
-        return COUNCIL_REQUEST
-
-    @property
-    def key(self) -> str:
-        """``request/{request_id}``: a producer's retried publish is stored once."""
-        return f"request/{self.request_id}"
-
-    def to_bytes(self) -> bytes:
-        return self.model_dump_json(exclude_none=True).encode()
-
-
-class CouncilRequestDead(BaseModel):
-    """A request the dispatcher could not turn into a job, with the payload and the reason."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    schema_version: int = SCHEMA_VERSION
-    event: Literal["council.request.dead"] = "council.request.dead"
-    reason: str
-    #: The request as it arrived (UTF-8, undecodable bytes replaced).
-    payload: str
-    #: The request's id when it could be read from the payload.
-    request_id: str | None = None
-    #: Where the request sits in ``COUNCIL_REQUESTS``, and how often it was delivered.
-    stream_seq: int | None = None
-    deliveries: int | None = None
-    created_at: float = Field(default_factory=time.time)
-
-    @property
-    def subject(self) -> str:
-        return COUNCIL_REQUEST_DEAD
-
-    @property
-    def key(self) -> str:
-        """Keyed by the request's stream sequence: a redelivered bad request is dead once."""
-        return f"request/dead/{self.stream_seq if self.stream_seq is not None else self.request_id}"
-
-    def to_bytes(self) -> bytes:
-        return self.model_dump_json().encode()
-
-
 def agent_response_key(submission_id: str, task_id: str, phase: str, round_: int, agent_id: str) -> str:
     """The idempotency key of one agent response."""
     return f"{submission_id}/{task_id}/{phase}/{round_}/{agent_id}"
@@ -353,71 +275,6 @@ def decode_event(payload: bytes) -> AnyEvent:
         raise UndecodableEvent(f"invalid event at {loc or '<root>'}: {first['msg']}", payload) from None
 
 
-def submission_id_for(request_id: str) -> str:
-    """The submission id (Ray job id, event key prefix) the dispatcher gives request ``request_id``."""
-    return f"dispatch-{request_id}"
-
-
-def decode_request(payload: bytes) -> CouncilRequested:
-    """Parse and validate a council request; never raises anything but :class:`InvalidRequest`.
-
-    Raises:
-        InvalidRequest: too big, not JSON, not an object, a newer ``schema_version``, an unknown
-            field, an invalid spec, or neither/both of ``spec`` and ``spec_ref``; the reason
-            names the field, and ``request_id`` is set when the payload has a usable one.
-    """
-    if len(payload) > MAX_REQUEST_BYTES:
-        raise InvalidRequest(f"the request is {len(payload)} bytes; at most {MAX_REQUEST_BYTES} are accepted")
-    try:
-        raw = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        # RecursionError: deeply nested arrays exhaust the parser's stack; still just bad input.
-        raise InvalidRequest(f"not JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
-    if not isinstance(raw, dict):
-        raise InvalidRequest(f"expected a JSON object, got {type(raw).__name__}")
-    request_id = _request_id_of(raw)
-    version = raw.get("schema_version", SCHEMA_VERSION)
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise InvalidRequest(f"schema_version is not an integer: {version!r:.50}", request_id=request_id)
-    if version > SCHEMA_VERSION:
-        raise InvalidRequest(
-            f"schema_version {version} is newer than this dispatcher's ({SCHEMA_VERSION}); upgrade swe-fleet",
-            request_id=request_id,
-        )
-    try:
-        return CouncilRequested.model_validate(raw)
-    except ValidationError as exc:
-        raise InvalidRequest(_first_problem(exc), request_id=request_id) from None
-    except RecursionError:
-        raise InvalidRequest("the request is nested too deeply", request_id=request_id) from None
-
-
-def _request_id_of(raw: dict[str, Any]) -> str | None:
-    value = raw.get("request_id")
-    return value[:200] if isinstance(value, str) and value else None
-
-
-def _first_problem(exc: ValidationError) -> str:
-    errors = exc.errors()
-    first = errors[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
-    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    if first["type"] == "extra_forbidden":
-        return f"unknown field {loc}{more}"
-    msg = str(first["msg"]).removeprefix("Value error, ")
-    # Model validators name the field at the start of their message ("tasks.0.id: duplicate id").
-    named = re.match(r"^([\w.]+): (.*)$", msg, re.S) if first["type"] == "value_error" else None
-    if named:
-        loc = named[1] if loc == "<root>" else f"{loc}.{named[1]}"
-        msg = named[2]
-    return f"invalid field {loc}: {msg}{more}"
-
-
 def event_json_schema() -> dict[str, Any]:
     """The JSON Schema of every council event (for consumers in other languages)."""
     return _ADAPTER.json_schema()
-
-
-def request_json_schema() -> dict[str, Any]:
-    """The JSON Schema of a ``council.request`` payload (for producers in other languages)."""
-    return CouncilRequested.model_json_schema()

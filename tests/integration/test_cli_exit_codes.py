@@ -11,9 +11,12 @@ from typing import Any
 
 import pytest
 
-from swe_fleet.local.stack import NatsServer, RayHead, free_port
+from swe_fleet._processes import free_port
+from swe_fleet.local.stack import NatsServer, RayHead
 from swe_fleet.spec import CouncilSpec
-from swe_fleet.submit.client import CouncilJobClient, CouncilRequest
+from swe_fleet.submit.jobs_api import JobsApi
+from swe_fleet.submit.request import CouncilSubmission
+from swe_fleet.submit.submission import submit_council
 
 from support.councils import propose_events
 
@@ -169,9 +172,11 @@ class TestJobOutcomes:
     def test_stopped_job_exits_4(self, ray_head: RayHead, session_nats: NatsServer, repo_root: Path) -> None:
         """A job stopped while running: following it exits 4 (and resubmission found the same job)."""
         spec = CouncilSpec.from_file(repo_root / "tests" / "data" / "tiny.yaml")
-        client = CouncilJobClient(ray_head.dashboard_url, auth_token=ray_head.auth_token)
-        done = client.submit(CouncilRequest(spec=spec, nats_url=session_nats.url, submission_id="stop-me"))
-        client.stop(done.job_id)
+        jobs = JobsApi(ray_head.dashboard_url, auth_token=ray_head.auth_token)
+        done = submit_council(
+            jobs, CouncilSubmission(spec=spec, nats_url=session_nats.url, submission_id="stop-me")
+        )
+        jobs.stop(done.job_id)
         proc = _run(
             [
                 "submit",

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from swe_fleet.local.stack import ManagedProcess, RayHead, free_port, venv_binary, with_python_first
+from swe_fleet._processes import ManagedProcess, free_port, venv_binary, with_python_first
+from swe_fleet.local.stack import RayHead
 
 from support.manifests.compose import load_compose
 from support.manifests.project import COMPOSE_FILE

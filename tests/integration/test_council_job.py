@@ -14,7 +14,10 @@ import pytest
 
 from swe_fleet.local.stack import NatsServer, RayHead
 from swe_fleet.spec import CouncilSpec
-from swe_fleet.submit.client import CouncilJobClient, CouncilRequest
+from swe_fleet.submit.jobs_api import JobsApi
+from swe_fleet.submit.request import CouncilSubmission, SubmittedJob
+from swe_fleet.submit.submission import submit_council
+from swe_fleet.submit.wait import wait_until_terminal
 
 from support.councils import assert_complete_council, consume_all, ray_job_submit, saved_checkpoint
 
@@ -29,25 +32,25 @@ def tiny_spec(repo_root: Path) -> CouncilSpec:
 
 
 @pytest.fixture(scope="module")
-def client(ray_head: RayHead) -> CouncilJobClient:
-    return CouncilJobClient(ray_head.dashboard_url, auth_token=ray_head.auth_token)
+def client(ray_head: RayHead) -> JobsApi:
+    return JobsApi(ray_head.dashboard_url, auth_token=ray_head.auth_token)
 
 
 @pytest.fixture(scope="module")
 def tiny_job(
-    client: CouncilJobClient, session_nats: NatsServer, tiny_spec: CouncilSpec, prepared_model: Path
-) -> tuple[CouncilRequest, str]:
+    client: JobsApi, session_nats: NatsServer, tiny_spec: CouncilSpec, prepared_model: Path
+) -> tuple[CouncilSubmission, str]:
     """The tiny council, submitted once through the Jobs API and run to the end."""
-    request = CouncilRequest(spec=tiny_spec, nats_url=session_nats.url)
-    submitted = client.submit(request)
+    request = CouncilSubmission(spec=tiny_spec, nats_url=session_nats.url)
+    submitted = submit_council(client, request)
     assert submitted.created
-    status = client.wait(submitted.submission_id, timeout_s=JOB_TIMEOUT_S)
-    assert status.value == "SUCCEEDED", client.logs(submitted.submission_id)[-3000:]
+    status = wait_until_terminal(client, submitted.job_id, timeout_s=JOB_TIMEOUT_S)
+    assert status.value == "SUCCEEDED", client.logs(submitted.job_id)[-3000:]
     return request, submitted.submission_id
 
 
 def test_job_events_reach_a_durable_consumer_exactly_once(
-    tiny_job: tuple[CouncilRequest, str], session_nats: NatsServer, tiny_spec: CouncilSpec
+    tiny_job: tuple[CouncilSubmission, str], session_nats: NatsServer, tiny_spec: CouncilSpec
 ) -> None:
     """Every proposal, critique, revision and vote reaches a durable consumer once; one result
     per task; a second durable consumer sees the same set (nothing consumed away)."""
@@ -60,25 +63,25 @@ def test_job_events_reach_a_durable_consumer_exactly_once(
 
 
 def test_resubmitting_the_same_request_does_not_start_a_second_job(
-    tiny_job: tuple[CouncilRequest, str], client: CouncilJobClient
+    tiny_job: tuple[CouncilSubmission, str], client: JobsApi
 ) -> None:
     """The same request finds the existing job: no HTTP 500, no second job."""
     request, sid = tiny_job
-    again = client.submit(request)
+    again = submit_council(client, request)
     assert again.submission_id == sid and not again.created
-    assert [j.submission_id for j in client.list_jobs()].count(sid) == 1
+    assert [j.submission_id for j in client.list_jobs()].count(again.job_id) == 1
 
 
 def test_different_request_under_a_taken_id_is_a_conflict(
-    tiny_job: tuple[CouncilRequest, str], client: CouncilJobClient, tiny_spec: CouncilSpec
+    tiny_job: tuple[CouncilSubmission, str], client: JobsApi, tiny_spec: CouncilSpec
 ) -> None:
     """Reusing an explicit id for another spec raises SubmissionConflict naming the id."""
     from swe_fleet.errors import SubmissionConflict
 
     _, sid = tiny_job
-    other = CouncilRequest(spec=tiny_spec.with_overrides(nats_url="nats://127.0.0.1:1"), submission_id=sid)
+    other = CouncilSubmission(spec=tiny_spec.with_overrides(nats_url="nats://127.0.0.1:1"), submission_id=sid)
     with pytest.raises(SubmissionConflict, match=sid):
-        client.submit(other)
+        submit_council(client, other)
 
 
 def test_plain_ray_job_submit_from_the_readme_works(
@@ -100,7 +103,7 @@ def test_plain_ray_job_submit_from_the_readme_works(
 
 
 def test_engine_is_called_once_per_phase_per_replica_shard(
-    client: CouncilJobClient, session_nats: NatsServer, tiny_spec: CouncilSpec, prepared_model: Path
+    client: JobsApi, session_nats: NatsServer, tiny_spec: CouncilSpec, prepared_model: Path
 ) -> None:
     """Two engine replicas: each serves exactly one LLM.chat per phase (counted inside the actors),
     and every phase publishes tasks x agents events."""
@@ -108,9 +111,9 @@ def test_engine_is_called_once_per_phase_per_replica_shard(
     doc["model"]["replicas"] = 2
     doc["protocol"]["early_stop"] = False
     spec = CouncilSpec.from_dict(doc)
-    submitted = client.submit(CouncilRequest(spec=spec, nats_url=session_nats.url))
-    status = client.wait(submitted.submission_id, timeout_s=JOB_TIMEOUT_S)
-    logs = client.logs(submitted.submission_id)
+    submitted = submit_council(client, CouncilSubmission(spec=spec, nats_url=session_nats.url))
+    status = wait_until_terminal(client, submitted.job_id, timeout_s=JOB_TIMEOUT_S)
+    logs = client.logs(submitted.job_id)
     assert status.value == "SUCCEEDED", logs[-3000:]
     done = next(
         json.loads(line)
@@ -134,18 +137,18 @@ def test_engine_is_called_once_per_phase_per_replica_shard(
     }
 
 
-def _wait_for_checkpoint(client: CouncilJobClient, url: str, sid: str) -> dict[str, Any]:
-    """Poll until the running job has saved its first checkpoint (bounded)."""
+def _wait_for_checkpoint(client: JobsApi, url: str, submitted: SubmittedJob) -> dict[str, Any]:
+    """Poll until the running job has saved its deliberation's first checkpoint (bounded)."""
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    while (saved := saved_checkpoint(url, sid)) is None:
+    while (saved := saved_checkpoint(url, submitted.submission_id)) is None:
         assert time.monotonic() < deadline, "no checkpoint appeared"
-        assert not client.status(sid).is_terminal(), client.logs(sid)[-2000:]
+        assert not client.status(submitted.job_id).is_terminal(), client.logs(submitted.job_id)[-2000:]
         time.sleep(0.2)
     return saved
 
 
 def test_killed_driver_resumes_from_its_checkpoint_without_duplicates(
-    client: CouncilJobClient, session_nats: NatsServer, tiny_spec: CouncilSpec, prepared_model: Path
+    client: JobsApi, session_nats: NatsServer, tiny_spec: CouncilSpec, prepared_model: Path
 ) -> None:
     """Stop the job after its first phase is checkpointed (it publishes council.job.failed for that
     attempt), rerun the same submission: it resumes after the saved phase and every event is in
@@ -153,18 +156,19 @@ def test_killed_driver_resumes_from_its_checkpoint_without_duplicates(
     doc = tiny_spec.model_dump(mode="json")
     doc["name"] = "resume"
     doc["protocol"]["early_stop"] = False
-    request = CouncilRequest(spec=CouncilSpec.from_dict(doc), nats_url=session_nats.url)
-    sid = client.submit(request).submission_id
-    saved = _wait_for_checkpoint(client, session_nats.url, sid)
-    client.stop(sid)
-    assert client.wait(sid, timeout_s=120).value == "STOPPED"
+    request = CouncilSubmission(spec=CouncilSpec.from_dict(doc), nats_url=session_nats.url)
+    first = submit_council(client, request)
+    sid = first.submission_id
+    saved = _wait_for_checkpoint(client, session_nats.url, first)
+    client.stop(first.job_id)
+    assert wait_until_terminal(client, first.job_id, timeout_s=120).value == "STOPPED"
     done_before = saved["done"]
     assert "vote" not in done_before
 
-    again = client.submit(request, retry_failed=True)
+    again = submit_council(client, request, retry_failed=True)
     assert (again.submission_id, again.job_id, again.created) == (sid, f"{sid}-retry1", True)
-    assert not client.submit(request).created  # the retry is the latest attempt now
-    status = client.wait(again.job_id, timeout_s=JOB_TIMEOUT_S)
+    assert not submit_council(client, request).created  # the retry is the latest attempt now
+    status = wait_until_terminal(client, again.job_id, timeout_s=JOB_TIMEOUT_S)
     logs = client.logs(again.job_id)
     assert status.value == "SUCCEEDED", logs[-3000:]
     assert '"council.resumed"' in logs
@@ -192,7 +196,7 @@ def _engine_actor_pids(head: RayHead) -> list[int]:
 
 
 def test_killed_engine_actor_mid_run_never_means_silence(
-    client: CouncilJobClient,
+    client: JobsApi,
     ray_head: RayHead,
     session_nats: NatsServer,
     tiny_spec: CouncilSpec,
@@ -206,13 +210,14 @@ def test_killed_engine_actor_mid_run_never_means_silence(
     doc["name"] = "killengine"
     doc["protocol"]["early_stop"] = False
     spec = CouncilSpec.from_dict(doc)
-    sid = client.submit(CouncilRequest(spec=spec, nats_url=session_nats.url)).submission_id
-    _wait_for_checkpoint(client, session_nats.url, sid)
+    submitted = submit_council(client, CouncilSubmission(spec=spec, nats_url=session_nats.url))
+    sid = submitted.submission_id
+    _wait_for_checkpoint(client, session_nats.url, submitted)
     pids = _engine_actor_pids(ray_head)
     assert pids, "no engine actor found under our Ray head"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    status = client.wait(sid, timeout_s=JOB_TIMEOUT_S)
+    status = wait_until_terminal(client, submitted.job_id, timeout_s=JOB_TIMEOUT_S)
     events = consume_all(session_nats.url, "it-killengine", sid)
     results = [e for e in events if e["event"] == "council.deliberation.completed"]
     assert sorted(r["task_id"] for r in results) == sorted(t.id for t in spec.tasks)
@@ -220,11 +225,11 @@ def test_killed_engine_actor_mid_run_never_means_silence(
         assert_complete_council(events, spec)
     else:
         failed = [e for e in events if e["event"] in ("agent.response.failed", "council.job.failed")]
-        assert failed, client.logs(sid)[-3000:]
+        assert failed, client.logs(submitted.job_id)[-3000:]
 
 
 def test_killed_vllm_server_mid_run_never_means_silence(
-    client: CouncilJobClient,
+    client: JobsApi,
     session_nats: NatsServer,
     tiny_spec: CouncilSpec,
     prepared_model: Path,
@@ -233,7 +238,7 @@ def test_killed_vllm_server_mid_run_never_means_silence(
     """Server backend: SIGKILL the vLLM server after the first phase and restart it on the same
     port: requests are retried, those that run out of retries become failed events, and the
     council still ends with a result per task; no key is stored twice."""
-    from swe_fleet.local.stack import VLLMServer
+    from swe_fleet.local.vllm_server import VLLMServer
 
     server = VLLMServer(tmp_path / "vllm").start(prepared_model)
     try:
@@ -243,17 +248,18 @@ def test_killed_vllm_server_mid_run_never_means_silence(
         doc["backend"] = "server"
         doc["server"] = {"url": server.base_url, "concurrency": 8}
         spec = CouncilSpec.from_dict(doc)
-        sid = client.submit(CouncilRequest(spec=spec, nats_url=session_nats.url)).submission_id
-        _wait_for_checkpoint(client, session_nats.url, sid)
+        submitted = submit_council(client, CouncilSubmission(spec=spec, nats_url=session_nats.url))
+        sid = submitted.submission_id
+        _wait_for_checkpoint(client, session_nats.url, submitted)
         assert server.process is not None
         server.process.popen.kill()  # SIGKILL, mid-run
         server.stop()
         server.start(prepared_model, port=server.port)
-        status = client.wait(sid, timeout_s=JOB_TIMEOUT_S)
+        status = wait_until_terminal(client, submitted.job_id, timeout_s=JOB_TIMEOUT_S)
     finally:
         server.stop()
     events = consume_all(session_nats.url, "it-killserver", sid)
-    assert status.value == "SUCCEEDED", client.logs(sid)[-3000:]
+    assert status.value == "SUCCEEDED", client.logs(submitted.job_id)[-3000:]
     keys = [
         f"{e['task_id']}/{e.get('phase')}/{e.get('round')}/{e.get('agent_id')}/{e['event']}" for e in events
     ]

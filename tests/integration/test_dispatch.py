@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 from nats.js import api
 
+from swe_fleet._processes import ManagedProcess, free_port
 from swe_fleet.dispatch.producer import request_council
 from swe_fleet.errors import RequestRejected
 from swe_fleet.events import (
@@ -41,10 +42,13 @@ from swe_fleet.events import (
     DeliberationCompleted,
     decode_event,
 )
-from swe_fleet.local.stack import ManagedProcess, NatsServer, RayHead, VLLMServer, free_port
-from swe_fleet.nats.publisher import close_nats, connect_nats, ensure_stream
+from swe_fleet.local.stack import NatsServer, RayHead
+from swe_fleet.local.vllm_server import VLLMServer
+from swe_fleet.nats.connection import close_nats, connect_nats
+from swe_fleet.nats.streams import ensure_stream
 from swe_fleet.spec import CouncilSpec
-from swe_fleet.submit.client import CouncilJobClient
+from swe_fleet.submit.jobs_api import JobsApi
+from swe_fleet.submit.request import attempt_job_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.llm, pytest.mark.slow]
 
@@ -277,7 +281,7 @@ async def _run_scenario(
         text=True,
         timeout=120,
     )
-    client = CouncilJobClient(ray.dashboard_url, auth_token=ray.auth_token)
+    client = JobsApi(ray.dashboard_url, auth_token=ray.auth_token)
     jobs = [
         j
         for j in await asyncio.to_thread(client.list_jobs)
@@ -480,8 +484,8 @@ async def test_a_rejected_request_raises_request_rejected(
         assert await asyncio.to_thread(run.process.popen.wait, 60) == 0
     finally:
         run.process.stop(timeout_s=10)
-    client = CouncilJobClient(ray_head.dashboard_url, auth_token=ray_head.auth_token)
-    assert client.find_job(ticket.submission_id) is None
+    client = JobsApi(ray_head.dashboard_url, auth_token=ray_head.auth_token)
+    assert client.find_job(attempt_job_id(ticket.submission_id, 0)) is None
 
 
 @pytest.mark.parametrize("down", ["nats", "dashboard"])

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from swe_fleet._processes import free_port
 from swe_fleet.council.protocol import vote_schema
 from swe_fleet.errors import LLMError
 from swe_fleet.llm.base import ChatRequest
 from swe_fleet.llm.server import ServerGenerator, ServerRetryPolicy, served_models, wait_until_healthy
-from swe_fleet.local.stack import VLLMServer, free_port
+from swe_fleet.local.vllm_server import VLLMServer
 
 pytestmark = pytest.mark.integration
 

@@ -20,10 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from swe_fleet._processes import start_process
 from swe_fleet.addresses import ClusterAddresses, Role
-from swe_fleet.local.stack import start_process
 from swe_fleet.spec import CouncilSpec
-from swe_fleet.submit.client import CouncilJobClient, CouncilRequest
+from swe_fleet.submit.jobs_api import JobsApi
+from swe_fleet.submit.request import CouncilSubmission
+from swe_fleet.submit.submission import submit_council
+from swe_fleet.submit.wait import wait_until_terminal
 
 from support.councils import assert_complete_council, consume_all
 from support.netns_cluster import (
@@ -127,14 +130,14 @@ def test_council_over_the_jobs_api_uses_both_nodes_and_delivers_every_event(
     """Submitted from the client over http://HEAD:8265: the job succeeds, its two engine
     replicas ran one on each node (Ray's state API says where), and every proposal, critique,
     revision, vote and result reached NATS exactly once."""
-    request = CouncilRequest(spec=two_node_spec, env_kind="image", nats_url=cluster.nats.url)
+    submission = CouncilSubmission(spec=two_node_spec, env_kind="image", nats_url=cluster.nats.url)
 
     def run_job() -> tuple[str, str, str, str]:
-        client = CouncilJobClient(cluster.addresses.dashboard_url, auth_token=cluster.token)
-        submitted = client.submit(request)
-        status = client.wait(submitted.job_id, timeout_s=JOB_TIMEOUT_S)
-        info = client.info(submitted.job_id)
-        return submitted.submission_id, status.value, client.logs(submitted.job_id), str(info.job_id)
+        jobs = JobsApi(cluster.addresses.dashboard_url, auth_token=cluster.token)
+        submitted = submit_council(jobs, submission)
+        status = wait_until_terminal(jobs, submitted.job_id, timeout_s=JOB_TIMEOUT_S)
+        info = jobs.info(submitted.job_id)
+        return submitted.submission_id, status.value, jobs.logs(submitted.job_id), str(info.job_id)
 
     sid, status, logs, ray_job_id = cluster.on_client(run_job)
     assert status == "SUCCEEDED", logs[-3000:]

@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 
 from swe_fleet.spec import CouncilSpec
-from swe_fleet.submit.client import CouncilJobClient, CouncilRequest
+from swe_fleet.submit.jobs_api import JobsApi
+from swe_fleet.submit.request import CouncilSubmission
+from swe_fleet.submit.submission import submit_council
+from swe_fleet.submit.wait import wait_until_terminal
 
 from support.councils import assert_complete_council, assert_no_silence, consume_all, saved_checkpoint
 from support.netns_cluster import (
@@ -49,25 +52,25 @@ def test_cutting_the_worker_mid_job_completes_on_the_head_or_publishes_failures(
     worker_log = cluster.worker_node.log()
     assert "action=worker" in worker_log and f"a live head answers on {cluster.head.ip}:6379" in worker_log
     spec = CouncilSpec.from_dict({**two_node_spec.model_dump(mode="json"), "name": "partition"})
-    request = CouncilRequest(spec=spec, env_kind="image", nats_url=cluster.nats.url)
-    client = cluster.on_client(CouncilJobClient, cluster.addresses.dashboard_url, auth_token=cluster.token)
-    submitted = cluster.on_client(client.submit, request)
+    submission = CouncilSubmission(spec=spec, env_kind="image", nats_url=cluster.nats.url)
+    jobs = cluster.on_client(JobsApi, cluster.addresses.dashboard_url, auth_token=cluster.token)
+    submitted = cluster.on_client(submit_council, jobs, submission)
     sid, job_id = submitted.submission_id, submitted.job_id
 
     def first_phase_published() -> bool:
         if cluster.on_client(saved_checkpoint, cluster.nats.url, sid) is not None:
             return True
-        status = cluster.on_client(client.status, job_id)
-        assert not status.is_terminal(), cluster.on_client(client.logs, job_id)[-3000:]
+        status = cluster.on_client(jobs.status, job_id)
+        assert not status.is_terminal(), cluster.on_client(jobs.logs, job_id)[-3000:]
         return False
 
     wait_until(first_phase_published, JOB_TIMEOUT_S, "the first phase's checkpoint", poll_s=0.2)
     cluster.net.cut(cluster.worker)
     cut_at = time.monotonic()
 
-    status = cluster.on_client(client.wait, job_id, timeout_s=JOB_TIMEOUT_S).value
+    status = cluster.on_client(wait_until_terminal, jobs, job_id, timeout_s=JOB_TIMEOUT_S).value
     ended_after_s = time.monotonic() - cut_at
-    logs = cluster.on_client(client.logs, job_id)
+    logs = cluster.on_client(jobs.logs, job_id)
     wait_until(lambda: len(cluster.alive_nodes()) == 1, 60, "the head to declare the cut worker dead")
     events = cluster.on_client(consume_all, cluster.nats.url, "netns-partition", sid)
 

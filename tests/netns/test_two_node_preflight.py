@@ -1,6 +1,6 @@
 """The original failure, for real: a worker node without nats-py.
 
-Two Ray nodes on a private network of the test's own (network namespaces, see tests/support.netns.py)
+Two Ray nodes on a private network of the test's own (network namespaces, see tests/support/netns.py)
 and a client in a third: the head runs from the test's virtualenv, the worker from a hard-link
 clone of it with nats-py uninstalled (``ray start`` from the clone's Python). With the baked
 image's runtime_env (which installs nothing) ``doctor`` names the worker and ``module nats``,
@@ -30,11 +30,12 @@ from typing import Any
 import pytest
 import yaml
 
-from swe_fleet.local.stack import NatsServer, RayHead, RayWorker
+from swe_fleet.local.stack import NatsServer, RayHead
 from swe_fleet.spec import CouncilSpec
 
 from support.councils import assert_complete_council, consume_all
 from support.netns import Host, Network, netns_unavailable, network
+from support.servers import RayWorker, alive_nodes, wait_for_nodes
 
 pytestmark = [pytest.mark.integration, pytest.mark.llm, pytest.mark.netns, pytest.mark.slow]
 
@@ -124,7 +125,7 @@ class TwoNodes:
 
     def node_ids(self) -> dict[str, str]:
         """node IP -> node id of the alive nodes."""
-        nodes = self.client.run(self.head.alive_nodes)
+        nodes = self.client.run(alive_nodes, self.head.dashboard_url, self.head.auth_token)
         return {str(n["node_ip"]): str(n["node_id"]) for n in nodes}
 
     def run(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -178,7 +179,7 @@ def cluster(venv_without_nats: Path, wheelhouse: Path, prepared_model: Path) -> 
             head_host.run(nats.start)
             head_host.run(head.start)
             worker_host.run(worker.start)
-            net.hosts["client"].run(head.wait_for_nodes, 2)
+            net.hosts["client"].run(wait_for_nodes, head.dashboard_url, head.auth_token, 2)
             _timed("two-node cluster up", started)
             yield TwoNodes(net=net, head=head, worker=worker, nats=nats, workdir=workdir)
         finally:

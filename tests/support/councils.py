@@ -109,7 +109,7 @@ def consume_all(nats_url: str, durable: str | None, submission_id: str) -> list[
 def saved_checkpoint(nats_url: str, submission_id: str) -> dict[str, Any] | None:
     """The council checkpoint of ``submission_id`` (None before its first phase is done)."""
     from swe_fleet.nats.checkpoints import KVCheckpoints
-    from swe_fleet.nats.publisher import connect_nats
+    from swe_fleet.nats.connection import close_nats, connect_nats
 
     async def go() -> dict[str, Any] | None:
         nc = await connect_nats(nats_url)
@@ -117,7 +117,7 @@ def saved_checkpoint(nats_url: str, submission_id: str) -> dict[str, Any] | None
             store = await KVCheckpoints.open(nc.jetstream())
             return await store.load(submission_id)
         finally:
-            await nc.close()
+            await close_nats(nc)
 
     return asyncio.run(go())
 

@@ -33,17 +33,12 @@ from typing import Any, TypeVar
 
 import psutil
 
+from swe_fleet._processes import ManagedProcess, start_process, wait_for_http_ok
 from swe_fleet.addresses import ClusterAddresses, Role
-from swe_fleet.local.stack import (
-    ManagedProcess,
-    NatsServer,
-    alive_nodes,
-    start_process,
-    wait_for_http_ok,
-    wait_for_nodes,
-)
+from swe_fleet.local.stack import NatsServer
 
 from support.netns import Host, Network, network
+from support.servers import alive_nodes, wait_for_nodes
 
 T = TypeVar("T")
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 from swe_fleet.council import protocol as council
-from swe_fleet.council.ranking import rank_task
+from swe_fleet.council.prompts import shorten
+from swe_fleet.council.ranking import parse_vote, rank_task
+from swe_fleet.council.routing import route_critique
+from swe_fleet.council.state import CouncilState
 from swe_fleet.errors import InvalidVote
 from swe_fleet.events import AgentResponseCompleted, AgentResponseFailed
 from swe_fleet.llm.base import Completion
@@ -18,8 +21,8 @@ agents: [{id: a, role: architect}, {id: b, role: developer}, {id: c, role: qa, r
 """)
 
 
-def _state(proposals: dict[tuple[str, str], str]) -> council.CouncilState:
-    state = council.CouncilState.start(SPEC)
+def _state(proposals: dict[tuple[str, str], str]) -> CouncilState:
+    state = CouncilState.start(SPEC)
     for (task, agent), text in proposals.items():
         state.tasks[task].proposals[agent] = text
     return state
@@ -96,16 +99,16 @@ def test_settled_tasks_get_no_more_critique_or_revise() -> None:
 def test_route_critique_splits_sections_by_heading() -> None:
     """Sections under ### <id> go to that agent; text without headings goes to everyone."""
     text = "Intro.\n### b\nb forgets empty input.\n### c:\nNO OBJECTION\n"
-    assert council.route_critique(text, ["b", "c"]) == {"b": "b forgets empty input.", "c": "NO OBJECTION"}
-    assert council.route_critique("All fine.", ["b", "c"]) == {"b": "All fine.", "c": "All fine."}
+    assert route_critique(text, ["b", "c"]) == {"b": "b forgets empty input.", "c": "NO OBJECTION"}
+    assert route_critique("All fine.", ["b", "c"]) == {"b": "All fine.", "c": "All fine."}
     proposal_form = "## Proposal by b\nToo slow."
-    assert council.route_critique(proposal_form, ["b"]) == {"b": "Too slow."}
+    assert route_critique(proposal_form, ["b"]) == {"b": "Too slow."}
 
 
 def test_shorten_is_deterministic_and_says_what_it_cut() -> None:
     """Long text keeps its head and a marker with the number of characters cut."""
-    assert council.shorten("abc", 10) == "abc"
-    assert council.shorten("x" * 150, 100) == "x" * 100 + "\n[... 50 characters cut]"
+    assert shorten("abc", 10) == "abc"
+    assert shorten("x" * 150, 100) == "x" * 100 + "\n[... 50 characters cut]"
 
 
 @pytest.mark.parametrize("text", [
@@ -115,7 +118,7 @@ def test_shorten_is_deterministic_and_says_what_it_cut() -> None:
 ])  # fmt: skip
 def test_parse_vote_accepts_wrapped_and_flat_forms(text: str) -> None:
     """Votes parse from the schema form, a flat object, or JSON wrapped in prose."""
-    assert council.parse_vote(text, ["b", "c"], 1, 10) == {"b": 7, "c": 3}
+    assert parse_vote(text, ["b", "c"], 1, 10) == {"b": 7, "c": 3}
 
 
 @pytest.mark.parametrize(("text", "reason"), [
@@ -128,7 +131,7 @@ def test_parse_vote_accepts_wrapped_and_flat_forms(text: str) -> None:
 def test_parse_vote_rejects_with_reason(text: str, reason: str) -> None:
     """Unusable votes raise ValueError saying why."""
     with pytest.raises(InvalidVote, match=reason):
-        council.parse_vote(text, ["b", "c"], 1, 10)
+        parse_vote(text, ["b", "c"], 1, 10)
 
 
 def test_unparseable_vote_becomes_a_failed_event() -> None:

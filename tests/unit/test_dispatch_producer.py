@@ -8,17 +8,12 @@ from typing import Any
 import nats.errors
 import pytest
 
-from swe_fleet.dispatch.producer import _Waiter
+from swe_fleet.dispatch.producer import TICKET_OUTAGE_POLICY, _Waiter
+from swe_fleet.dispatch.requests import CouncilRequestDead, CouncilRequested, submission_id_for
 from swe_fleet.errors import CouncilIncomplete, DispatchTimeout, RequestRejected
-from swe_fleet.events import (
-    CouncilJobStatus,
-    CouncilRequestDead,
-    CouncilRequested,
-    DeliberationCompleted,
-    JobState,
-    RankedAgent,
-    submission_id_for,
-)
+from swe_fleet.events import CouncilJobStatus, DeliberationCompleted, JobState, RankedAgent
+from swe_fleet.nats.connection import JetStreamConnection
+from swe_fleet.nats.pull import Subscription
 from swe_fleet.spec import CouncilSpec
 
 SPEC = CouncilSpec.from_dict(
@@ -132,7 +127,18 @@ async def test_no_outcome_within_the_bound_raises_dispatch_timeout() -> None:
     """With nothing arriving, the ticket raises DispatchTimeout naming the submission, and closes
     its connection."""
     conn = _Conn()
+    nats_conn = JetStreamConnection(nc=conn, js=None, url="nats://127.0.0.1:1", bound_s=1)
+    subs = [Subscription(conn, _QuietSub()) for _ in range(2)]
     with pytest.raises(DispatchTimeout, match=SID) as info:
-        await asyncio.wait_for(_waiter(timeout_s=0.3).run(conn, _QuietSub(), _QuietSub()), 10)
+        await asyncio.wait_for(_waiter(timeout_s=0.3).run(nats_conn, *subs), 10)
     assert info.value.timeout_s == 0.3 and info.value.request_id == RID
     assert conn.closed
+
+
+def test_a_tickets_consumers_wait_out_reconnects_until_the_connection_gives_up() -> None:
+    """No time bound of their own (the ticket's timeout is one): half-second waits while NATS
+    reconnects, and a connection closed for good ends them at once."""
+    assert TICKET_OUTAGE_POLICY.budget_s is None
+    assert {TICKET_OUTAGE_POLICY.wait_s(n) for n in range(5)} == {0.5}
+    assert TICKET_OUTAGE_POLICY.gives_up(1e6, closed=False) is None
+    assert TICKET_OUTAGE_POLICY.gives_up(0, closed=True) == "closed"

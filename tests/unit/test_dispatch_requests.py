@@ -1,5 +1,5 @@
-"""The dispatcher's wire contract: request validation (never a crash), spec references, status
-event keys and subjects, and what consumers make of status events."""
+"""The request contract: request validation (never a crash), spec references, the submission
+id, dead letters and the exported schema."""
 
 from __future__ import annotations
 
@@ -11,27 +11,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from swe_fleet.cli import format_event
-from swe_fleet.dispatch.config import DispatcherConfig
-from swe_fleet.dispatch.ledger import DispatchRecord, ledger_key
-from swe_fleet.dispatch.service import resolve_spec, retry_delay_s
-from swe_fleet.errors import ConfigError, InvalidRequest
-from swe_fleet.events import (
-    AGENT_RESPONSES_SUBJECTS,
-    COUNCIL_JOB_STATUS_SUBJECTS,
-    JOB_STATES,
-    CouncilJobFailed,
-    CouncilJobStatus,
+from swe_fleet.dispatch.requests import (
+    MAX_DEAD_PAYLOAD_CHARS,
     CouncilRequestDead,
     CouncilRequested,
-    agent_response_key,
-    decode_event,
     decode_request,
     request_json_schema,
+    resolve_spec,
     submission_id_for,
 )
-from swe_fleet.nats.consumer import COUNCIL_SUBJECTS
-from swe_fleet.nats.publisher import subject_covers
+from swe_fleet.errors import InvalidRequest
 
 SPEC: dict[str, Any] = {
     "name": "tiny",
@@ -167,92 +156,11 @@ def test_bad_spec_refs_are_invalid_requests(
     assert str(tmp_path) not in info.value.reason
 
 
-def test_status_events_have_one_key_per_job_and_state() -> None:
-    """Every state of a job has its own key and subject; no key collides with the driver's
-    job-failed key or an agent response's key."""
-    sid = submission_id_for("r-1")
-    events = [
-        CouncilJobStatus(submission_id=sid, council="c", state=s, request_id="r-1", job_id=sid)
-        for s in JOB_STATES
-    ]
-    keys = {e.key for e in events}
-    assert len(keys) == len(JOB_STATES)
-    assert [e.subject for e in events] == list(COUNCIL_JOB_STATUS_SUBJECTS)
-    assert (
-        CouncilJobFailed(submission_id=sid, council="c", task_id="*", reason="x", job_id=sid).key not in keys
-    )
-    assert agent_response_key(sid, "job", "propose", 0, "status") not in keys
-    assert sid == "dispatch-r-1"
-
-
-def test_status_events_are_decoded_by_consumers_not_dead_lettered() -> None:
-    """A status event on council.job.failed decodes as CouncilJobStatus, next to the driver's
-    CouncilJobFailed on the same subject; the consumer's default subjects and the events stream
-    cover every status subject."""
-    status = CouncilJobStatus(
-        submission_id="s", council="c", state="failed", request_id="r", job_id="s", message="exit 1"
-    )
-    assert decode_event(status.to_bytes()) == status
-    driver = CouncilJobFailed(submission_id="s", council="c", task_id="*", reason="boom", job_id="s")
-    assert isinstance(decode_event(driver.to_bytes()), CouncilJobFailed)
-    for subject in COUNCIL_JOB_STATUS_SUBJECTS:
-        assert subject in COUNCIL_SUBJECTS
-        assert any(subject_covers(p, subject) for p in AGENT_RESPONSES_SUBJECTS)
-
-
-def test_a_status_event_renders_as_one_line() -> None:
-    """swe-fleet consume prints a status event with its state, request and reason."""
-    line = format_event(
-        CouncilJobStatus(
-            submission_id="s", council="c", state="failed", request_id="r", job_id="s", message="a\nb"
-        )
-    )
-    assert "\n" not in line and "FAILED" in line and "request r" in line and "a b" in line
-
-
 def test_a_dead_letter_is_keyed_by_its_stream_sequence() -> None:
     """Dead-lettering the same request twice (a redelivery) stores it once."""
     a = CouncilRequestDead(reason="x", payload="{}", stream_seq=7)
     b = CouncilRequestDead(reason="x", payload="{}", stream_seq=7, deliveries=2)
     assert a.key == b.key == "request/dead/7" and a.subject == "council.request.dead"
-
-
-@given(
-    st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", fullmatch=True),
-    st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", fullmatch=True),
-)
-def test_ledger_keys_are_valid_and_one_to_one(a: str, b: str) -> None:
-    """Every request id maps to a valid KV key, and different ids to different keys."""
-    from nats.js.kv import _is_key_valid
-
-    assert _is_key_valid(ledger_key(a))
-    assert (ledger_key(a) == ledger_key(b)) == (a == b)
-
-
-def test_a_record_is_terminal_once_a_terminal_state_was_published() -> None:
-    """submitted and running keep a job in flight; succeeded, failed or stopped end it."""
-    base = DispatchRecord(
-        request_id="r", submission_id="s", council="c", reserved_at=0, updated_at=0, job_id="s"
-    )
-    assert not base.model_copy(update={"published": ("submitted", "running")}).terminal
-    for state in ("succeeded", "failed", "stopped"):
-        assert base.model_copy(update={"published": ("submitted", state)}).terminal
-    assert "revision" not in json.loads(base.model_dump_json())
-
-
-def test_retry_delays_grow_and_are_capped() -> None:
-    """A request that keeps failing to submit comes back less and less often, at most every minute."""
-    delays = [retry_delay_s(n) for n in range(1, 10)]
-    assert delays == sorted(delays) and delays[0] == 2.0 and delays[-1] == 60.0
-
-
-def test_the_request_consumer_never_drops_a_request_itself() -> None:
-    """max_deliver is unlimited (the dispatcher dead-letters, with the payload); acks are explicit."""
-    cfg = DispatcherConfig(nats_url="nats://x:1", dashboard_url="http://x:2", ack_wait_s=7)
-    c = cfg.consumer_config()
-    assert c.max_deliver == -1 and c.ack_wait == 7 and c.filter_subject == "council.request"
-    with pytest.raises(ConfigError, match="max_in_flight"):
-        DispatcherConfig(nats_url="nats://x:1", dashboard_url="http://x:2", max_in_flight=0)
 
 
 def test_the_request_schema_is_exported_with_its_required_fields() -> None:
@@ -261,3 +169,20 @@ def test_the_request_schema_is_exported_with_its_required_fields() -> None:
     assert schema["required"] == ["request_id"]
     assert {"request_id", "spec", "spec_ref"} <= set(schema["properties"])
     assert schema["additionalProperties"] is False
+
+
+def test_the_submission_id_is_derived_from_the_request_id() -> None:
+    """The same request id always names the same deliberation (and so finds its job again)."""
+    assert submission_id_for("r-1") == submission_id_for("r-1") == "dispatch-r-1"
+
+
+def test_a_dead_letter_keeps_the_payload_and_cuts_a_huge_one_saying_how_much() -> None:
+    """The dead letter of a request carries its payload as text (bad bytes replaced), cut after
+    MAX_DEAD_PAYLOAD_CHARS with the number of characters left out."""
+    small = CouncilRequestDead.of(b"\xffnot json", reason="r", request_id=None, stream_seq=3, deliveries=1)
+    assert small.payload == "\ufffdnot json" and small.key == "request/dead/3"
+    big = CouncilRequestDead.of(
+        b"x" * (MAX_DEAD_PAYLOAD_CHARS + 10), reason="r", request_id="q", stream_seq=4, deliveries=2
+    )
+    assert big.payload == "x" * MAX_DEAD_PAYLOAD_CHARS + "...[10 more characters cut]"
+    assert (big.request_id, big.deliveries) == ("q", 2)

@@ -1,12 +1,13 @@
-"""Dockerfile.ray-swe-fleet keeps the contract compose and Kubernetes rely on (hadolint, run by
-``make lint``, checks the rest); copies breaking it fail with a message naming what broke."""
+"""Dockerfile.ray-swe-fleet, read by Docker's own parser, keeps the contract compose and Kubernetes
+rely on (hadolint, run by ``make lint``, checks the rest); copies breaking it fail with a message
+naming what broke."""
 
 from __future__ import annotations
 
 import pytest
 
 from support.manifests import describe
-from support.manifests.dockerfile import check_dockerfile, parse, repository_file_for
+from support.manifests.dockerfile import check_dockerfile, repository_file_for
 from support.manifests.project import DOCKERFILE, REPO_ROOT
 
 
@@ -19,16 +20,6 @@ def test_dockerfile_keeps_the_contract(text):
     """Node entrypoint as CMD, a health check, non-root, the project's Ray, no baked secret."""
     problems = check_dockerfile(text)
     assert not problems, describe(problems)
-
-
-def test_continuation_lines_form_one_instruction():
-    """A RUN split over lines with backslashes is one instruction at its first line."""
-    instructions = parse('FROM x\n# note\nRUN a \\\n # inside\n && b\nCMD ["c"]\n')
-    assert [(i.line, i.keyword, i.value) for i in instructions] == [
-        (1, "FROM", "x"),
-        (3, "RUN", "a  && b"),
-        (6, "CMD", '["c"]'),
-    ]
 
 
 @pytest.mark.parametrize(

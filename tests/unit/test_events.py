@@ -1,4 +1,5 @@
-"""The wire contract: keys, round trips, and payloads a consumer cannot decode."""
+"""The wire contract: keys, round trips, payloads a consumer cannot decode, and the dispatcher's
+job status events."""
 
 from __future__ import annotations
 
@@ -6,15 +7,25 @@ import json
 
 import pytest
 
+from swe_fleet.cli import format_event
+from swe_fleet.dispatch.requests import submission_id_for
 from swe_fleet.errors import UndecodableEvent
 from swe_fleet.events import (
+    AGENT_RESPONSES_SUBJECTS,
+    COUNCIL_JOB_STATUS_SUBJECTS,
+    JOB_STATES,
     AgentResponseCompleted,
     AgentResponseFailed,
+    CouncilJobFailed,
+    CouncilJobStatus,
     DeliberationCompleted,
     RankedAgent,
+    agent_response_key,
     decode_event,
     event_json_schema,
 )
+from swe_fleet.nats.consumer import COUNCIL_SUBJECTS
+from swe_fleet.nats.streams import subject_covers
 
 COMMON = {"submission_id": "sub-1", "council": "c", "task_id": "t1"}
 
@@ -97,3 +108,46 @@ def test_json_schema_covers_all_event_types() -> None:
         "CouncilJobFailed",
     ):
         assert name in text
+
+
+def test_status_events_have_one_key_per_job_and_state() -> None:
+    """Every state of a job has its own key and subject; no key collides with the driver's
+    job-failed key or an agent response's key."""
+    sid = submission_id_for("r-1")
+    events = [
+        CouncilJobStatus(submission_id=sid, council="c", state=s, request_id="r-1", job_id=sid)
+        for s in JOB_STATES
+    ]
+    keys = {e.key for e in events}
+    assert len(keys) == len(JOB_STATES)
+    assert [e.subject for e in events] == list(COUNCIL_JOB_STATUS_SUBJECTS)
+    assert (
+        CouncilJobFailed(submission_id=sid, council="c", task_id="*", reason="x", job_id=sid).key not in keys
+    )
+    assert agent_response_key(sid, "job", "propose", 0, "status") not in keys
+    assert sid == "dispatch-r-1"
+
+
+def test_status_events_are_decoded_by_consumers_not_dead_lettered() -> None:
+    """A status event on council.job.failed decodes as CouncilJobStatus, next to the driver's
+    CouncilJobFailed on the same subject; the consumer's default subjects and the events stream
+    cover every status subject."""
+    status = CouncilJobStatus(
+        submission_id="s", council="c", state="failed", request_id="r", job_id="s", message="exit 1"
+    )
+    assert decode_event(status.to_bytes()) == status
+    driver = CouncilJobFailed(submission_id="s", council="c", task_id="*", reason="boom", job_id="s")
+    assert isinstance(decode_event(driver.to_bytes()), CouncilJobFailed)
+    for subject in COUNCIL_JOB_STATUS_SUBJECTS:
+        assert subject in COUNCIL_SUBJECTS
+        assert any(subject_covers(p, subject) for p in AGENT_RESPONSES_SUBJECTS)
+
+
+def test_a_status_event_renders_as_one_line() -> None:
+    """swe-fleet consume prints a status event with its state, request and reason."""
+    line = format_event(
+        CouncilJobStatus(
+            submission_id="s", council="c", state="failed", request_id="r", job_id="s", message="a\nb"
+        )
+    )
+    assert "\n" not in line and "FAILED" in line and "request r" in line and "a b" in line

@@ -1,5 +1,6 @@
-"""images/compose.yaml: it parses as a Compose file (compose-spec, after interpolation) and
-follows the project's rules; copies carrying a real mistake fail with a message naming it."""
+"""images/compose.yaml: Docker Compose v2 loads it (`docker compose config`: interpolation, schema,
+consistency) and it follows the project's rules; copies carrying a real mistake fail with a message
+naming it."""
 
 from __future__ import annotations
 
@@ -8,16 +9,24 @@ from typing import Any
 
 import pytest
 
-from support.manifests import Problem, describe
-from support.manifests.compose import load_compose, node_role, validate_compose_data, validate_compose_file
+from support.manifests import Problem, describe, tools
+from support.manifests.compose import (
+    check_compose,
+    load_compose,
+    node_role,
+    validate_compose_data,
+    validate_compose_file,
+    validate_compose_text,
+)
 from support.manifests.project import COMPOSE_FILE, nats_server_version
+from support.manifests.tools import ToolMissing
 
 Compose = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
 def compose() -> Compose:
-    """The compose file as docker compose sees it with no variables set."""
+    """Docker Compose's canonical model of the file with no variables set."""
     data, problems = load_compose(COMPOSE_FILE.read_text())
     assert data is not None and not problems, describe(problems)
     return data
@@ -25,7 +34,8 @@ def compose() -> Compose:
 
 @pytest.fixture
 def copy_of(compose: Compose) -> Compose:
-    """A copy to break."""
+    """A copy to break: the project's rules take it as it is (Docker Compose's canonical form);
+    mistakes that Docker Compose itself must catch go through it again (validate_compose_data)."""
     return copy.deepcopy(compose)
 
 
@@ -40,7 +50,7 @@ def _assert_fails(problems: list[Problem], *needles: str) -> None:
 
 
 def test_compose_file_passes_with_no_variables_set():
-    """Defaults make the file complete; compose-spec and the project rules accept it."""
+    """Defaults make the file complete; Docker Compose and the project rules accept it."""
     problems = validate_compose_file()
     assert not problems, describe(problems)
 
@@ -79,40 +89,40 @@ def test_every_service_has_a_health_check(compose):
 def test_service_without_health_check_fails(copy_of):
     """Dropping a service's healthcheck is reported for that service."""
     del copy_of["services"]["nats"]["healthcheck"]
-    _assert_fails(validate_compose_data(copy_of), "services.nats", "no healthcheck")
+    _assert_fails(check_compose(copy_of), "services.nats", "no healthcheck")
 
 
 def test_disabled_health_check_fails(copy_of):
     """healthcheck: {disable: true} counts as none."""
     copy_of["services"]["ray-gpu-worker"]["healthcheck"] = {"disable": True}
-    _assert_fails(validate_compose_data(copy_of), "services.ray-gpu-worker", "no healthcheck")
+    _assert_fails(check_compose(copy_of), "services.ray-gpu-worker", "no healthcheck")
 
 
 def test_misspelt_compose_key_fails(copy_of):
-    """compose-spec rejects an unknown service key, naming it."""
+    """Docker Compose rejects an unknown service key, naming it."""
     copy_of["services"]["ray-head"]["helthcheck"] = copy_of["services"]["ray-head"].pop("healthcheck")
-    _assert_fails(validate_compose_data(copy_of), "helthcheck")
+    _assert_fails(validate_compose_data(copy_of), "services.ray-head additional properties 'helthcheck'")
 
 
 @pytest.mark.parametrize(
     ("mutate", "needle"),
     [
-        (lambda c: c["services"]["ray-head"].update(init="yes"), "expected a boolean"),
+        (lambda c: c["services"]["ray-head"].update(init="maybe"), "invalid boolean: maybe"),
         (
             lambda c: c["services"]["nats"]["healthcheck"].update(interval="10 parsecs"),
-            "not a valid duration unit",
+            'unknown unit " parsecs"',
         ),
         (
             lambda c: c["services"]["ray-gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][
                 0
             ].update(capabilities="gpu"),
-            "expected a set",
+            "capabilities must be a array",
         ),
         (
             lambda c: c["services"]["ray-gpu-worker"]["depends_on"]["ray-head"].update(
                 condition="service_helthy"
             ),
-            "unknown variant `service_helthy`",
+            "condition value must be one of 'service_started'",
         ),
     ],
 )
@@ -125,81 +135,96 @@ def test_wrong_type_or_value_fails(copy_of, mutate, needle):
 def test_worker_with_ray_address_set_fails(copy_of):
     """A worker node with RAY_ADDRESS is refused by swe_fleet.addresses, which says what to do."""
     copy_of["services"]["ray-gpu-worker"]["environment"]["RAY_ADDRESS"] = "ray-head:6379"
-    _assert_fails(validate_compose_data(copy_of), "services.ray-gpu-worker", "as a worker", "unset or 'auto'")
+    _assert_fails(check_compose(copy_of), "services.ray-gpu-worker", "as a worker", "unset or 'auto'")
 
 
 def test_node_that_cannot_find_a_head_fails(copy_of):
     """Without HEAD_ADDRESS and without a head whitelist the node entrypoint has no head."""
     env = copy_of["services"]["ray-gpu-worker"]["environment"]
     del env["HEAD_ADDRESS"], env["SWE_FLEET_HEAD_HOSTS"]
-    _assert_fails(validate_compose_data(copy_of), "cannot find or become a head")
+    _assert_fails(check_compose(copy_of), "cannot find or become a head")
 
 
 def test_head_whose_hostname_is_not_whitelisted_fails(copy_of):
     """The head's hostname must be in SWE_FLEET_HEAD_HOSTS, or no node becomes the head."""
     copy_of["services"]["ray-head"]["hostname"] = "head-1"
-    _assert_fails(validate_compose_data(copy_of), "no Ray head")
+    _assert_fails(check_compose(copy_of), "no Ray head")
 
 
 def test_role_set_against_the_node_entrypoint_fails(copy_of):
     """SWE_FLEET_ROLE is the entrypoint's to set; a contradicting value is caught."""
     copy_of["services"]["ray-head"]["environment"]["SWE_FLEET_ROLE"] = "worker"
-    _assert_fails(validate_compose_data(copy_of), "leave SWE_FLEET_ROLE to it")
+    _assert_fails(check_compose(copy_of), "leave SWE_FLEET_ROLE to it")
 
 
-@pytest.mark.parametrize("value", ["s3cr3t", "${RAY_AUTH_TOKEN}"])
-def test_token_in_the_environment_fails(copy_of, value):
+def test_token_in_the_environment_fails(copy_of):
     """The token travels as a compose secret (a file), never as an environment variable."""
-    copy_of["services"]["ray-head"]["environment"]["RAY_AUTH_TOKEN"] = value
-    _assert_fails(validate_compose_data(copy_of), "environment.RAY_AUTH_TOKEN", "use a compose secret")
+    copy_of["services"]["ray-head"]["environment"]["RAY_AUTH_TOKEN"] = "s3cr3t"
+    _assert_fails(check_compose(copy_of), "environment.RAY_AUTH_TOKEN", "use a compose secret")
+
+
+def test_token_interpolated_into_the_environment_fails():
+    """`RAY_AUTH_TOKEN: ${RAY_AUTH_TOKEN}` in the file puts the shell's token in every node's env: caught."""
+    line = "    RAY_AUTH_MODE: token\n"
+    text = COMPOSE_FILE.read_text()
+    assert line in text, "the compose file changed: update this test"
+    text = text.replace(line, line + "    RAY_AUTH_TOKEN: ${RAY_AUTH_TOKEN}\n", 1)
+    _assert_fails(
+        validate_compose_text(text, env={"RAY_AUTH_TOKEN": "s3cr3t"}),
+        "services.ray-head.environment.RAY_AUTH_TOKEN",
+        "services.ray-gpu-worker.environment.RAY_AUTH_TOKEN",
+        "(and here it has a value)",
+    )
 
 
 def test_secret_from_a_file_next_to_the_compose_file_fails(copy_of):
     """A secret file beside the compose file ends up in git: environment or external only."""
     copy_of["secrets"]["ray_auth_token"] = {"file": "./ray_auth_token"}
-    _assert_fails(validate_compose_data(copy_of), "secrets.ray_auth_token", "must come from the environment")
+    _assert_fails(check_compose(copy_of), "secrets.ray_auth_token", "must come from the environment")
 
 
 def test_node_without_its_token_secret_fails(copy_of):
     """RAY_AUTH_TOKEN_PATH under /run/secrets needs that secret mounted."""
     copy_of["services"]["ray-gpu-worker"]["secrets"] = []
-    _assert_fails(validate_compose_data(copy_of), "does not mount the secret 'ray_auth_token'")
+    _assert_fails(check_compose(copy_of), "does not mount the secret 'ray_auth_token'")
 
 
 def test_node_without_token_auth_fails(copy_of):
     """Every Ray node runs with token auth."""
     del copy_of["services"]["ray-gpu-worker"]["environment"]["RAY_AUTH_MODE"]
-    _assert_fails(validate_compose_data(copy_of), "RAY_AUTH_MODE: must be token")
+    _assert_fails(check_compose(copy_of), "RAY_AUTH_MODE: must be token")
 
 
 def test_head_without_published_dashboard_fails(copy_of):
     """Clients need the dashboard (Jobs API) and Ray Client ports."""
-    copy_of["services"]["ray-head"]["ports"] = ["10001:10001"]
-    _assert_fails(validate_compose_data(copy_of), "8265 (dashboard / Jobs API) is not published")
+    ports = copy_of["services"]["ray-head"]["ports"]
+    copy_of["services"]["ray-head"]["ports"] = [p for p in ports if p["target"] != 8265]
+    _assert_fails(check_compose(copy_of), "8265 (dashboard / Jobs API) is not published")
 
 
 def test_published_gcs_port_fails(copy_of):
     """The GCS port is cluster-internal: publishing it is refused."""
-    copy_of["services"]["ray-head"]["ports"].append("6379:6379")
-    _assert_fails(validate_compose_data(copy_of), "6379 (GCS) is published")
+    ports = copy_of["services"]["ray-head"]["ports"]
+    ports.append({**ports[0], "target": 6379, "published": "6379"})
+    _assert_fails(check_compose(copy_of), "6379 (GCS) is published")
 
 
 def test_gpu_worker_without_gpu_reservation_fails(copy_of):
     """SWE_FLEET_NUM_GPUS without a device reservation would start a worker with no GPU."""
     del copy_of["services"]["ray-gpu-worker"]["deploy"]
-    _assert_fails(validate_compose_data(copy_of), "SWE_FLEET_NUM_GPUS=1 but 0 GPU(s) reserved")
+    _assert_fails(check_compose(copy_of), "SWE_FLEET_NUM_GPUS=1 but 0 GPU(s) reserved")
 
 
 def test_depends_on_an_unknown_service_fails(copy_of):
-    """compose-spec lets it pass; the project rules do not."""
+    """Docker Compose's consistency check names the service that does not exist."""
     copy_of["services"]["ray-gpu-worker"]["depends_on"] = {"ray-hed": {"condition": "service_healthy"}}
-    _assert_fails(validate_compose_data(copy_of), "'ray-hed' is not a service")
+    _assert_fails(validate_compose_data(copy_of), 'depends on undefined service "ray-hed"')
 
 
 def test_undeclared_named_volume_fails(copy_of):
     """A named volume must be declared at the top level."""
     copy_of["services"]["nats"]["volumes"] = ["nats-dta:/data"]
-    _assert_fails(validate_compose_data(copy_of), "named volume 'nats-dta' is not declared")
+    _assert_fails(validate_compose_data(copy_of), "refers to undefined volume nats-dta")
 
 
 @pytest.mark.parametrize(
@@ -213,13 +238,13 @@ def test_undeclared_named_volume_fails(copy_of):
 def test_nats_without_pinned_jetstream_on_a_volume_fails(copy_of, mutate, needle):
     """NATS runs the local stack's server version, with JetStream, its store on a volume."""
     mutate(copy_of["services"]["nats"])
-    _assert_fails(validate_compose_data(copy_of), "services.nats", needle)
+    _assert_fails(check_compose(copy_of), "services.nats", needle)
 
 
 def test_image_of_another_version_fails(copy_of):
     """swe-fleet images carry the project version."""
     copy_of["services"]["ray-head"]["image"] = "swe-fleet:0.0.9-gpu"
-    _assert_fails(validate_compose_data(copy_of), "tag must start with the project version")
+    _assert_fails(check_compose(copy_of), "tag must start with the project version")
 
 
 def test_variable_without_default_fails():
@@ -228,4 +253,21 @@ def test_variable_without_default_fails():
         "${SWE_FLEET_IMAGE:-swe-fleet:0.1.0-gpu}", "${SWE_FLEET_IMAGE}", 1
     )
     _data, problems = load_compose(text)
-    _assert_fails(problems, "${SWE_FLEET_IMAGE} has no default")
+    _assert_fails(problems, 'The "SWE_FLEET_IMAGE" variable is not set', "give it a default")
+
+
+def test_undefined_secret_fails(copy_of):
+    """A service mounting a secret the file does not define is refused by Docker Compose."""
+    copy_of["services"]["ray-head"]["secrets"] = [{"source": "ray_token"}]
+    _assert_fails(validate_compose_data(copy_of), "refers to undefined secret ray_token")
+
+
+def test_missing_docker_compose_fails_naming_what_to_install(monkeypatch, tmp_path):
+    """Without the Docker Compose binary the checks fail (never skip) and say to run `make venv`."""
+    monkeypatch.setattr(tools, "DOCKER_COMPOSE", tmp_path / "docker-compose")
+    tools.docker_compose.cache_clear()
+    try:
+        with pytest.raises(ToolMissing, match=r"run `make venv`"):
+            validate_compose_file()
+    finally:
+        tools.docker_compose.cache_clear()

@@ -1,24 +1,30 @@
-"""images/k8s: every overlay renders and passes Kubernetes' schemas (core kinds), the KubeRay
-field schemas (RayCluster, RayJob) and the project's rules; copies carrying a real mistake fail
-with a message naming it."""
+"""images/k8s: every overlay renders with `kubectl kustomize` and passes Kubernetes' schemas (core
+kinds), the schemas of KubeRay's CRDs (RayCluster, RayJob) and the project's rules; copies carrying
+a real mistake fail with a message naming it."""
 
 from __future__ import annotations
 
 import copy
 import shlex
 import shutil
-import subprocess
 from typing import Any
 
 import pytest
 import yaml
 
-from support.manifests import Problem, describe
+from support.manifests import Problem, describe, tools
 from support.manifests.dockerfile import repository_file_for
-from support.manifests.kube import validate_resources
-from support.manifests.kustomize import render, resource_id
-from support.manifests.policy import check_all, check_references, check_roles, check_secrets
+from support.manifests.kube import validate_resource, validate_resources
+from support.manifests.policy import (
+    check_all,
+    check_references,
+    check_roles,
+    check_secrets,
+    patches_without_effect,
+)
 from support.manifests.project import DOCKERFILE, K8S_DIR, REPO_ROOT
+from support.manifests.rendering import resource_id
+from support.manifests.tools import ToolMissing, kustomize
 
 OVERLAYS = ("cpu-local", "gpu-prod")
 #: What a user applies: an overlay, and on GPU clusters the RayJob example on top of it.
@@ -32,9 +38,9 @@ Docs = list[dict[str, Any]]
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, Docs]:
-    """Each kustomization folder rendered once."""
+    """Each kustomization folder rendered once, by `kubectl kustomize`."""
     folders = {f for parts in DEPLOYMENTS.values() for f in parts}
-    return {f: render(K8S_DIR / f) for f in sorted(folders)}
+    return {f: kustomize(K8S_DIR / f) for f in sorted(folders)}
 
 
 def _deployment(rendered: dict[str, Docs], name: str) -> Docs:
@@ -84,7 +90,7 @@ def _assert_fails(problems: list[Problem], *needles: str) -> None:
 
 @pytest.mark.parametrize("name", DEPLOYMENTS)
 def test_deployment_passes_kubernetes_and_kuberay_schemas(rendered, name):
-    """Core kinds pass kubernetes-validate (strict); RayCluster/RayJob pass the KubeRay schemas."""
+    """Core kinds pass kubernetes-validate (strict); RayCluster/RayJob pass KubeRay's CRD schemas."""
     docs = _deployment(rendered, name)
     problems = validate_resources(docs, name)
     assert not problems, describe(problems)
@@ -97,18 +103,11 @@ def test_deployment_follows_the_project_rules(rendered, name):
     assert not problems, describe(problems)
 
 
-@pytest.mark.parametrize("folder", ["overlays/cpu-local", "overlays/gpu-prod", "rayjob", "base"])
-def test_offline_renderer_matches_kubectl_kustomize(rendered, folder):
-    """Where kubectl is installed, its kustomize renders exactly what the offline renderer does."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed: the offline renderer alone is checked")
-    out = subprocess.run(
-        [kubectl, "kustomize", str(K8S_DIR / folder)], capture_output=True, text=True, timeout=60, check=True
-    )
-    theirs = {resource_id(d): d for d in yaml.safe_load_all(out.stdout) if d}
-    ours = {resource_id(d): d for d in rendered.get(folder) or render(K8S_DIR / folder)}
-    assert ours == theirs
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_patch_of_an_overlay_takes_effect(overlay):
+    """Leaving out any one patch changes the rendering: no patch silently matches nothing."""
+    problems = patches_without_effect(K8S_DIR, f"overlays/{overlay}")
+    assert not problems, describe(problems)
 
 
 def test_rayjob_submits_over_http_and_cleans_up_after_bounded_retries(rendered):
@@ -160,7 +159,7 @@ def test_misspelt_kuberay_field_fails(rendered):
     docs = _gpu_prod(rendered)
     spec = _rayjob(docs)["spec"]
     spec["shutdownAfterJobFinish"] = spec.pop("shutdownAfterJobFinishes")
-    _assert_fails(validate_resources(docs, "t"), "'shutdownAfterJobFinish' was unexpected", "spec")
+    _assert_fails(validate_resource(_rayjob(docs), "t"), "'shutdownAfterJobFinish' was unexpected", "spec")
 
 
 def test_misspelt_worker_group_field_fails(rendered):
@@ -168,22 +167,31 @@ def test_misspelt_worker_group_field_fails(rendered):
     docs = _gpu_prod(rendered)
     group = _find(docs, "RayCluster", "swe-fleet")["spec"]["workerGroupSpecs"][0]
     group["minReplica"] = group.pop("minReplicas")
-    _assert_fails(validate_resources(docs, "t"), "'minReplica' was unexpected", "spec.workerGroupSpecs.0")
+    _assert_fails(
+        validate_resource(_find(docs, "RayCluster", "swe-fleet"), "t"),
+        "'minReplica' was unexpected",
+        "spec.workerGroupSpecs.0",
+    )
 
 
 def test_misspelt_container_field_inside_a_ray_pod_template_fails(rendered):
     """Pod templates inside KubeRay resources are checked against Kubernetes' own schema."""
     docs = _gpu_prod(rendered)
     _worker(docs)["volumeMount"] = _worker(docs).pop("volumeMounts")
-    _assert_fails(validate_resources(docs, "t"), "'volumeMount' was unexpected")
+    _assert_fails(
+        validate_resource(_find(docs, "RayCluster", "swe-fleet"), "t"), "'volumeMount' was unexpected"
+    )
 
 
 @pytest.mark.parametrize(
     ("mutate", "needle"),
     [
         (lambda s: s.update(ttlSecondsAfterFinished="600"), "'600' is not of type 'integer'"),
-        (lambda s: s.update(backoffLimit=-1), "-1 is less than the minimum of 0"),
-        (lambda s: s.update(submissionMode="HttpMode"), "'HttpMode' is not one of"),
+        (lambda s: s.update(backoffLimit=1.5), "1.5 is not of type 'integer'"),
+        (
+            lambda s: s["rayClusterSpec"]["authOptions"].update(mode="tokens"),
+            "'tokens' is not one of ['disabled', 'token']",
+        ),
         (lambda s: s.update(shutdownAfterJobFinishes="true"), "'true' is not of type 'boolean'"),
         (
             lambda s: s["rayClusterSpec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}),
@@ -192,10 +200,10 @@ def test_misspelt_container_field_inside_a_ray_pod_template_fails(rendered):
     ],
 )
 def test_wrong_type_or_value_in_a_rayjob_fails(rendered, mutate, needle):
-    """Types and enums of the KubeRay reference are enforced (rayStartParams are strings)."""
+    """Types and enums of KubeRay's CRD are enforced (rayStartParams are strings)."""
     docs = _gpu_prod(rendered)
     mutate(_rayjob(docs)["spec"])
-    _assert_fails(validate_resources(docs, "t"), needle)
+    _assert_fails(validate_resource(_rayjob(docs), "t"), needle)
 
 
 @pytest.mark.parametrize(
@@ -207,13 +215,32 @@ def test_wrong_type_or_value_in_a_rayjob_fails(rendered, mutate, needle):
     ],
 )
 def test_missing_required_kuberay_field_fails(rendered, path, needle):
-    """Fields the KubeRay reference requires cannot be left out."""
+    """Fields KubeRay's CRD requires cannot be left out."""
     docs = _gpu_prod(rendered)
     node: Any = _find(docs, "RayCluster", "swe-fleet")
     for key in path[:-1]:
         node = node[key]
     del node[path[-1]]
-    _assert_fails(validate_resources(docs, "t"), needle)
+    _assert_fails(validate_resource(_find(docs, "RayCluster", "swe-fleet"), "t"), needle)
+
+
+def test_field_that_kuberay_checks_with_cel_rules_is_refused(rendered):
+    """deletionStrategy carries CEL rules the offline check cannot evaluate: refused, not passed."""
+    docs = _gpu_prod(rendered)
+    _rayjob(docs)["spec"]["deletionStrategy"] = {"onSuccess": {"policy": "DeleteCluster"}}
+    _assert_fails(
+        validate_resource(_rayjob(docs), "t"),
+        "spec.deletionStrategy",
+        "CEL rules",
+        "BOTH onSuccess and onFailure",
+    )
+
+
+def test_kuberay_resource_of_another_api_version_fails(rendered):
+    """RayCluster and RayJob are checked as ray.io/v1, KubeRay's storage version."""
+    docs = _gpu_prod(rendered)
+    _rayjob(docs)["apiVersion"] = "ray.io/v1alpha1"
+    _assert_fails(validate_resource(_rayjob(docs), "t"), "apiVersion 'ray.io/v1alpha1': use ray.io/v1")
 
 
 def test_misspelt_field_in_a_core_kind_fails(rendered):
@@ -222,7 +249,7 @@ def test_misspelt_field_in_a_core_kind_fails(rendered):
     service = _find(docs, "Service", "swe-fleet-dashboard")
     service["spec"]["selectors"] = service["spec"].pop("selector")
     _assert_fails(
-        validate_resources(docs, "t"), "'selectors' was unexpected", "Service swe-fleet/swe-fleet-dashboard"
+        validate_resource(service, "t"), "'selectors' was unexpected", "Service swe-fleet/swe-fleet-dashboard"
     )
 
 
@@ -423,3 +450,25 @@ def test_invalid_council_spec_in_the_config_map_fails(rendered):
     spec["agents"] = spec["agents"][:1]
     cm["data"]["council.yaml"] = yaml.safe_dump(spec)
     _assert_fails(check_all(docs), "not a valid council spec", "agents")
+
+
+def test_patch_whose_target_matches_nothing_fails(tmp_path):
+    """kustomize skips a patch whose target names no resource; the check reports that patch."""
+    root = tmp_path / "k8s"
+    shutil.copytree(K8S_DIR, root, ignore=shutil.ignore_patterns("crds"))
+    kfile = root / "overlays/cpu-local/kustomization.yaml"
+    kfile.write_text(kfile.read_text().replace("name: swe-fleet-models", "name: swe-fleet-model", 1))
+    _assert_fails(
+        patches_without_effect(root, "overlays/cpu-local"), "patches[1]", "changes nothing", "swe-fleet-model"
+    )
+
+
+def test_missing_kubectl_fails_naming_what_to_install(monkeypatch, tmp_path):
+    """Without kubectl the manifest checks fail (never skip) and say to install kubectl with kustomize v5."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    tools.kubectl.cache_clear()
+    try:
+        with pytest.raises(ToolMissing, match=r"install kubectl .*kustomize v5"):
+            kustomize(K8S_DIR / "base")
+    finally:
+        tools.kubectl.cache_clear()

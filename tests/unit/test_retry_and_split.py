@@ -7,7 +7,7 @@ import pytest
 from tenacity import RetryError
 
 from swe_fleet.llm.engine import split_evenly
-from swe_fleet.nats.publisher import PublishPolicy
+from swe_fleet.nats.policy import PublishPolicy
 
 from support.retry import run_with_retries
 

@@ -1,22 +1,19 @@
-"""Submission ids derive from the request (the pin list's agreement: tests/unit/test_pins.py)."""
+"""Submission ids derive from the submission; each attempt of one gets its own Ray job id."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from swe_fleet.errors import SubmissionError
 from swe_fleet.spec import CouncilSpec
-from swe_fleet.submit.client import CouncilRequest, load_runtime_env
+from swe_fleet.submit.request import CouncilSubmission, attempt_job_id
 
 SPEC = CouncilSpec.from_text("tasks: [{id: t, prompt: p}]\nagents: [{id: a, role: x}, {id: b, role: y}]\n")
 
 
 def test_same_request_same_submission_id() -> None:
     """Two identical requests derive the same id (so a resubmission finds the first job)."""
-    a = CouncilRequest(spec=SPEC, nats_url="nats://n:4222")
-    b = CouncilRequest(spec=CouncilSpec.from_text(SPEC.to_json()), nats_url="nats://n:4222")
+    a = CouncilSubmission(spec=SPEC, nats_url="nats://n:4222")
+    b = CouncilSubmission(spec=CouncilSpec.from_text(SPEC.to_json()), nats_url="nats://n:4222")
     assert a.derived_submission_id() == b.derived_submission_id()
     assert a.derived_submission_id().startswith("council-council-")
 
@@ -31,25 +28,17 @@ def test_same_request_same_submission_id() -> None:
 )
 def test_any_change_to_the_request_changes_the_id(change: dict[str, object]) -> None:
     """Spec overrides, runtime env and env vars are all part of the request's identity."""
-    base = CouncilRequest(spec=SPEC, nats_url="nats://n:4222")
-    other = CouncilRequest(**{"spec": SPEC, "nats_url": "nats://n:4222", **change})  # type: ignore[arg-type]
+    base = CouncilSubmission(spec=SPEC, nats_url="nats://n:4222")
+    other = CouncilSubmission(**{"spec": SPEC, "nats_url": "nats://n:4222", **change})  # type: ignore[arg-type]
     assert base.derived_submission_id() != other.derived_submission_id()
 
 
 def test_explicit_submission_id_wins() -> None:
     """--submission-id is used as given."""
-    assert CouncilRequest(spec=SPEC, submission_id="mine").derived_submission_id() == "mine"
-
-
-def test_unknown_runtime_env_kind_is_refused(repo_root: Path) -> None:
-    """Only pinned and image exist; anything else names the choices."""
-    with pytest.raises(SubmissionError, match="pinned, image"):
-        load_runtime_env("conda", repo_root)
+    assert CouncilSubmission(spec=SPEC, submission_id="mine").derived_submission_id() == "mine"
 
 
 def test_retries_get_their_own_ray_job_ids() -> None:
     """Ray never takes an id twice: attempt 0 is the id itself, retries are {id}-retry{n}."""
-    from swe_fleet.submit.client import attempt_job_id
-
     assert attempt_job_id("council-x", 0) == "council-x"
     assert attempt_job_id("council-x", 2) == "council-x-retry2"

@@ -18,10 +18,8 @@ from swe_fleet.cli._common import (
 )
 from swe_fleet.cli.render import print_checks
 from swe_fleet.exit_codes import ExitCode
+from swe_fleet.preflight import DEFAULT_CHECK_TIMEOUT_S
 from swe_fleet.preflight.node_check import DEFAULT_MIN_FREE_DISK_GB
-
-#: Seconds for each client-side check.
-DEFAULT_CHECK_TIMEOUT_S = 5.0
 
 
 @click.command()
@@ -77,15 +75,15 @@ def doctor(
     check and the fix). A passing cluster result is cached for `submit`.
     """
     from swe_fleet.addresses import ClusterAddresses, Role, auth_token_from_env
-    from swe_fleet.preflight.cluster import PreflightCache
-    from swe_fleet.preflight.doctor import checks_as_json, run_doctor
-    from swe_fleet.submit.client import CouncilRequest
+    from swe_fleet.preflight.cache import PreflightCache
+    from swe_fleet.preflight.orchestration import checks_as_json, run_doctor
+    from swe_fleet.submit.request import CouncilSubmission
 
     def body() -> int:
         spec = load_spec(spec_path)
         url = address or ClusterAddresses.from_env(Role.CLIENT).dashboard_url
         checks = run_doctor(
-            CouncilRequest(spec=spec, env_kind=env_kind, nats_url=nats_url),
+            CouncilSubmission(spec=spec, env_kind=env_kind, nats_url=nats_url),
             url,
             auth_token_from_env(),
             check_timeout_s=check_timeout,

@@ -47,7 +47,7 @@ def outbox_replay(
     (the line is named; nothing published), 5 NATS unreachable (PATH unchanged), 1 an event was
     refused for good (e.g. no stream takes its subject; PATH unchanged).
     """
-    from swe_fleet.nats.outbox import replay_outbox
+    from swe_fleet.nats.replay import replay_outbox
 
     def body() -> int:
         result = asyncio.run(

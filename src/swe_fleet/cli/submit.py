@@ -18,9 +18,7 @@ from swe_fleet.cli._common import (
 )
 from swe_fleet.cli.render import print_lines
 from swe_fleet.exit_codes import ExitCode, for_job_status
-
-#: Seconds for each Jobs API request.
-DEFAULT_REQUEST_TIMEOUT_S = 10.0
+from swe_fleet.submit import DEFAULT_REQUEST_TIMEOUT_S
 
 
 @click.command()
@@ -81,22 +79,27 @@ def submit(
     """
     from swe_fleet.addresses import ClusterAddresses, Role, auth_token_from_env
     from swe_fleet.errors import SweFleetError
-    from swe_fleet.preflight.cluster import PreflightCache, preflight_hook
-    from swe_fleet.submit.client import CouncilJobClient, CouncilRequest
+    from swe_fleet.preflight.cache import PreflightCache
+    from swe_fleet.preflight.orchestration import preflight_hook
+    from swe_fleet.submit.jobs_api import JobsApi
+    from swe_fleet.submit.request import CouncilSubmission
+    from swe_fleet.submit.submission import submit_council
+    from swe_fleet.submit.wait import wait_until_terminal
 
     def body() -> int:
         spec = load_spec(spec_path)
         url = address or ClusterAddresses.from_env(Role.CLIENT).dashboard_url
-        client = CouncilJobClient(url, auth_token=auth_token_from_env(), request_timeout_s=request_timeout)
+        jobs = JobsApi(url, auth_token=auth_token_from_env(), request_timeout_s=request_timeout)
         hook = (
             None
             if skip_preflight
             else preflight_hook(
-                client, timeout_s=preflight_timeout, cache=PreflightCache.default(), on_info=info
+                jobs, timeout_s=preflight_timeout, cache=PreflightCache.default(), on_info=info
             )
         )
-        done = client.submit(
-            CouncilRequest(spec=spec, env_kind=env_kind, nats_url=nats_url, submission_id=submission_id),
+        done = submit_council(
+            jobs,
+            CouncilSubmission(spec=spec, env_kind=env_kind, nats_url=nats_url, submission_id=submission_id),
             retry_failed=retry_failed,
             preflight=hook,
         )
@@ -107,7 +110,8 @@ def submit(
         if not wait:
             return int(ExitCode.OK)
         try:
-            status = client.wait(
+            status = wait_until_terminal(
+                jobs,
                 done.job_id,
                 timeout_s=timeout_s,
                 on_status=lambda s: err.print(f"job {done.job_id}: {s.value}"),
@@ -115,7 +119,7 @@ def submit(
             )
         except KeyboardInterrupt:
             try:
-                client.stop(done.job_id)
+                jobs.stop(done.job_id)
                 err.print(f"stopped job {done.job_id}")
             except SweFleetError as exc:
                 err.print(f"could not stop job {done.job_id}: {exc}")

@@ -1,7 +1,9 @@
-"""Runs one council: each phase is one batch to the generator, every response is published.
+"""The deliberation loop: each phase one batch to the generator, every response published.
 
-This is the body of the job driver (``jobs/council.py``); it is backend- and transport-agnostic
-(any :class:`~swe_fleet.llm.base.Generator`, any publisher with ``publish_all``).
+It runs over three ports, so it is backend- and transport-agnostic: a
+:class:`~swe_fleet.llm.base.Generator`, a :class:`Publisher` (``publish_all``) and, optionally,
+:class:`Checkpoints`. The council job's driver (:mod:`swe_fleet.driver.council_job`) plugs in
+vLLM and JetStream; tests plug in fakes.
 """
 
 from __future__ import annotations
@@ -14,26 +16,13 @@ from typing import Any, Protocol
 import structlog
 
 from swe_fleet.council import protocol as council
+from swe_fleet.council.state import CouncilState
 from swe_fleet.errors import CheckpointMismatch, LLMError
 from swe_fleet.events import AgentResponseCompleted, DeliberationCompleted
-from swe_fleet.llm.base import ChatRequest, Completion, Generator
+from swe_fleet.llm.base import Completion, Generator
 from swe_fleet.spec import CouncilSpec
 
 log = structlog.get_logger(__name__)
-
-
-class UnavailableBackend:
-    """A generator that fails every request with one reason (the engine never started): the
-    council still publishes a failed event per agent response and a result per task."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-    async def generate(self, batch: Sequence[ChatRequest]) -> list[Completion]:
-        return [Completion(text="", error=self.reason) for _ in batch]
-
-    async def close(self) -> None:
-        return None
 
 
 class Checkpoints(Protocol):
@@ -83,7 +72,7 @@ async def run_deliberation(
     """
     report = DeliberationReport(submission_id=submission_id)
     bound = log.bind(submission_id=submission_id, council=spec.name)
-    state = council.CouncilState.start(spec)
+    state = CouncilState.start(spec)
 
     async def run_phase(slots: list[council.Slot]) -> None:
         if not slots:
@@ -125,7 +114,7 @@ async def run_deliberation(
                     submission_id=submission_id,
                 )
             done = list(saved["done"])
-            state = council.CouncilState.from_dict(saved["state"])
+            state = CouncilState.from_dict(saved["state"])
             report.resumed_after = done[-1] if done else None
             bound.info("council.resumed", after=report.resumed_after, phases_done=len(done))
     for phase, round_ in council.phase_plan(spec):

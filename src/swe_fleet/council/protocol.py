@@ -10,54 +10,51 @@ Phases, each ONE batch across all tasks and agents:
    addressed to it. Then the next round critiques the revisions.
 4. **vote**: every agent scores every other agent's final proposal, as JSON.
 
-Routing of critiques: the section under ``### <agent_id>`` goes to that agent; a critique with
-no recognisable sections goes whole to every agent it covered. A failed proposal is out of the
-running for that task (not critiqued, revised or voted on) but its agent still critiques and
-votes; a failed revision keeps the previous proposal.
-Early stop and prompt shortening: see :class:`swe_fleet.spec.ProtocolSpec`. Ranking: see
-:mod:`swe_fleet.council.ranking`.
+A failed proposal is out of the running for that task (not critiqued, revised or voted on) but
+its agent still critiques and votes; a failed revision keeps the previous proposal.
 
-Prompt layout, shared context first: every request is ``[system: the council prompt (the same
-for everyone), user: <context of the task> + <who this agent is> + <what it must do now>]``.
-The context (the task and, for critique and vote, *every* current proposal of the task, in spec
-order) is the same text for every agent of a task, and the agent's role and role prompt come
-after it, so an engine with prefix caching (vLLM's default) computes that context once per
-task instead of once per agent: in a batch, most of a critique or vote prompt is shared.
+Where the rest lives: the state between phases in :mod:`~swe_fleet.council.state`, the prompts
+(shared context first, for the prefix cache) in :mod:`~swe_fleet.council.prompts`, critique
+routing and early stop in :mod:`~swe_fleet.council.routing` (the signal is
+:class:`swe_fleet.spec.ProtocolSpec`'s), votes and the ranking rule in
+:mod:`~swe_fleet.council.ranking`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from swe_fleet.council.prompts import (
+    CURRENT_PROPOSALS,
+    chat_request,
+    proposals_context,
+    shorten,
+    task_context,
+)
 from swe_fleet.council.ranking import parse_vote, rank_task, vote_schema
+from swe_fleet.council.routing import no_objections, route_critique
+from swe_fleet.council.state import CouncilState, TaskState
 from swe_fleet.errors import InvalidVote
 from swe_fleet.events import AgentResponseCompleted, AgentResponseFailed, DeliberationCompleted, Phase
 from swe_fleet.llm.base import ChatRequest, Completion
 from swe_fleet.spec import AgentSpec, CouncilSpec, TaskSpec
 
 __all__ = [
-    "CouncilState",
     "Outcome",
     "Slot",
     "apply",
     "critique_slots",
     "outcome_event",
-    "parse_vote",
     "phase_plan",
     "phase_slots",
     "proposal_slots",
     "results",
     "revise_slots",
-    "route_critique",
-    "shorten",
-    "vote_schema",
     "vote_slots",
 ]
-
 Outcome = AgentResponseCompleted | AgentResponseFailed
 
 
@@ -72,58 +69,6 @@ class Slot:
     request: ChatRequest
     #: The other agents this response is about (critique targets, vote candidates).
     candidates: tuple[str, ...] = ()
-
-
-@dataclass
-class TaskState:
-    """Where one task's deliberation stands."""
-
-    #: agent_id -> current proposal text (agents whose proposal failed are absent).
-    proposals: dict[str, str] = field(default_factory=dict)
-    #: round -> target agent_id -> [(critic, text)] addressed to that target.
-    critiques: dict[int, dict[str, list[tuple[str, str]]]] = field(default_factory=dict)
-    #: voter -> candidate -> score, for votes that counted.
-    votes: dict[str, dict[str, int]] = field(default_factory=dict)
-    votes_expected: int = 0
-    rounds_run: int = 0
-    settled: bool = False
-    transcript: list[str] = field(default_factory=list)
-
-
-@dataclass
-class CouncilState:
-    """The whole council's state between phases (pure data; the driver checkpoints it)."""
-
-    tasks: dict[str, TaskState]
-
-    @classmethod
-    def start(cls, spec: CouncilSpec) -> CouncilState:
-        return cls(tasks={t.id: TaskState() for t in spec.tasks})
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (round numbers become string keys)."""
-        return {
-            tid: {
-                **{k: v for k, v in ts.__dict__.items() if k != "critiques"},
-                "critiques": {
-                    str(r): {t: [list(n) for n in notes] for t, notes in by_target.items()}
-                    for r, by_target in ts.critiques.items()
-                },
-            }
-            for tid, ts in self.tasks.items()
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CouncilState:
-        """Inverse of :meth:`to_dict`."""
-        tasks = {}
-        for tid, raw in data.items():
-            critiques = {
-                int(r): {t: [(n[0], n[1]) for n in notes] for t, notes in by_target.items()}
-                for r, by_target in raw["critiques"].items()
-            }
-            tasks[tid] = TaskState(**{**raw, "critiques": critiques})
-        return cls(tasks=tasks)
 
 
 def phase_plan(spec: CouncilSpec) -> list[tuple[Phase, int]]:
@@ -148,52 +93,11 @@ def phase_slots(spec: CouncilSpec, state: CouncilState, phase: Phase, round_: in
 # ---- prompts -----------------------------------------------------------------------------------
 
 
-def shorten(text: str, limit: int) -> str:
-    """Keep the first ``limit`` characters and say how many were cut (deterministic)."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}\n[... {len(text) - limit} characters cut]"
-
-
-def _role(agent: AgentSpec) -> str:
-    return f"You are {agent.id}, the council's {agent.role}. {agent.resolved_role_prompt()}"
-
-
-def _request(spec: CouncilSpec, agent: AgentSpec, context: str, ask: str, **kw: Any) -> ChatRequest:
-    """``context`` is shared by every agent of the task; the agent's role and ``ask`` follow it."""
-    return ChatRequest(
-        messages=(
-            {"role": "system", "content": spec.protocol.council_prompt},
-            {"role": "user", "content": f"{context}\n\n{_role(agent)}\n\n{ask}"},
-        ),
-        max_tokens=kw.pop("max_tokens", spec.model.max_tokens),
-        temperature=spec.model.temperature,
-        seed=spec.model.seed,
-        **kw,
-    )
-
-
-CURRENT_PROPOSALS = "The council's current proposals:"
-
-
-def _task_context(task: TaskSpec) -> str:
-    return f"Task {task.id}:\n{task.prompt}"
-
-
-def _proposals_context(spec: CouncilSpec, task: TaskSpec, state: TaskState, heading: str) -> str:
-    """The task and every standing proposal of it (spec order, each cut to max_proposal_chars)."""
-    limit = spec.protocol.max_proposal_chars
-    listing = "\n\n".join(
-        f"### {a.id}\n{shorten(state.proposals[a.id], limit)}" for a in spec.agents if a.id in state.proposals
-    )
-    return f"{_task_context(task)}\n\n{heading}\n\n{listing}"
-
-
 def proposal_slots(spec: CouncilSpec) -> list[Slot]:
     """The propose phase: one request per (task, agent), tasks outer, agents inner."""
     return [
         Slot(task=task, agent=agent, phase="propose", round=0,
-             request=_request(spec, agent, _task_context(task), "Propose a solution."))
+             request=chat_request(spec, agent, task_context(task), "Propose a solution."))
         for task in spec.tasks
         for agent in spec.agents
     ]  # fmt: skip
@@ -214,7 +118,7 @@ def critique_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[
     signal = spec.protocol.no_objection_signal
     slots = []
     for task, ts in _open_tasks(spec, state):
-        context = _proposals_context(spec, task, ts, CURRENT_PROPOSALS)
+        context = proposals_context(spec, task, ts, CURRENT_PROPOSALS)
         for agent in spec.agents:
             targets = _others(spec, ts, agent.id)
             if not targets:
@@ -227,7 +131,7 @@ def critique_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[
             )
             slots.append(
                 Slot(task=task, agent=agent, phase="critique", round=round_,
-                     request=_request(spec, agent, context, ask), candidates=targets)
+                     request=chat_request(spec, agent, context, ask), candidates=targets)
             )  # fmt: skip
     return slots
 
@@ -243,7 +147,7 @@ def revise_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[Sl
     slots = []
     for task, ts in _open_tasks(spec, state):
         received = ts.critiques.get(round_, {})
-        context = _proposals_context(spec, task, ts, CURRENT_PROPOSALS)
+        context = proposals_context(spec, task, ts, CURRENT_PROPOSALS)
         for agent in spec.agents:
             notes = received.get(agent.id)
             if agent.id not in ts.proposals or not notes:
@@ -254,7 +158,7 @@ def revise_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[Sl
                 f"{critique_text}\n\nWrite your revised proposal in full."
             )
             slots.append(Slot(task=task, agent=agent, phase="revise", round=round_,
-                              request=_request(spec, agent, context, ask)))  # fmt: skip
+                              request=chat_request(spec, agent, context, ask)))  # fmt: skip
     return slots
 
 
@@ -267,7 +171,7 @@ def vote_slots(spec: CouncilSpec, state: CouncilState) -> list[Slot]:
     slots: list[Slot] = []
     for task in spec.tasks:
         ts = state.tasks[task.id]
-        context = _proposals_context(spec, task, ts, "The council's final proposals:")
+        context = proposals_context(spec, task, ts, "The council's final proposals:")
         for voter in spec.agents:
             candidates = _others(spec, ts, voter.id)
             if not candidates:
@@ -280,7 +184,7 @@ def vote_slots(spec: CouncilSpec, state: CouncilState) -> list[Slot]:
             )
             slots.append(
                 Slot(task=task, agent=voter, phase="vote", round=0, candidates=candidates,
-                     request=_request(spec, voter, context, ask, max_tokens=spec.model.vote_max_tokens,
+                     request=chat_request(spec, voter, context, ask, max_tokens=spec.model.vote_max_tokens,
                                       json_schema=vote_schema(candidates, lo, hi)))
             )  # fmt: skip
     return slots
@@ -325,23 +229,6 @@ def outcome_event(slot: Slot, completion: Completion, *, submission_id: str, spe
     )
 
 
-_HEADING = re.compile(r"^\s*#{1,6}\s*(?:proposal\s+(?:by|from)\s+)?([A-Za-z0-9][A-Za-z0-9_.-]*)\s*:?\s*$",
-                      re.IGNORECASE | re.MULTILINE)  # fmt: skip
-
-
-def route_critique(text: str, targets: Sequence[str]) -> dict[str, str]:
-    """Split a critique into the sections addressed to each target (module docstring)."""
-    marks = [(m.start(), m.end(), m.group(1)) for m in _HEADING.finditer(text) if m.group(1) in targets]
-    if not marks:
-        return dict.fromkeys(targets, text.strip())
-    sections: dict[str, str] = {}
-    for i, (_, end, target) in enumerate(marks):
-        stop = marks[i + 1][0] if i + 1 < len(marks) else len(text)
-        body = text[end:stop].strip()
-        sections[target] = f"{sections[target]}\n{body}" if target in sections else body
-    return sections
-
-
 def apply(
     spec: CouncilSpec, state: CouncilState, phase: Phase, round_: int, events: Sequence[Outcome]
 ) -> None:
@@ -367,31 +254,11 @@ def apply(
         for task_id, task_events in by_task.items():
             ts = state.tasks[task_id]
             ts.rounds_run = round_
-            if spec.protocol.early_stop and _no_objections(task_events, ts, round_, signal):
+            if spec.protocol.early_stop and no_objections(task_events, ts, round_, signal):
                 ts.settled = True
     if phase == "vote":
         for e in events:
             state.tasks[e.task_id].votes_expected += 1
-
-
-def _no_objections(events: Sequence[Outcome], ts: TaskState, round_: int, signal: str) -> bool:
-    """Every critic completed and addressed every proposal it saw with the bare signal."""
-    completed = [e for e in events if isinstance(e, AgentResponseCompleted)]
-    if len(completed) != len(events):
-        return False
-    received = ts.critiques.get(round_, {})
-    for e in completed:
-        for target in (e.data or {}).get("targets", []):
-            notes = [text for critic, text in received.get(target, []) if critic == e.agent_id]
-            if not notes or not all(_says_only(text, signal) for text in notes):
-                return False
-    return True
-
-
-def _says_only(text: str, signal: str) -> bool:
-    """The section's first line is the signal (markdown emphasis and punctuation aside)."""
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    return first.strip().strip("*_`.!:- ").lower() == signal
 
 
 def results(spec: CouncilSpec, state: CouncilState, *, submission_id: str) -> list[DeliberationCompleted]:

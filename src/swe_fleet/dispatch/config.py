@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swe_fleet.errors import ConfigError
 from swe_fleet.events import AGENT_RESPONSES_STREAM, COUNCIL_REQUEST, COUNCIL_REQUESTS_STREAM
+
+if TYPE_CHECKING:
+    from swe_fleet.nats.pull import OutagePolicy
 
 #: The durable consumer of ``council.request`` that dispatchers share.
 DEFAULT_DURABLE = "swe-fleet-dispatch"
@@ -75,4 +78,15 @@ class DispatcherConfig:
             max_deliver=-1,
             deliver_policy=api.DeliverPolicy.ALL,
             filter_subject=COUNCIL_REQUEST,
+        )
+
+    def outage_policy(self) -> OutagePolicy:
+        """How the dispatcher's pull loop rides out NATS being away: a fetch every second for at
+        most ``outage_budget_s``, whatever NATS (or the consumer) answers; a connection closed for
+        good ends it at once. The durable is never created again behind the operator's back: a
+        new one would deliver the stream's whole history."""
+        from swe_fleet.nats.pull import FETCH_ERRORS, OutagePolicy  # see consumer_config
+
+        return OutagePolicy(
+            budget_s=self.outage_budget_s, initial_wait_s=1.0, max_wait_s=1.0, errors=FETCH_ERRORS
         )

@@ -1,49 +1,34 @@
-"""The dispatcher's ledger: one JetStream key-value record per request, and status events
-published exactly once per job and state.
+"""The dispatcher's ledger: one JetStream key-value record per request (bucket
+``COUNCIL_DISPATCH``), and the in-flight view that the ledger alone keeps.
 
-Why a ledger: JetStream drops a re-published ``Nats-Msg-Id`` only within the stream's duplicate
-window (10 minutes by default). A dispatcher that restarts after a longer outage, or a job that
-runs for hours, would otherwise publish ``council.job.running`` again for a job it already
-announced. So the ledger (bucket ``COUNCIL_DISPATCH``, one record per request id) remembers which
-states were published, durably, and publishing one goes through a write-ahead intent:
+A record is the request's reservation of an in-flight slot (written before its job is submitted,
+so a restarted dispatcher counts jobs whose submission it did not get to finish), the job it got,
+and which status events were published (with the write-ahead intent of the one being published:
+:mod:`~swe_fleet.dispatch.status`). Terminal records are kept for :data:`RETENTION_S` (a request
+redelivered after its job ended must still find that its events were published), then deleted on
+start-up.
 
-1. write ``pending = {state, key, payload, after_seq}`` to the record, where ``after_seq`` is the
-   events stream's last sequence *before* the publish (compare-and-set on the record's revision);
-2. publish the event with its key as ``Nats-Msg-Id``;
-3. write ``published += [state]``, ``pending = None``.
-
-A crash between 1 and 3 leaves the intent. Whoever touches the record next (the restarted
-dispatcher on start-up, or the next publish) looks the key up in the stream from ``after_seq``
-on (``next_by_subj`` reads, only that subject, only since the intent): found, it is marked
-published; not found, the payload of the intent is published. Either way the stream holds the
-event once, however long the crash lasted. Within the window the Nats-Msg-Id makes even a blind
-republish harmless; the look-up makes it unnecessary.
-
-The record is also the request's reservation of an in-flight slot (written before the job is
-submitted), so a restarted dispatcher counts jobs whose submission it did not get to finish.
-Terminal records are kept for :data:`RETENTION_S` (a request redelivered after its job ended
-must still find that its events were published), then deleted on start-up.
+The in-flight view: every record whose job is not terminal. Every call that writes a record
+updates it, so no caller keeps a copy of its own that could fall behind; :attr:`Ledger.slot_freed`
+is set whenever a record leaves it. :meth:`Ledger.holding` serialises the work on one request
+(its handler and the job follower never touch the same record at once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
-import nats.errors
 import nats.js.errors
-import structlog
-from nats.js import api
 from pydantic import BaseModel, ConfigDict, Field
 
 from swe_fleet.errors import DispatchError
 from swe_fleet.events import TERMINAL_JOB_STATES, CouncilJobStatus, JobState
-from swe_fleet.nats.publisher import JetStreamPublisher
-
-log = structlog.get_logger(__name__)
+from swe_fleet.nats.kv import open_bucket
 
 LEDGER_BUCKET = "COUNCIL_DISPATCH"
 #: How long a finished request's record is kept (redeliveries, late duplicates of the request).
@@ -66,7 +51,12 @@ class PendingPublish(BaseModel):
 
 
 class DispatchRecord(BaseModel):
-    """What the dispatcher knows about one request; the KV revision rides along (not stored)."""
+    """What the dispatcher knows about one request; the KV revision rides along (not stored).
+
+    Attributes:
+        submission_id: the deliberation's id (:func:`~swe_fleet.dispatch.requests.submission_id_for`).
+        job_id: Ray's id of the job, once it is known.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -115,45 +105,76 @@ def ledger_key(request_id: str) -> str:
 
 
 class Ledger:
-    """Records in the ``COUNCIL_DISPATCH`` bucket; every call is bounded by ``timeout_s``."""
+    """Records in the ``COUNCIL_DISPATCH`` bucket and the in-flight view (see the module
+    docstring); every bucket call is bounded by ``timeout_s``."""
 
-    def __init__(
-        self,
-        kv: Any,
-        js: Any,
-        publisher: JetStreamPublisher,
-        events_stream: str,
-        timeout_s: float = 10.0,
-    ) -> None:
+    def __init__(self, kv: Any, timeout_s: float = 10.0) -> None:
         self._kv = kv
-        self._js = js
-        self._publisher = publisher
-        self._events_stream = events_stream
         self._timeout_s = timeout_s
+        self._in_flight: dict[str, DispatchRecord] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        #: Set whenever a record leaves the in-flight view (a slot is free); cleared by its waiter.
+        self.slot_freed = asyncio.Event()
 
     @classmethod
-    async def open(
-        cls, js: Any, publisher: JetStreamPublisher, events_stream: str, timeout_s: float = 10.0
-    ) -> Ledger:
+    async def open(cls, js: Any, timeout_s: float = 10.0) -> Ledger:
         """Bind to the bucket, creating it (file storage, one revision per key) when missing."""
-        try:
-            kv = await asyncio.wait_for(js.key_value(LEDGER_BUCKET), timeout_s)
-        except nats.js.errors.BucketNotFoundError:
-            kv = await asyncio.wait_for(
-                js.create_key_value(
-                    api.KeyValueConfig(bucket=LEDGER_BUCKET, history=1, storage=api.StorageType.FILE)
-                ),
-                timeout_s,
-            )
-        return cls(kv, js, publisher, events_stream, timeout_s)
+        return cls(await open_bucket(js, LEDGER_BUCKET, timeout_s=timeout_s), timeout_s)
 
     async def _bounded(self, what: Awaitable[T]) -> T:
         return await asyncio.wait_for(what, self._timeout_s)
 
-    # ---- records ---------------------------------------------------------------------------
+    # ---- the in-flight view --------------------------------------------------------------------
 
-    async def load_all(self) -> list[DispatchRecord]:
-        """Every record, read in one pass over the bucket."""
+    @property
+    def in_flight(self) -> int:
+        """Requests whose job is not terminal (reservations included)."""
+        return len(self._in_flight)
+
+    def in_flight_ids(self) -> list[str]:
+        """The request ids in flight now (a copy: the view may change while it is walked)."""
+        return list(self._in_flight)
+
+    def in_flight_record(self, request_id: str) -> DispatchRecord | None:
+        """The latest record of a request in flight, or None."""
+        return self._in_flight.get(request_id)
+
+    def is_held(self, request_id: str) -> bool:
+        """Whether someone works on the request right now (see :meth:`holding`)."""
+        lock = self._locks.get(request_id)
+        return lock is not None and lock.locked()
+
+    @contextlib.asynccontextmanager
+    async def holding(self, request_id: str) -> AsyncIterator[None]:
+        """Work on one request's record alone (its handler and the follower take turns)."""
+        lock = self._locks.setdefault(request_id, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and request_id not in self._in_flight:
+                self._locks.pop(request_id, None)
+
+    def _track(self, record: DispatchRecord) -> DispatchRecord:
+        if not record.terminal:
+            self._in_flight[record.request_id] = record
+        else:
+            self._untrack(record.request_id)
+        return record
+
+    def _untrack(self, request_id: str) -> None:
+        if self._in_flight.pop(request_id, None) is not None:
+            self.slot_freed.set()
+
+    # ---- records -------------------------------------------------------------------------------
+
+    async def load(self, now: float | None = None) -> tuple[list[DispatchRecord], int]:
+        """Read every record (one pass over the bucket), delete terminal ones older than
+        :data:`RETENTION_S`, and start the in-flight view from the others.
+
+        Returns:
+            (every record read, how many were deleted).
+        """
         watcher = await self._bounded(self._kv.watchall(ignore_deletes=True))
         records: list[DispatchRecord] = []
         try:
@@ -165,9 +186,16 @@ class Ledger:
                     records.append(_decode(entry.value, entry.revision))
         finally:
             await watcher.stop()
-        return records
+        now = time.time() if now is None else now
+        old = [r for r in records if r.terminal and now - r.updated_at > RETENTION_S]
+        for r in old:
+            await self._bounded(self._kv.delete(ledger_key(r.request_id), last=r.revision))
+        for r in records:
+            self._track(r)
+        return records, len(old)
 
     async def get(self, request_id: str) -> DispatchRecord | None:
+        """The request's record as the bucket holds it (the in-flight view is not changed)."""
         try:
             entry = await self._bounded(self._kv.get(ledger_key(request_id)))
         except nats.js.errors.KeyNotFoundError:
@@ -190,25 +218,28 @@ class Ledger:
             found = await self.get(request_id)
             if found is None:  # deleted between the two calls: try once more
                 return await self.reserve(request_id, submission_id, council)
-            return found, False
-        return record.model_copy(update={"revision": revision}), True
+            return self._track(found), False
+        return self._track(record.model_copy(update={"revision": revision})), True
 
     async def release(self, record: DispatchRecord) -> None:
-        """Delete a reservation whose job was never created."""
+        """Delete a reservation whose job was never created (its slot is free again)."""
         await self._bounded(self._kv.delete(ledger_key(record.request_id), last=record.revision))
+        self._untrack(record.request_id)
 
     async def mark_submitted(self, record: DispatchRecord, job_id: str, dashboard_url: str) -> DispatchRecord:
+        """Record the request's job (Ray's ``job_id``)."""
         if record.job_id == job_id:
-            return record
+            return self._track(record)
         return await self._save(record.model_copy(update={"job_id": job_id, "dashboard_url": dashboard_url}))
 
-    async def forget_finished(self, records: list[DispatchRecord], now: float | None = None) -> int:
-        """Delete terminal records older than :data:`RETENTION_S`; return how many."""
-        now = time.time() if now is None else now
-        old = [r for r in records if r.terminal and now - r.updated_at > RETENTION_S]
-        for r in old:
-            await self._bounded(self._kv.delete(ledger_key(r.request_id), last=r.revision))
-        return len(old)
+    async def write_intent(self, record: DispatchRecord, pending: PendingPublish) -> DispatchRecord:
+        """Record that ``pending``'s event is about to be published (step 1 of the intent)."""
+        return await self._save(record.model_copy(update={"pending": pending}))
+
+    async def mark_published(self, record: DispatchRecord, state: JobState) -> DispatchRecord:
+        """Record that ``state`` was published and no intent is pending (the intent's last step)."""
+        published = record.published if state in record.published else (*record.published, state)
+        return await self._save(record.model_copy(update={"published": published, "pending": None}))
 
     async def _save(self, record: DispatchRecord) -> DispatchRecord:
         record = record.model_copy(update={"updated_at": time.time()})
@@ -222,105 +253,7 @@ class Ledger:
                 "run one dispatcher per durable consumer (another one is writing the same records)",
                 request_id=record.request_id,
             ) from None
-        return record.model_copy(update={"revision": revision})
-
-    # ---- exactly-once status events ------------------------------------------------------------
-
-    async def publish_once(self, record: DispatchRecord, event: CouncilJobStatus) -> DispatchRecord:
-        """Publish ``event`` unless the record says its state was published; return the record.
-
-        Raises:
-            PublishError: the publish failed after its retries (the intent stays; the next
-                call resolves it).
-            DispatchError: the record changed concurrently.
-        """
-        if record.pending is not None:
-            record = await self.resolve_pending(record)
-        if event.state in record.published:
-            return record
-        after_seq = await self._last_seq()
-        record = await self._save(
-            record.model_copy(
-                update={
-                    "pending": PendingPublish(
-                        state=event.state,
-                        subject=event.subject,
-                        key=event.key,
-                        payload=event.to_bytes().decode(),
-                        after_seq=after_seq,
-                    )
-                }
-            )
-        )
-        result = await self._publisher.publish(event)
-        log.info(
-            "dispatch.status_published",
-            request_id=record.request_id,
-            state=event.state,
-            key=event.key,
-            seq=result.seq,
-            duplicate=result.duplicate,
-        )
-        return await self._save(
-            record.model_copy(update={"published": (*record.published, event.state), "pending": None})
-        )
-
-    async def resolve_pending(self, record: DispatchRecord) -> DispatchRecord:
-        """Finish the intent a crash left: publish it only if the stream does not hold its key."""
-        pending = record.pending
-        if pending is None:
-            return record
-        if await self.stream_holds(pending.subject, pending.key, pending.after_seq):
-            log.info("dispatch.intent_found", request_id=record.request_id, key=pending.key)
-        else:
-            result = await self._publisher.publish(_Stored(pending))
-            log.info(
-                "dispatch.intent_published",
-                request_id=record.request_id,
-                key=pending.key,
-                duplicate=result.duplicate,
-            )
-        published = (
-            record.published if pending.state in record.published else (*record.published, pending.state)
-        )
-        return await self._save(record.model_copy(update={"published": published, "pending": None}))
-
-    async def stream_holds(self, subject: str, key: str, after_seq: int) -> bool:
-        """Whether the events stream has a message on ``subject`` with ``Nats-Msg-Id`` ``key``
-        after ``after_seq`` (reads only that subject's messages since then)."""
-        seq = after_seq + 1
-        while True:
-            try:
-                msg = await self._bounded(
-                    self._js.get_msg(self._events_stream, seq=seq, subject=subject, next=True)
-                )
-            except nats.js.errors.NotFoundError:
-                return False
-            if (msg.headers or {}).get("Nats-Msg-Id") == key:
-                return True
-            seq = msg.seq + 1
-
-    async def _last_seq(self) -> int:
-        info = await self._bounded(self._js.stream_info(self._events_stream))
-        return int(info.state.last_seq)
-
-
-class _Stored:
-    """A pending intent as something the publisher can send again, byte for byte."""
-
-    def __init__(self, pending: PendingPublish) -> None:
-        self._pending = pending
-
-    @property
-    def subject(self) -> str:
-        return self._pending.subject
-
-    @property
-    def key(self) -> str:
-        return self._pending.key
-
-    def to_bytes(self) -> bytes:
-        return self._pending.payload.encode()
+        return self._track(record.model_copy(update={"revision": revision}))
 
 
 def _encode(record: DispatchRecord) -> bytes:
@@ -329,7 +262,3 @@ def _encode(record: DispatchRecord) -> bytes:
 
 def _decode(value: bytes, revision: int) -> DispatchRecord:
     return DispatchRecord.model_validate({**json.loads(value), "revision": revision})
-
-
-#: Errors of a ledger call that go away by themselves (NATS restarting, a slow server).
-LEDGER_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, nats.errors.Error)

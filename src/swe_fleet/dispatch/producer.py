@@ -29,18 +29,17 @@ import uuid
 from collections.abc import Generator, Sequence
 from typing import Any
 
-import nats.errors
 import structlog
 from nats.js import api
 from pydantic import ValidationError
 
-from swe_fleet.errors import (
-    CouncilIncomplete,
-    DispatchTimeout,
-    NatsUnreachable,
-    RequestRejected,
-    UndecodableEvent,
+from swe_fleet.dispatch.requests import (
+    CouncilRequestDead,
+    CouncilRequested,
+    decode_request,
+    submission_id_for,
 )
+from swe_fleet.errors import CouncilIncomplete, DispatchTimeout, RequestRejected, UndecodableEvent
 from swe_fleet.events import (
     AGENT_RESPONSES_STREAM,
     AGENT_RESPONSES_SUBJECTS,
@@ -51,27 +50,23 @@ from swe_fleet.events import (
     DELIBERATION_COMPLETED,
     TERMINAL_JOB_STATES,
     CouncilJobStatus,
-    CouncilRequestDead,
-    CouncilRequested,
     DeliberationCompleted,
     decode_event,
-    decode_request,
-    submission_id_for,
 )
-from swe_fleet.nats.publisher import (
-    TRANSIENT_ERRORS,
-    JetStreamPublisher,
-    PublishPolicy,
-    close_nats,
-    connect_nats,
-    ensure_stream,
-)
+from swe_fleet.nats.connection import JetStreamConnection, open_jetstream
+from swe_fleet.nats.policy import PublishPolicy
+from swe_fleet.nats.publisher import JetStreamPublisher
+from swe_fleet.nats.pull import FETCH_ERRORS, OutagePolicy, PullLoop, Subscription
+from swe_fleet.nats.streams import StreamRequirement
 from swe_fleet.spec import CouncilSpec
 
 log = structlog.get_logger(__name__)
 
 #: A ticket's consumers outlive a vanished producer by this long, then the server removes them.
 CONSUMER_INACTIVE_S = 300.0
+#: How a ticket's consumers ride out NATS reconnecting: a fetch every half second with no time
+#: bound of their own (the ticket's ``timeout_s`` is one); a connection closed for good ends them.
+TICKET_OUTAGE_POLICY = OutagePolicy(budget_s=None, initial_wait_s=0.5, max_wait_s=0.5)
 
 
 class CouncilTicket:
@@ -126,30 +121,32 @@ async def request_council(
         NatsUnreachable / PublishError / StreamConfigMismatch: the request could not be published.
     """
     request = _build_request(spec, spec_ref, request_id or f"req-{uuid.uuid4().hex}")
-    nc = await connect_nats(nats_url, timeout_s=connect_timeout_s, name="swe-fleet-request")
-    try:
-        js = nc.jetstream(timeout=connect_timeout_s)
-        bound = connect_timeout_s * 2
-        try:
-            await asyncio.wait_for(ensure_stream(js, requests_stream, COUNCIL_REQUESTS_SUBJECTS), bound)
-            await asyncio.wait_for(ensure_stream(js, events_stream, AGENT_RESPONSES_SUBJECTS), bound)
-            # Listening starts before the request exists: nothing it causes can be missed.
-            events = await asyncio.wait_for(
-                _listen(js, events_stream, [DELIBERATION_COMPLETED, *COUNCIL_JOB_STATUS_SUBJECTS]), bound
-            )
-            dead = await asyncio.wait_for(_listen(js, requests_stream, [COUNCIL_REQUEST_DEAD]), bound)
-        except TimeoutError:
-            raise NatsUnreachable(
-                f"NATS at {nats_url} answered but JetStream did not within {bound:.0f} s", url=nats_url
-            ) from None
-        ack = await JetStreamPublisher(nc, requests_stream, PublishPolicy(), url=nats_url).publish(request)
-    except BaseException:
-        await close_nats(nc)
-        raise
+    conn = await open_jetstream(
+        nats_url,
+        name="swe-fleet-request",
+        connect_timeout_s=connect_timeout_s,
+        streams=[
+            StreamRequirement(requests_stream, COUNCIL_REQUESTS_SUBJECTS),
+            StreamRequirement(events_stream, AGENT_RESPONSES_SUBJECTS),
+        ],
+    )
+    async with conn.setting_up():
+        # Listening starts before the request exists: nothing it causes can be missed.
+        events = Subscription(
+            conn.nc,
+            await conn.bounded(
+                _listen(conn.js, events_stream, [DELIBERATION_COMPLETED, *COUNCIL_JOB_STATUS_SUBJECTS])
+            ),
+        )
+        dead = Subscription(
+            conn.nc, await conn.bounded(_listen(conn.js, requests_stream, [COUNCIL_REQUEST_DEAD]))
+        )
+        publisher = JetStreamPublisher(conn.nc, requests_stream, PublishPolicy(), url=nats_url)
+        ack = await publisher.publish(request)
     sid = submission_id_for(request.request_id)
     log.info("request.published", request_id=request.request_id, seq=ack.seq, duplicate=ack.duplicate)
     waiter = _Waiter(request, sid, ack.seq, spec, timeout_s, nats_url)
-    task = asyncio.create_task(waiter.run(nc, events, dead), name=f"council-{request.request_id}")
+    task = asyncio.create_task(waiter.run(conn, events, dead), name=f"council-{request.request_id}")
     return CouncilTicket(request.request_id, sid, task)
 
 
@@ -194,11 +191,14 @@ class _Waiter:
         self.timeout_s = timeout_s
         self.results: dict[str, DeliberationCompleted] = {}
 
-    async def run(self, nc: Any, events: Any, dead: Any) -> list[DeliberationCompleted]:
+    async def run(
+        self, conn: JetStreamConnection, events: Subscription, dead: Subscription
+    ) -> list[DeliberationCompleted]:
+        """Wait for the outcome (see :func:`request_council`); closes ``conn`` at the end."""
         queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         pumps = [
-            asyncio.create_task(_pump(nc, self.nats_url, events, "event", queue)),
-            asyncio.create_task(_pump(nc, self.nats_url, dead, "dead", queue)),
+            asyncio.create_task(self._pump(events, "event", queue)),
+            asyncio.create_task(self._pump(dead, "dead", queue)),
         ]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
@@ -234,10 +234,29 @@ class _Waiter:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await p
             for sub in (events, dead):
-                # A pull subscription's late "no messages" status would keep a drain waiting.
-                with contextlib.suppress(*TRANSIENT_ERRORS, nats.errors.Error):
-                    await sub.unsubscribe()
-            await close_nats(nc)
+                await sub.unsubscribe()
+            await conn.close()
+
+    async def _pump(self, sub: Subscription, kind: str, queue: asyncio.Queue[tuple[str, bytes]]) -> None:
+        """Move a consumer's messages into ``queue`` (acked); ride out NATS reconnecting."""
+        pull = PullLoop(
+            sub,
+            batch=16,
+            fetch_wait_s=1.0,
+            policy=TICKET_OUTAGE_POLICY,
+            url=self.nats_url,
+            doing="awaiting a council",
+            hint=(
+                "the job, if any, keeps running; read its events with "
+                f"swe-fleet consume --submission-id {self.sid}"
+            ),
+            log_as="request",
+        )
+        async for msgs in pull.batches():
+            for msg in msgs:
+                await queue.put((kind, msg.data))
+                with contextlib.suppress(*FETCH_ERRORS):
+                    await msg.ack()
 
     def _take(self, kind: str, data: bytes) -> list[DeliberationCompleted] | None:
         rid = self.request.request_id
@@ -281,23 +300,3 @@ class _Waiter:
     def _ordered(self) -> list[DeliberationCompleted]:
         order = self.task_ids or list(self.results)
         return [self.results[t] for t in order if t in self.results]
-
-
-async def _pump(nc: Any, url: str, sub: Any, kind: str, queue: asyncio.Queue[tuple[str, bytes]]) -> None:
-    """Move a consumer's messages into ``queue`` (acked); ride out NATS reconnecting."""
-    while True:
-        try:
-            msgs = await sub.fetch(16, timeout=1.0)
-        except TRANSIENT_ERRORS as exc:
-            if nc.is_closed:
-                raise NatsUnreachable(
-                    f"the connection to NATS at {url} closed while awaiting a council ({type(exc).__name__})",
-                    url=url,
-                ) from exc
-            if not isinstance(exc, TimeoutError):
-                await asyncio.sleep(0.5)
-            continue
-        for msg in msgs:
-            await queue.put((kind, msg.data))
-            with contextlib.suppress(*TRANSIENT_ERRORS, nats.errors.Error):
-                await msg.ack()

@@ -16,34 +16,34 @@ import os
 import signal
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 import structlog
 
 from swe_fleet._logging import configure_logging
 from swe_fleet.addresses import DEFAULT_NAMESPACE
-from swe_fleet.council.deliberation import UnavailableBackend, run_deliberation
+from swe_fleet.council.deliberation import run_deliberation
 from swe_fleet.errors import LLMError, OutboxWritten, PublishError, SpecError
 from swe_fleet.events import CouncilJobFailed
 from swe_fleet.exit_codes import ExitCode
-from swe_fleet.llm.engine import EngineGenerator
+from swe_fleet.llm.backends import build_generator
+from swe_fleet.llm.base import UnavailableBackend
 from swe_fleet.nats.checkpoints import KVCheckpoints
-from swe_fleet.nats.publisher import JetStreamPublisher, connect_nats
+from swe_fleet.nats.connection import close_nats, connect_nats
+from swe_fleet.nats.publisher import JetStreamPublisher
 from swe_fleet.spec import CouncilSpec
-
-if TYPE_CHECKING:
-    from swe_fleet.llm.server import ServerGenerator
 
 log = structlog.get_logger(__name__)
 
 
-#: Ray passes the job's metadata (with its submission id) to the driver in this variable.
+#: Ray passes the job's metadata (with its Jobs API submission id: our job id) to the driver in this variable.
 _RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
-def submission_id_from_ray(environ: dict[str, str] | None = None) -> str | None:
-    """The Jobs API submission id of the running job, or None outside a submitted job."""
+def job_id_from_ray(environ: dict[str, str] | None = None) -> str | None:
+    """The running job's ``job_id`` (Ray's Jobs API submission id of this attempt), or None
+    outside a submitted job. Not the deliberation's ``submission_id``: ``--submission-id`` gives that."""
     raw = (environ if environ is not None else dict(os.environ)).get(_RAY_JOB_CONFIG_ENV)
     if not raw:
         return None
@@ -63,7 +63,7 @@ def run_council_job(spec_path: Path, *, nats_url: str | None, submission_id: str
     except SpecError as exc:
         log.error("spec.invalid", error=str(exc))
         return ExitCode.BAD_INPUT
-    job_id = submission_id_from_ray() or f"local-{uuid.uuid4().hex[:12]}"
+    job_id = job_id_from_ray() or f"local-{uuid.uuid4().hex[:12]}"
     sid = submission_id or job_id
     structlog.contextvars.bind_contextvars(submission_id=sid, job_id=job_id, council=spec.name)
     ray.init(namespace=os.environ.get("RAY_NAMESPACE") or DEFAULT_NAMESPACE, log_to_driver=True)
@@ -71,20 +71,6 @@ def run_council_job(spec_path: Path, *, nats_url: str | None, submission_id: str
         return asyncio.run(_run(spec, sid, job_id))
     finally:
         ray.shutdown()
-
-
-def build_generator(spec: CouncilSpec) -> EngineGenerator | ServerGenerator:
-    """The spec's backend: vLLM engine actors, or a client of a vLLM server."""
-    if spec.backend == "server":
-        from swe_fleet.llm.server import ServerGenerator
-
-        return ServerGenerator(
-            spec.server.url,
-            spec.model.name,
-            concurrency=spec.server.concurrency,
-            request_timeout_s=spec.server.request_timeout_s,
-        )
-    return EngineGenerator(spec.model)
 
 
 async def _run(spec: CouncilSpec, submission_id: str, job_id: str) -> int:
@@ -145,7 +131,7 @@ async def _open_checkpoints(spec: CouncilSpec) -> tuple[Any, KVCheckpoints]:
     try:
         return nc, await KVCheckpoints.open(nc.jetstream(timeout=spec.publish.ack_timeout_s))
     except BaseException:
-        await nc.close()
+        await close_nats(nc)
         raise
 
 
@@ -154,18 +140,12 @@ async def _run_council(spec: CouncilSpec, submission_id: str, publisher: JetStre
     try:
         generator = build_generator(spec)
     except BaseException:
-        await ckpt_nc.close()
+        await close_nats(ckpt_nc)
         raise
-    replica_calls: list[int | None] = []
     start_error: str | None = None
     try:
         try:
-            if isinstance(generator, EngineGenerator):
-                await generator.start()
-            else:
-                from swe_fleet.llm.server import wait_until_healthy
-
-                await wait_until_healthy(spec.server.url, timeout_s=120)
+            await generator.start()
         except LLMError as exc:
             start_error = str(exc)
             log.error("backend.unavailable", error=start_error)
@@ -173,11 +153,6 @@ async def _run_council(spec: CouncilSpec, submission_id: str, publisher: JetStre
         report = await run_deliberation(
             spec, submission_id=submission_id, generator=active, publisher=publisher, checkpoints=checkpoints
         )
-        if isinstance(generator, EngineGenerator) and not start_error:
-            try:
-                replica_calls = await generator.replica_call_counts()
-            except (TimeoutError, ray.exceptions.RayError) as exc:  # statistics only
-                log.warning("engine.call_counts_unavailable", error=str(exc))
     except OutboxWritten as exc:
         # Nothing is lost: the unacknowledged events wait in the outbox for `swe-fleet outbox replay`.
         log.error("publish.outbox", outbox=str(exc.path), count=exc.count, error=str(exc))
@@ -187,7 +162,7 @@ async def _run_council(spec: CouncilSpec, submission_id: str, publisher: JetStre
         return ExitCode.PUBLISH_FAILED
     finally:
         await generator.close()
-        await ckpt_nc.close()
+        await close_nats(ckpt_nc)
     log.info(
         "council.done",
         backend=spec.backend,
@@ -196,7 +171,7 @@ async def _run_council(spec: CouncilSpec, submission_id: str, publisher: JetStre
         tasks=len(report.results),
         phases=len(report.phase_seconds),
         llm_calls=generator.stats.calls,
-        replica_calls=replica_calls,
+        replica_calls=generator.stats.replica_calls,
         output_tokens=generator.stats.output_tokens,
         generate_seconds=round(generator.stats.generate_seconds, 3),
         phase_seconds=report.phase_seconds,

@@ -1,6 +1,7 @@
-"""Chat requests and completions: what the protocol hands to an LLM backend and gets back.
+"""Chat requests and completions, and the :class:`Generator` protocol every LLM backend follows.
 
-Pure data plus the :class:`Generator` protocol; backends live in :mod:`swe_fleet.llm`.
+Pure data and protocols: the council's deliberation talks to this and never asks which backend
+it has (:mod:`~swe_fleet.llm.engine`, :mod:`~swe_fleet.llm.server`, or :class:`UnavailableBackend`).
 """
 
 from __future__ import annotations
@@ -50,17 +51,38 @@ class Completion:
 
 @dataclass
 class BatchStats:
-    """What a backend did: how many calls, requests and tokens (for tests and benchmarks)."""
+    """What a backend did: how many calls, requests and tokens (for tests and benchmarks).
+
+    Attributes:
+        per_replica_calls: calls the generator sent to each engine replica.
+        replica_calls: calls each replica says it served (counted inside the engine, read when
+            the generator closes; None for a replica that was lost). Empty for other backends.
+    """
 
     calls: int = 0
     requests: int = 0
     output_tokens: int = 0
     generate_seconds: float = 0.0
     per_replica_calls: dict[int, int] = field(default_factory=dict)
+    replica_calls: list[int | None] = field(default_factory=list)
 
 
 class Generator(Protocol):
-    """An LLM backend: completes a batch of chat requests, keeping their order."""
+    """An LLM backend: started once, completes batches of chat requests keeping their order, and
+    closed at the end. ``stats`` says what it did."""
+
+    @property
+    def stats(self) -> BatchStats:
+        """What the backend did so far."""
+        ...
+
+    async def start(self) -> None:
+        """Get ready to generate (load the model, wait for the server), bounded.
+
+        Raises:
+            LLMError: the backend cannot serve (naming why).
+        """
+        ...
 
     async def generate(self, batch: Sequence[ChatRequest]) -> list[Completion]:
         """Complete every request; ``result[i]`` answers ``batch[i]``."""
@@ -69,3 +91,25 @@ class Generator(Protocol):
     async def close(self) -> None:
         """Release the backend's resources."""
         ...
+
+
+class UnavailableBackend:
+    """A generator that fails every request with one reason (the real backend never started):
+    the council still publishes a failed event per agent response and a result per task."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self._stats = BatchStats()
+
+    @property
+    def stats(self) -> BatchStats:
+        return self._stats
+
+    async def start(self) -> None:
+        return None
+
+    async def generate(self, batch: Sequence[ChatRequest]) -> list[Completion]:
+        return [Completion(text="", error=self.reason) for _ in batch]
+
+    async def close(self) -> None:
+        return None

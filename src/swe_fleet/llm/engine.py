@@ -162,13 +162,15 @@ class EngineGenerator:
             runtime_env=runtime_env,
         )
         self.replicas = [actor_cls.remote(model, i) for i in range(model.replicas)]
+        self.replica_infos: list[dict[str, Any]] = []
         #: Replicas whose actor died for good (restarts used up): never called again.
         self._dead: set[int] = set()
         #: Replicas that were unavailable (node lost, restarting): skipped while others serve.
         self._lost: set[int] = set()
 
-    async def start(self, timeout_s: float = ENGINE_START_TIMEOUT_S) -> list[dict[str, Any]]:
-        """Wait for every replica to load its model (bounded).
+    async def start(self, timeout_s: float = ENGINE_START_TIMEOUT_S) -> None:
+        """Wait for every replica to load its model (bounded); :attr:`replica_infos` says how long
+        each took.
 
         Raises:
             LLMError: a replica failed to start or did not start within ``timeout_s``.
@@ -188,8 +190,8 @@ class EngineGenerator:
             raise LLMError(
                 f"vLLM engine failed to start (model {self.model.name!r}): {exc}", backend="engine"
             ) from exc
+        self.replica_infos = infos
         log.info("engine.ready", replicas=infos)
-        return infos
 
     def serving_replicas(self) -> list[int]:
         """Replicas a batch goes to: those not lost, or, when every one is lost, those not
@@ -283,7 +285,11 @@ class EngineGenerator:
 
     async def replica_call_counts(self, timeout_s: float = 30.0) -> list[int | None]:
         """How many ``chat`` calls each replica actually served (counted inside the actors);
-        None for a replica that was lost or died (its count went with it)."""
+        None for a replica that was lost or died (its count went with it).
+
+        Raises:
+            TimeoutError, ray.exceptions.RayError: a replica did not answer in time.
+        """
         asked = [i for i in range(len(self.replicas)) if i not in self._dead | self._lost]
         counts: list[int] = await asyncio.wait_for(
             asyncio.gather(*(self.replicas[i].call_count.remote() for i in asked)), timeout_s
@@ -292,5 +298,12 @@ class EngineGenerator:
         return [by_replica.get(i) for i in range(len(self.replicas))]
 
     async def close(self) -> None:
+        """Read each replica's own call count into ``stats.replica_calls`` (statistics only:
+        a replica that does not answer is logged), then kill the engine actors."""
+        if self.replica_infos:
+            try:
+                self.stats.replica_calls = await self.replica_call_counts()
+            except (TimeoutError, ray.exceptions.RayError) as exc:
+                log.warning("engine.call_counts_unavailable", error=str(exc))
         for r in self.replicas:
             ray.kill(r)

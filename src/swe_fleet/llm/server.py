@@ -46,6 +46,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 #: The ``json_schema.name`` sent with structured-output requests (OpenAI requires one; vLLM ignores it).
 SCHEMA_NAME = "swe_fleet_response"
 
+#: Bound on a server becoming healthy when a job starts (the server is not ours: it should be up).
+START_TIMEOUT_S = 120.0
+
 #: Longest server error body quoted in a Completion's ``error``.
 _MAX_ERROR_CHARS = 500
 
@@ -177,6 +180,7 @@ class ServerGenerator:
         concurrency: int = 16,
         request_timeout_s: float = 300.0,
         policy: ServerRetryPolicy | None = None,
+        start_timeout_s: float = START_TIMEOUT_S,
     ) -> None:
         if concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {concurrency}", setting="server.concurrency")
@@ -185,6 +189,7 @@ class ServerGenerator:
         self.concurrency = concurrency
         self.request_timeout_s = request_timeout_s
         self.policy = policy or ServerRetryPolicy()
+        self.start_timeout_s = start_timeout_s
         self.stats = BatchStats()
         self.url = f"{self.base_url}/v1/chat/completions"
         # Created on first use, inside the event loop that uses them.
@@ -200,6 +205,14 @@ class ServerGenerator:
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self.concurrency)
         return self._session, self._semaphore
+
+    async def start(self) -> None:
+        """Wait until the server answers ``/health`` (bounded by ``start_timeout_s``).
+
+        Raises:
+            LLMError: not healthy in time (the URL and the last answer are named).
+        """
+        await wait_until_healthy(self.base_url, timeout_s=self.start_timeout_s)
 
     async def generate(self, batch: Sequence[ChatRequest]) -> list[Completion]:
         """Complete every request, at most ``concurrency`` in flight; ``result[i]`` answers ``batch[i]``."""

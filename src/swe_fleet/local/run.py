@@ -1,7 +1,8 @@
 """``swe-fleet run``: one council on the embedded local stack, end to end.
 
 Start nats-server and a Ray head, prepare the model, submit through the Jobs API (exactly as
-to a remote cluster), stream the events while the job runs, and tear everything down.
+to a remote cluster), stream the events while the job runs (:mod:`swe_fleet.submit.wait`
+follows the job meanwhile), and tear everything down.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from swe_fleet.errors import JobWaitTimeout
 from swe_fleet.events import DeliberationCompleted
 from swe_fleet.llm.model import is_prepared, prepare_local_model
 from swe_fleet.local.stack import local_stack
 from swe_fleet.nats.consumer import ConsumerOptions, Event, iter_events
 from swe_fleet.spec import LOCAL_MODEL_ALIAS, CouncilSpec
-from swe_fleet.submit.client import CouncilJobClient, CouncilRequest, Submitted
+from swe_fleet.submit.jobs_api import JobsApi
+from swe_fleet.submit.request import CouncilSubmission, SubmittedJob
+from swe_fleet.submit.submission import submit_council
+from swe_fleet.submit.wait import JobWatch
 
 #: After the job ends, how long to wait for events still in flight.
 DRAIN_IDLE_S = 5.0
@@ -48,19 +51,21 @@ def run_locally(
             f"local stack up in {time.monotonic() - started:.1f} s: dashboard {stack.ray.dashboard_url}, "
             f"NATS {stack.nats.url}"
         )
-        client = CouncilJobClient(stack.ray.dashboard_url, auth_token=stack.ray.auth_token)
-        submitted = client.submit(CouncilRequest(spec=spec, env_kind=env_kind, nats_url=stack.nats.url))
+        jobs = JobsApi(stack.ray.dashboard_url, auth_token=stack.ray.auth_token)
+        submitted = submit_council(
+            jobs, CouncilSubmission(spec=spec, env_kind=env_kind, nats_url=stack.nats.url)
+        )
         on_info(f"submitted {submitted.submission_id} through the Jobs API")
         try:
             status, results = asyncio.run(
-                _follow(client, submitted, stack.nats.url, spec, timeout_s, on_event, on_info)
+                _follow(jobs, submitted, stack.nats.url, spec, timeout_s, on_event, on_info)
             )
         except BaseException:
             with contextlib.suppress(Exception):
-                client.stop(submitted.job_id)
+                jobs.stop(submitted.job_id)
             raise
         if status != "SUCCEEDED":
-            tail = "\n".join(client.logs(submitted.job_id).splitlines()[-25:])
+            tail = "\n".join(jobs.logs(submitted.job_id).splitlines()[-25:])
             on_info(f"job {submitted.job_id} ended {status}; last log lines:\n{tail}")
         on_results(results)
         on_info(f"done in {time.monotonic() - started:.1f} s: {status}")
@@ -68,14 +73,15 @@ def run_locally(
 
 
 async def _follow(
-    client: CouncilJobClient,
-    submitted: Submitted,
+    jobs: JobsApi,
+    submitted: SubmittedJob,
     nats_url: str,
     spec: CouncilSpec,
     timeout_s: float,
     on_event: Callable[[Event], None],
     on_info: Callable[[str], None],
 ) -> tuple[str, list[DeliberationCompleted]]:
+    """Consume the submission's events while the job runs; its status and the results, in task order."""
     results: list[DeliberationCompleted] = []
     all_results = asyncio.Event()
 
@@ -90,36 +96,30 @@ async def _follow(
                 if len(results) >= len(spec.tasks):
                     all_results.set()
 
+    watch = JobWatch(
+        jobs,
+        submitted.job_id,
+        timeout_s=timeout_s,
+        on_status=lambda s: on_info(f"job {submitted.job_id}: {s.value}"),
+        after_timeout="it is stopped with the local stack",
+    )
     consumer = asyncio.create_task(consume())
+    # Polled on this loop, not in a thread that blocks until the job ends: Ctrl-C
+    # (cancellation) takes effect at once, and a consumer that dies raises now, not at the end.
+    waiter = asyncio.create_task(watch.wait_async())
     try:
-        # Polled here, not in a thread that blocks until the job ends: Ctrl-C (cancellation)
-        # takes effect within one bounded status request.
-        deadline = time.monotonic() + timeout_s
-        last = None
-        while True:
-            if consumer.done():
-                consumer.result()  # a consumer that died raises here, now, not at the end
-            status = await asyncio.to_thread(client.status, submitted.job_id)
-            if status != last:
-                on_info(f"job {submitted.job_id}: {status.value}")
-                last = status
-            if status.is_terminal():
-                break
-            if time.monotonic() > deadline:
-                raise JobWaitTimeout(
-                    f"job {submitted.job_id} is still {status.value} after {timeout_s:.0f} s; "
-                    "it is stopped with the local stack",
-                    submission_id=submitted.submission_id,
-                    url=client.url,
-                )
-            await asyncio.sleep(1.0)
+        done, _ = await asyncio.wait({consumer, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if consumer in done:
+            consumer.result()  # a consumer that died raises here
+        status = await waiter
         # Events published just before the job ended may still be on their way.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(all_results.wait(), DRAIN_IDLE_S)
         if consumer.done():
             consumer.result()
     finally:
-        consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await consumer
+        for task in (waiter, consumer):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
     return status.value, sorted(results, key=lambda r: [t.id for t in spec.tasks].index(r.task_id))

@@ -13,11 +13,12 @@ import json
 import zlib
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 import structlog
-from nats.js import api
 
 from swe_fleet.errors import PublishError
+from swe_fleet.nats.kv import open_bucket
 
 log = structlog.get_logger(__name__)
 
@@ -42,19 +43,11 @@ class KVCheckpoints:
 
     @classmethod
     async def open(cls, js: Any, timeout_s: float = 10.0) -> KVCheckpoints:
-        """Bind to the bucket, creating it (file storage) when missing."""
-        try:
-            kv = await asyncio.wait_for(js.key_value(BUCKET), timeout_s)
-        except nats.js.errors.BucketNotFoundError:
-            kv = await asyncio.wait_for(
-                js.create_key_value(
-                    api.KeyValueConfig(bucket=BUCKET, history=1, ttl=TTL_S, storage=api.StorageType.FILE)
-                ),
-                timeout_s,
-            )
-        return cls(kv, timeout_s)
+        """Bind to the bucket, creating it (file storage, entries kept :data:`TTL_S`) when missing."""
+        return cls(await open_bucket(js, BUCKET, ttl_s=TTL_S, timeout_s=timeout_s), timeout_s)
 
     async def load(self, submission_id: str) -> dict[str, Any] | None:
+        """The checkpoint saved for ``submission_id``, or None."""
         try:
             entry = await asyncio.wait_for(self._kv.get(checkpoint_key(submission_id)), self._timeout_s)
         except nats.js.errors.KeyNotFoundError:
@@ -65,6 +58,11 @@ class KVCheckpoints:
         return data
 
     async def save(self, submission_id: str, checkpoint: dict[str, Any]) -> None:
+        """Save ``checkpoint`` (skipped with a warning when too large for one message).
+
+        Raises:
+            PublishError: the bucket did not take it within the bound.
+        """
         key = checkpoint_key(submission_id)
         value = zlib.compress(json.dumps(checkpoint).encode(), 6)
         if len(value) > MAX_CHECKPOINT_BYTES:

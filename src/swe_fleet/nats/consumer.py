@@ -1,4 +1,5 @@
-"""Typed council events from a JetStream pull consumer.
+"""Typed council events from a durable JetStream pull consumer, on the one pull loop
+(:mod:`~swe_fleet.nats.pull`).
 
 :func:`iter_events` yields each event and acks it when the caller asks for the next one (so an
 event the caller did not finish with is redelivered). A payload that is not a valid event goes
@@ -7,19 +8,16 @@ to ``council.dead`` with the payload and the reason, and is terminated: it never
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import nats.errors
 import structlog
 from nats.js import api
 
-from swe_fleet.errors import NatsUnreachable, UndecodableEvent
+from swe_fleet.errors import ConfigError, UndecodableEvent
 from swe_fleet.events import (
     AGENT_RESPONSE_COMPLETED,
     AGENT_RESPONSE_FAILED,
@@ -31,7 +29,10 @@ from swe_fleet.events import (
     AnyEvent,
     decode_event,
 )
-from swe_fleet.nats.publisher import TRANSIENT_ERRORS, connect_nats, ensure_stream
+from swe_fleet.nats.connection import JetStreamConnection, open_jetstream
+from swe_fleet.nats.policy import TRANSIENT_ERRORS
+from swe_fleet.nats.pull import OutagePolicy, PullLoop
+from swe_fleet.nats.streams import StreamRequirement
 
 log = structlog.get_logger(__name__)
 
@@ -86,8 +87,9 @@ class ConsumerOptions:
     def __post_init__(self) -> None:
         backoff = self.redelivery_waits()
         if not backoff or any(w <= 0 for w in backoff) or len(backoff) > self.max_deliver:
-            raise ValueError(
-                f"backoff_s {backoff} must be positive waits, at most max_deliver={self.max_deliver} of them"
+            raise ConfigError(
+                f"backoff_s {backoff} must be positive waits, at most max_deliver={self.max_deliver} of them",
+                setting="backoff_s",
             )
 
     def redelivery_waits(self) -> list[float]:
@@ -109,6 +111,18 @@ class ConsumerOptions:
             inactive_threshold=None if self.durable else self.inactive_threshold_s,
         )
 
+    def outage_policy(self) -> OutagePolicy:
+        """How the consumer rides out NATS being away: growing waits up to 2 s for at most
+        ``outage_budget_s``; a connection closed for good is opened again, and a consumer that
+        keeps refusing (deleted, or expired) is bound anew, which creates it."""
+        return OutagePolicy(
+            budget_s=self.outage_budget_s,
+            initial_wait_s=0.1,
+            max_wait_s=2.0,
+            reopen_when_closed=True,
+            reopen_after=3,
+        )
+
 
 def redelivery_backoff(ack_wait_s: float, max_deliver: int, cap_s: float = 600.0) -> list[float]:
     """One ack wait per delivery, doubling from ``ack_wait_s`` up to ``cap_s``.
@@ -120,61 +134,70 @@ def redelivery_backoff(ack_wait_s: float, max_deliver: int, cap_s: float = 600.0
 
 
 class _Subscription:
-    """A connection and a pull subscription on the consumer, opened again if NATS closed it."""
+    """A connection and a pull subscription on the consumer, opened again if NATS closed it
+    (a :class:`~swe_fleet.nats.pull.PullSource`)."""
 
     def __init__(self, opts: ConsumerOptions) -> None:
         self.opts = opts
-        self.nc: Any = None
-        self.js: Any = None
+        self.conn: JetStreamConnection | None = None
         self.sub: Any = None
 
     async def open(self) -> None:
         """Connect, ensure the stream, bind (or create) the consumer; each step bounded.
 
         Raises:
-            NatsUnreachable: NATS did not answer within the connect bound.
+            NatsUnreachable: NATS (or JetStream) did not answer within the connect bound.
         """
         o = self.opts
-        nc = await connect_nats(o.nats_url, timeout_s=o.connect_timeout_s, name="swe-fleet-consume")
-        try:
-            js = nc.jetstream(timeout=o.connect_timeout_s)
-            # A consumer may start before the first publisher: both sides ensure the same stream.
-            await asyncio.wait_for(ensure_stream(js, o.stream), o.connect_timeout_s * 2)
-            self.sub = await asyncio.wait_for(
-                js.pull_subscribe("", durable=o.durable, stream=o.stream, config=o.consumer_config()),
-                o.connect_timeout_s * 2,
+        # A consumer may start before the first publisher: both sides ensure the same stream.
+        conn = await open_jetstream(
+            o.nats_url,
+            name="swe-fleet-consume",
+            connect_timeout_s=o.connect_timeout_s,
+            streams=[StreamRequirement(o.stream)],
+        )
+        async with conn.setting_up():
+            self.sub = await conn.bounded(
+                conn.js.pull_subscribe("", durable=o.durable, stream=o.stream, config=o.consumer_config())
             )
-        except BaseException:
-            await _close(nc)
-            raise
-        self.nc, self.js = nc, js
+        self.conn = conn
 
     async def reopen(self) -> None:
         """A new connection after the client gave up reconnecting (the durable resumes)."""
-        await _close(self.nc)
+        await self.close()
         await self.open()
         log.info("consume.reconnected", url=self.opts.nats_url, durable=self.opts.durable)
 
     @property
+    def js(self) -> Any:
+        assert self.conn is not None  # open() ran
+        return self.conn.js
+
+    @property
     def connected(self) -> bool:
-        return bool(self.nc is not None and self.nc.is_connected)
+        return bool(self.conn is not None and self.conn.nc.is_connected)
 
     @property
     def closed(self) -> bool:
-        return bool(self.nc is None or self.nc.is_closed)
+        return bool(self.conn is None or self.conn.nc.is_closed)
+
+    async def fetch(self, batch: int, timeout: float) -> list[Any]:  # noqa: ASYNC109 - nats-py's API
+        return list(await self.sub.fetch(batch, timeout=timeout))
 
     async def close(self) -> None:
-        await _close(self.nc)
+        if self.conn is not None:
+            # Not drained: acks are already sent, and what is left unacked is redelivered anyway.
+            await self.conn.close(drain=False, timeout_s=5)
 
 
 async def iter_events(opts: ConsumerOptions) -> AsyncIterator[Event]:
     """Yield typed events from the stream until ``idle_timeout_s`` passes without one.
 
     Each fetch waits at most ``fetch_wait_s``; connecting waits at most ``connect_timeout_s``.
-    Across a NATS restart the iterator keeps going: failed fetches are retried with bounded,
-    growing waits (and a new connection if the client gave up), for at most ``outage_budget_s``.
-    An event is acked when the caller asks for the next one; one not acked (the caller stopped,
-    the connection broke) is delivered again.
+    Across a NATS restart the iterator keeps going (:meth:`ConsumerOptions.outage_policy`):
+    failed fetches are retried with bounded, growing waits (and a new connection if the client
+    gave up), for at most ``outage_budget_s``. An event is acked when the caller asks for the
+    next one; one not acked (the caller stopped, the connection broke) is delivered again.
 
     Raises:
         NatsUnreachable: NATS did not answer within the connect bound, or stayed away mid-stream
@@ -182,96 +205,51 @@ async def iter_events(opts: ConsumerOptions) -> AsyncIterator[Event]:
     """
     conn = _Subscription(opts)
     await conn.open()
+    pull = PullLoop(
+        conn,
+        batch=opts.fetch_batch,
+        fetch_wait_s=opts.fetch_wait_s,
+        policy=opts.outage_policy(),
+        url=opts.nats_url,
+        doing="consuming",
+        hint=f"the durable consumer {opts.durable!r} resumes where it acked when restarted",
+        log_as="consume",
+    )
+    delivered = 0
     try:
-        last_message = time.monotonic()
-        delivered = 0
-        outage = _Outage(opts)
-        while True:
-            try:
-                msgs = await conn.sub.fetch(opts.fetch_batch, timeout=opts.fetch_wait_s)
-            except TRANSIENT_ERRORS as exc:
-                if not (isinstance(exc, TimeoutError) and conn.connected):
-                    # NATS is away (or the consumer is not served yet): not idleness.
-                    await outage.wait(exc)
-                    last_message = time.monotonic()
-                    # Closed: the client gave up reconnecting. Connected but refused again and
-                    # again: the consumer is gone (deleted, or an ephemeral one expired); binding
-                    # anew creates it.
-                    if conn.closed or (conn.connected and outage.waits >= 3):
-                        with contextlib.suppress(*TRANSIENT_ERRORS):
-                            await conn.reopen()
+        async with contextlib.aclosing(pull.batches()) as batches:
+            async for msgs in batches:
+                if not msgs:  # quiet, an outage, or the server ended the pull early (a stale 404/408)
+                    limit = opts.idle_timeout_s  # an outage is not idleness
+                    if limit is not None and not pull.away and pull.idle_s > limit:
+                        return
                     continue
-                msgs = []  # a quiet stream
-            outage.end()
-            if not msgs:  # a timeout, or the server ended the pull early (a stale 404/408)
-                if opts.idle_timeout_s is not None and time.monotonic() - last_message > opts.idle_timeout_s:
-                    return
-                continue
-            last_message = time.monotonic()
-            for msg in msgs:
-                try:
-                    event = decode_event(msg.data)
-                except UndecodableEvent as exc:
+                for msg in msgs:
                     try:
-                        await _dead_letter(conn.js, msg, exc.reason)
-                    except TRANSIENT_ERRORS as dl_exc:
-                        # Not terminated: it comes back (and is dead-lettered) after the outage.
-                        log.warning("consume.dead_letter_failed", error=f"{type(dl_exc).__name__}: {dl_exc}")
+                        event = decode_event(msg.data)
+                    except UndecodableEvent as exc:
+                        try:
+                            await _dead_letter(conn.js, msg, exc.reason)
+                        except TRANSIENT_ERRORS as dl_exc:
+                            # Not terminated: it comes back (and is dead-lettered) after the outage.
+                            log.warning(
+                                "consume.dead_letter_failed", error=f"{type(dl_exc).__name__}: {dl_exc}"
+                            )
+                            break
+                        continue
+                    if opts.submission_id is None or event.submission_id == opts.submission_id:
+                        yield event
+                        delivered += 1
+                    try:
+                        await msg.ack()
+                    except TRANSIENT_ERRORS as exc:
+                        # The rest of this batch would go unacked as well: JetStream redelivers it.
+                        log.warning("consume.ack_failed", key=event.key, error=f"{type(exc).__name__}: {exc}")
                         break
-                    continue
-                yielded = opts.submission_id is None or event.submission_id == opts.submission_id
-                if yielded:
-                    yield event
-                    delivered += 1
-                try:
-                    await msg.ack()
-                except TRANSIENT_ERRORS as exc:
-                    # The rest of this batch would go unacked as well: JetStream redelivers it.
-                    log.warning("consume.ack_failed", key=event.key, error=f"{type(exc).__name__}: {exc}")
-                    break
-                if opts.max_events is not None and delivered >= opts.max_events:
-                    return
+                    if opts.max_events is not None and delivered >= opts.max_events:
+                        return
     finally:
         await conn.close()
-
-
-class _Outage:
-    """Bounded waits while NATS is unreachable; raises once the outage exceeds its budget."""
-
-    def __init__(self, opts: ConsumerOptions) -> None:
-        self.opts = opts
-        self.since: float | None = None
-        self.waits = 0
-
-    async def wait(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if self.since is None:
-            self.since = now
-            log.warning("consume.nats_away", url=self.opts.nats_url, error=f"{type(exc).__name__}: {exc}")
-        if now - self.since > self.opts.outage_budget_s:
-            raise NatsUnreachable(
-                f"NATS at {self.opts.nats_url} was unreachable for more than "
-                f"{self.opts.outage_budget_s:.0f} s while consuming ({type(exc).__name__}: {exc}); "
-                f"the durable consumer {self.opts.durable!r} resumes where it acked when restarted",
-                url=self.opts.nats_url,
-            ) from exc
-        await asyncio.sleep(min(0.1 * 2**self.waits, 2.0))
-        self.waits += 1
-
-    def end(self) -> None:
-        if self.since is not None:
-            log.info(
-                "consume.nats_back", url=self.opts.nats_url, after_s=round(time.monotonic() - self.since, 1)
-            )
-        self.since, self.waits = None, 0
-
-
-async def _close(nc: Any) -> None:
-    if nc is None or nc.is_closed:
-        return
-    # Not drained: acks are already sent, and what is left unacked is redelivered anyway.
-    with contextlib.suppress(TimeoutError, OSError, nats.errors.Error):  # see publish.close_nats
-        await asyncio.wait_for(nc.close(), 5)
 
 
 async def _dead_letter(js: Any, msg: Any, reason: str) -> None:

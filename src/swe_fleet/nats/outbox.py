@@ -1,21 +1,18 @@
-"""The outbox: events a publisher could not get acknowledged, spooled durably on disk, and their replay.
+"""The outbox spool: events a publisher could not get acknowledged, kept durably on disk.
 
 When :meth:`~swe_fleet.nats.publisher.JetStreamPublisher.publish_all` exhausts its retries, every event
 of the call that JetStream did not acknowledge is appended here before the error is raised, so a
-NATS outage longer than the retry budget loses nothing. :func:`replay_outbox` (CLI:
-``swe-fleet outbox replay PATH``) publishes them later.
+NATS outage longer than the retry budget loses nothing. :func:`swe_fleet.nats.replay.replay_outbox`
+(CLI: ``swe-fleet outbox replay PATH``) publishes them later. This module is the file only: its
+format, appends and reads; it imports no publisher.
 
 File format (JSONL, UTF-8, ASCII-only because ``json.dumps`` escapes the rest): one event per line,
 ``{"subject": "...", "key": "...", "payload": "<the event's JSON text>"}``. The payload is kept as
 text, byte for byte what the publisher would have sent. Appends are one ``write`` followed by
 ``fsync`` of the file (and of its directory when the file is new).
 
-Replay is idempotent: every entry is republished with its key as ``Nats-Msg-Id``, so replaying a
-file twice, or replaying events whose first publish did reach the stream (an ack lost on the way
-back), is answered ``duplicate`` instead of storing a second message. This holds while the first
-copy is inside the stream's duplicate window (see
-:func:`swe_fleet.nats.publisher.default_duplicate_window_s`); replay promptly, or let consumers
-deduplicate by ``key`` beyond it.
+Every entry keeps its key, so its replay is sent with the same ``Nats-Msg-Id`` as the first
+publish (see :mod:`swe_fleet.nats.replay` for why that makes a replay idempotent).
 """
 
 from __future__ import annotations
@@ -30,8 +27,7 @@ from typing import Any
 
 import structlog
 
-from swe_fleet.errors import NatsUnreachable, OutboxError
-from swe_fleet.events import AGENT_RESPONSES_STREAM
+from swe_fleet.errors import OutboxError
 
 log = structlog.get_logger(__name__)
 
@@ -94,22 +90,6 @@ class OutboxEntry:
             what = f"missing or non-string field(s) {missing}" if missing else "empty subject or key"
             raise OutboxError(f"{path}:{line_no}: {what}", path=path, line=line_no)
         return cls(subject=record["subject"], key=record["key"], payload=record["payload"].encode("utf-8"))
-
-
-@dataclass(frozen=True)
-class ReplayResult:
-    """What a replay did.
-
-    Attributes:
-        published: entries stored for the first time.
-        duplicates: entries the stream already had (answered ``duplicate`` by JetStream).
-        removed: the file was removed (every entry acknowledged and nothing appended meanwhile).
-    """
-
-    path: Path
-    published: int
-    duplicates: int
-    removed: bool
 
 
 def outbox_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -180,73 +160,26 @@ def read_outbox(path: Path) -> list[OutboxEntry]:
     return entries
 
 
-async def replay_outbox(
-    path: Path,
-    nats_url: str,
-    *,
-    stream: str = AGENT_RESPONSES_STREAM,
-    concurrency: int = 64,
-    connect_timeout_s: float = 5.0,
-    retry_budget_s: float = 60.0,
-    remove_when_done: bool = True,
-) -> ReplayResult:
-    """Publish every entry of the outbox ``path`` with its key as ``Nats-Msg-Id``.
-
-    The whole file is parsed before anything is sent. The file is removed only when every entry
-    was acknowledged (stored or duplicate) and nothing was appended to it meanwhile; otherwise it
-    is left as it is and the replay can simply run again.
-
-    Raises:
-        OutboxError: unreadable file or a corrupt line (named); nothing was published.
-        NatsUnreachable: NATS did not answer (connect, or retries exhausted on transient errors).
-        PublishError: an entry was refused for a non-transient reason (subject and key named).
-    """
-    # Imported here: the publisher imports this module to spool, so a top-level import is a cycle.
-    from swe_fleet.nats.publisher import TRANSIENT_ERRORS, JetStreamPublisher, PublishPolicy
-
-    size_read = _size(path)
-    entries = read_outbox(path)
-    policy = PublishPolicy(ack_timeout_s=min(5.0, retry_budget_s), budget_s=retry_budget_s)
-    publisher = await JetStreamPublisher.open(
-        nats_url, stream=stream, policy=policy, connect_timeout_s=connect_timeout_s
-    )
-    try:
-        outcome = await publisher.try_publish_all(entries, concurrency=concurrency)
-    finally:
-        await publisher.close()
-    failure = outcome.failure
-    if failure is not None:
-        if isinstance(failure.__cause__, TRANSIENT_ERRORS):
-            raise NatsUnreachable(
-                f"replay of {path} stopped: NATS at {nats_url} did not acknowledge {failure.key} within "
-                f"{retry_budget_s:.0f} s ({failure.__cause__}); the outbox is unchanged, "
-                "replay it again when NATS is back",
-                url=nats_url,
-            ) from failure
-        raise failure
-    results = outcome.acknowledged
-    duplicates = sum(r.duplicate for r in results)
-    removed = remove_when_done and _remove_if_unchanged(path, size_read)
-    published = len(results) - duplicates
-    log.info("outbox.replayed", path=str(path), published=published, duplicates=duplicates, removed=removed)
-    return ReplayResult(path=path, published=published, duplicates=duplicates, removed=removed)
-
-
 def entries_of(events: Sequence[Any]) -> list[OutboxEntry]:
     """Events (or entries) as outbox entries."""
     return [e if isinstance(e, OutboxEntry) else OutboxEntry.from_event(e) for e in events]
 
 
-def _size(path: Path) -> int:
+def outbox_size(path: Path) -> int:
+    """The file's size in bytes (a replay compares it before and after).
+
+    Raises:
+        OutboxError: the file cannot be read.
+    """
     try:
         return path.stat().st_size
     except OSError as exc:
         raise OutboxError(f"cannot read the outbox {path}: {exc}", path=path) from None
 
 
-def _remove_if_unchanged(path: Path, size_read: int) -> bool:
+def remove_if_unchanged(path: Path, size_read: int) -> bool:
     """Remove a fully replayed outbox, unless a publisher appended to it during the replay."""
-    if _size(path) != size_read:
+    if outbox_size(path) != size_read:
         log.warning("outbox.grew_during_replay", path=str(path), hint="replay it again")
         return False
     path.unlink()

@@ -1,4 +1,5 @@
-"""``swe-fleet node start``: probe for a head, decide (:mod:`swe_fleet.node.decision`), run Ray.
+"""``swe-fleet node start``: read the config (:mod:`swe_fleet.node.config`), probe for a head,
+decide (:mod:`swe_fleet.node.decision`), run Ray.
 
 - Probing is a bounded TCP connect to a possible head's GCS port (name resolution bounded too).
 - The node runs as ``ray start --block``, a child in its own session that also gets SIGTERM if
@@ -28,11 +29,11 @@ from typing import Any
 
 import structlog
 
+from swe_fleet._processes import ManagedProcess, venv_binary, with_python_first
 from swe_fleet.addresses import auth_token_from_env
-from swe_fleet.local.stack import ManagedProcess, venv_binary, with_python_first
+from swe_fleet.node.config import NodeConfig
 from swe_fleet.node.decision import (
     NodeAction,
-    NodeConfig,
     NodeDecision,
     ProbeResult,
     decide,

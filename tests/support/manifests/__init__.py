@@ -1,15 +1,19 @@
 """Offline validation of the deployment files: images/compose.yaml, images/k8s/**, the Dockerfile.
 
-No Docker engine and no Kubernetes cluster run here, so every check is static:
+No Docker engine and no Kubernetes cluster run here, so every check is static, and each reads
+the files with the real tool wherever one exists:
 
-- ``compose``: compose-style ``${VAR:-default}`` interpolation, then the compose-spec package
-  (unknown keys, wrong types, undefined secrets), then project rules (health checks, roles).
-- ``kustomize``: a renderer for the kustomize subset the overlays use (resources, JSON 6902
-  patches, images, configMapGenerator without hash suffixes). Anything else is refused.
+- ``tools``: the real tools as subprocesses: ``kubectl kustomize`` renders the overlays, Docker
+  Compose v2's ``config`` loads the compose file (interpolation, schema, consistency).
+- ``compose``: Docker Compose's model of images/compose.yaml, then the project's rules on it.
+- ``rendering``: a kustomize rendering read as Kubernetes and KubeRay define it (resource ids,
+  pod templates with their Ray roles, lookups by name).
 - ``kube``: core kinds with kubernetes-validate (strict); RayCluster and RayJob against the
-  KubeRay field schemas in images/k8s/schemas (pod templates against Kubernetes' own schema).
-- ``policy``: what only this project knows: roles and ``RAY_ADDRESS`` through
-  ``swe_fleet.addresses``, no secret in a manifest, cross references, version pins.
+  schemas of KubeRay's own CRDs (images/k8s/crds).
+- ``policy``: what only this project knows about the rendered manifests: roles and
+  ``RAY_ADDRESS`` through ``swe_fleet.addresses``, no secret in a manifest, references that
+  resolve, version pins, patches that take effect.
+- ``dockerfile``: the image's contract, on Docker's own Dockerfile parser.
 
 Every check returns a list of :class:`Problem`; an empty list means the files pass.
 """

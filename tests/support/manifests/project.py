@@ -14,7 +14,8 @@ from swe_fleet.errors import AddressError
 REPO_ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = REPO_ROOT / "images" / "compose.yaml"
 K8S_DIR = REPO_ROOT / "images" / "k8s"
-SCHEMA_DIR = K8S_DIR / "schemas"
+#: KubeRay's CRDs (upstream, unmodified): the schemas of RayCluster and RayJob.
+CRD_DIR = K8S_DIR / "crds"
 DOCKERFILE = REPO_ROOT / "Dockerfile.ray-swe-fleet"
 #: The image every swe-fleet node, client and vLLM server runs (tag: the project version).
 IMAGE_NAME = "swe-fleet"

@@ -1,0 +1,165 @@
+"""Connections to NATS: connecting (bounded, finite reconnects), closing (one way, never raising),
+and :func:`open_jetstream`, which connects, ensures the streams a caller needs and gives every
+set-up step one bound, so that "JetStream did not answer" means the same everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+
+from swe_fleet.errors import NatsUnreachable
+from swe_fleet.nats.policy import PublishPolicy
+from swe_fleet.nats.streams import StreamRequirement, ensure_stream
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: What a set-up step raises when NATS answers but JetStream does not: no answer in time, or no
+#: responder on its API (nats-py reports the latter as a 503).
+_NO_JETSTREAM = (TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError)
+#: What closing a client can raise; :func:`close_nats` swallows it (the client is closed all the same).
+_CLOSE_ERRORS = (TimeoutError, OSError, nats.errors.Error)
+
+
+async def connect_nats(url: str, *, timeout_s: float = 5.0, name: str = "swe-fleet") -> Any:
+    """Connect with finite reconnects; bounded by ``timeout_s``.
+
+    Raises:
+        NatsUnreachable: no connection within the bound (the URL is named).
+    """
+
+    async def _on_error(exc: Exception) -> None:
+        log.warning("nats.error", url=url, error=str(exc))
+
+    try:
+        return await asyncio.wait_for(
+            nats.connect(
+                servers=[url],
+                name=name,
+                connect_timeout=min(timeout_s, 2.0),
+                allow_reconnect=True,
+                max_reconnect_attempts=60,  # finite: -1 makes connect() block forever
+                reconnect_time_wait=0.5,
+                error_cb=_on_error,
+            ),
+            timeout_s,
+        )
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        raise NatsUnreachable(
+            f"cannot reach NATS at {url} within {timeout_s:.0f} s ({type(exc).__name__}: {exc}); "
+            "check the URL (publish.nats_url / --nats-url) and that nats-server runs with -js",
+            url=url,
+        ) from None
+
+
+async def close_nats(nc: Any, *, drain: bool = True, timeout_s: float = 10.0) -> None:
+    """Close a client (bounded); never raises. Nothing to do for None or a closed client.
+
+    Args:
+        drain: drain a connected client first (its pending publishes are flushed); False closes
+            at once (a consumer: what it did not ack is delivered again anyway).
+    """
+    if nc is None or nc.is_closed:
+        return
+    if drain:
+        try:
+            if nc.is_connected:
+                await asyncio.wait_for(nc.drain(), timeout_s)
+                return
+        except _CLOSE_ERRORS as exc:
+            log.debug("nats.drain_failed", error=f"{type(exc).__name__}: {exc}")
+    try:
+        await asyncio.wait_for(nc.close(), timeout_s)
+    except _CLOSE_ERRORS as exc:
+        # nats-py flushes its reconnect buffer into the dead socket when closed mid-reconnect
+        # (ConnectionResetError); the client is closed all the same.
+        log.debug("nats.close_failed", error=f"{type(exc).__name__}: {exc}")
+
+
+@dataclass
+class JetStreamConnection:
+    """A connection, its JetStream context, and the bound of every set-up step.
+
+    Attributes:
+        bound_s: how long one set-up step (a stream check, binding a consumer, opening a
+            bucket) may take before JetStream counts as not answering.
+    """
+
+    nc: Any
+    js: Any
+    url: str
+    bound_s: float
+
+    @contextlib.asynccontextmanager
+    async def setting_up(self) -> AsyncIterator[None]:
+        """Set-up steps run inside: any failure closes the connection, and a timeout (or no
+        responder on JetStream's API: a server without ``-js``) is
+        :class:`~swe_fleet.errors.NatsUnreachable` (NATS answered, JetStream did not).
+        """
+        try:
+            yield
+        except _NO_JETSTREAM as exc:
+            await close_nats(self.nc, drain=False)
+            raise NatsUnreachable(
+                f"NATS at {self.url} answered but JetStream did not within {self.bound_s:.0f} s "
+                f"({type(exc).__name__}); start nats-server with -js",
+                url=self.url,
+            ) from None
+        except BaseException:
+            await close_nats(self.nc, drain=False)
+            raise
+
+    async def bounded(self, step: Awaitable[T]) -> T:
+        """Await one set-up step within :attr:`bound_s` (TimeoutError past it)."""
+        return await asyncio.wait_for(step, self.bound_s)
+
+    async def close(self, *, drain: bool = True, timeout_s: float = 10.0) -> None:
+        """See :func:`close_nats`."""
+        await close_nats(self.nc, drain=drain, timeout_s=timeout_s)
+
+
+async def open_jetstream(
+    url: str,
+    *,
+    name: str = "swe-fleet",
+    connect_timeout_s: float = 5.0,
+    js_timeout_s: float | None = None,
+    streams: Sequence[StreamRequirement] = (),
+    policy: PublishPolicy | None = None,
+) -> JetStreamConnection:
+    """Connect to ``url`` and ensure ``streams`` (see :func:`~swe_fleet.nats.streams.ensure_stream`).
+
+    Each set-up step is bounded by twice ``connect_timeout_s``; run further steps of your own
+    inside :meth:`JetStreamConnection.setting_up` to give them the same meaning.
+
+    Args:
+        js_timeout_s: the JetStream context's request timeout (default ``connect_timeout_s``).
+        policy: the retry policy of the publishers on these streams (their window must cover it).
+
+    Raises:
+        NatsUnreachable: no connection, or JetStream did not answer, within the bounds.
+        StreamConfigMismatch: a stream exists with an incompatible config.
+    """
+    nc = await connect_nats(url, timeout_s=connect_timeout_s, name=name)
+    conn = JetStreamConnection(
+        nc=nc,
+        js=nc.jetstream(timeout=connect_timeout_s if js_timeout_s is None else js_timeout_s),
+        url=url,
+        bound_s=connect_timeout_s * 2,
+    )
+    async with conn.setting_up():
+        for stream in streams:
+            await conn.bounded(
+                ensure_stream(conn.js, stream.name, stream.subjects, stream.duplicate_window_s, policy=policy)
+            )
+    return conn
