@@ -1,4 +1,11 @@
-"""Fixtures that start real servers: nats-server per test, one Ray head per session."""
+"""Fixtures that start real servers: a nats-server per test, and once per session a Ray head
+(with the pinned runtime_env built) and a vLLM server.
+
+Most council tests are about delivery, ids or outcomes, not the engine: they run the server
+backend against the one session vLLM server, and only the tests about the engine backend start
+engines of their own. Each test keeps its own submission ids (and, where it matters, its own
+nats-server), so tests stay independent.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from swe_fleet.local.stack import NatsServer, RayHead
+from swe_fleet.local.vllm_server import VLLMServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,6 +67,31 @@ def ray_head() -> Iterator[RayHead]:
             yield head
         finally:
             head.stop()
+
+
+@pytest.fixture(scope="session")
+def council_cluster(ray_head: RayHead, repo_root: Path) -> RayHead:
+    """The session's Ray head with the pinned runtime_env already built (one no-op job in it),
+    so that no council test pays for the pip install."""
+    from support.councils import warm_runtime_env
+
+    warm_runtime_env(ray_head, repo_root)
+    return ray_head
+
+
+@pytest.fixture(scope="session")
+def vllm_server(prepared_model: Path) -> Iterator[VLLMServer]:
+    """One real vLLM CPU server for the session's server-backend councils (start ~40 s).
+
+    A test that kills it restarts it on the same port before it ends (see
+    tests/integration/test_council_job.py), so the URL stays valid for the rest of the session.
+    """
+    with tempfile.TemporaryDirectory(prefix="swf-test-vllm-") as d:
+        server = VLLMServer(Path(d)).start(prepared_model)
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session")

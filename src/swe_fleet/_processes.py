@@ -42,9 +42,23 @@ STOP_TIMEOUT_S = 30.0
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free right now on ``host`` (from the kernel's ephemeral range)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports free right now on ``host``.
+
+    Every socket stays bound until all are chosen: separate :func:`free_port` calls may get the
+    same port back from the kernel, and Ray refuses to start when two of its components share one
+    ("... is trying to use a port number ... that is used by other components").
+    """
+    with contextlib.ExitStack() as stack:
+        sockets = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)
+        ]
+        for s in sockets:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def venv_binary(name: str) -> str:

@@ -10,15 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from swe_fleet._processes import free_port
 from swe_fleet.local.stack import NatsServer, RayHead
+from swe_fleet.local.vllm_server import VLLMServer
 from swe_fleet.spec import CouncilSpec
 from swe_fleet.submit.jobs_api import JobsApi
 from swe_fleet.submit.request import CouncilSubmission
 from swe_fleet.submit.submission import submit_council
 
-from support.councils import propose_events
+from support.councils import on_server_backend, propose_events
 
 SWE_FLEET = str(Path(sys.executable).parent / "swe-fleet")
 
@@ -169,26 +171,49 @@ class TestJobOutcomes:
             "rev",
         ]
 
-    def test_stopped_job_exits_4(self, ray_head: RayHead, session_nats: NatsServer, repo_root: Path) -> None:
-        """A job stopped while running: following it exits 4 (and resubmission found the same job)."""
-        spec = CouncilSpec.from_file(repo_root / "tests" / "data" / "tiny.yaml")
-        jobs = JobsApi(ray_head.dashboard_url, auth_token=ray_head.auth_token)
-        done = submit_council(
-            jobs, CouncilSubmission(spec=spec, nats_url=session_nats.url, submission_id="stop-me")
+    def test_stopped_job_exits_4(
+        self,
+        council_cluster: RayHead,
+        session_nats: NatsServer,
+        vllm_server: VLLMServer,
+        tmp_path: Path,
+        repo_root: Path,
+    ) -> None:
+        """A job stopped while running: following it exits 4 (and resubmission found the same job).
+
+        Stopped once RUNNING: a job stopped while still PENDING is marked STOPPED by Ray, yet its
+        driver may start and run the whole council anyway."""
+        spec = on_server_backend(
+            CouncilSpec.from_file(repo_root / "tests" / "data" / "tiny.yaml"), vllm_server.base_url
         )
+        path = tmp_path / "tiny-server.yaml"
+        path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+        head = council_cluster
+        jobs = JobsApi(head.dashboard_url, auth_token=head.auth_token)
+        done = submit_council(
+            jobs,
+            CouncilSubmission(
+                spec=CouncilSpec.from_file(path), nats_url=session_nats.url, submission_id="stop-me"
+            ),
+        )
+        deadline = time.monotonic() + 120
+        while (state := jobs.status(done.job_id).value) == "PENDING":
+            assert time.monotonic() < deadline, "the job never left PENDING"
+            time.sleep(0.2)
+        assert state == "RUNNING", jobs.logs(done.job_id)[-2000:]
         jobs.stop(done.job_id)
         proc = _run(
             [
                 "submit",
-                str(repo_root / "tests" / "data" / "tiny.yaml"),
+                str(path),
                 "--address",
-                ray_head.dashboard_url,
+                head.dashboard_url,
                 "--nats-url",
                 session_nats.url,
                 "--submission-id",
                 "stop-me",
             ],
-            env=ray_head.client_env(),
+            env=head.client_env(),
         )
         assert proc.returncode == 4, proc.stderr[-2000:]
         assert "already submitted" in proc.stderr

@@ -1,4 +1,8 @@
-"""A council job through the real Jobs API, real vLLM on CPU, real JetStream."""
+"""A council job through the real Jobs API, real vLLM on CPU, real JetStream.
+
+Tests about delivery, ids and resuming run the server backend against the session's vLLM server;
+the tests about the engine backend (the README's line, replicas, a killed engine) start engines.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +17,20 @@ from typing import Any
 import pytest
 
 from swe_fleet.local.stack import NatsServer, RayHead
+from swe_fleet.local.vllm_server import VLLMServer
 from swe_fleet.spec import CouncilSpec
 from swe_fleet.submit.jobs_api import JobsApi
 from swe_fleet.submit.request import CouncilSubmission, SubmittedJob
 from swe_fleet.submit.submission import submit_council
 from swe_fleet.submit.wait import wait_until_terminal
 
-from support.councils import assert_complete_council, consume_all, ray_job_submit, saved_checkpoint
+from support.councils import (
+    assert_complete_council,
+    consume_all,
+    on_server_backend,
+    ray_job_submit,
+    saved_checkpoint,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.llm, pytest.mark.slow]
 
@@ -32,16 +43,18 @@ def tiny_spec(repo_root: Path) -> CouncilSpec:
 
 
 @pytest.fixture(scope="module")
-def client(ray_head: RayHead) -> JobsApi:
-    return JobsApi(ray_head.dashboard_url, auth_token=ray_head.auth_token)
+def client(council_cluster: RayHead) -> JobsApi:
+    return JobsApi(council_cluster.dashboard_url, auth_token=council_cluster.auth_token)
 
 
 @pytest.fixture(scope="module")
 def tiny_job(
-    client: JobsApi, session_nats: NatsServer, tiny_spec: CouncilSpec, prepared_model: Path
+    client: JobsApi, session_nats: NatsServer, tiny_spec: CouncilSpec, vllm_server: VLLMServer
 ) -> tuple[CouncilSubmission, str]:
-    """The tiny council, submitted once through the Jobs API and run to the end."""
-    request = CouncilSubmission(spec=tiny_spec, nats_url=session_nats.url)
+    """The tiny council (server backend), submitted once through the Jobs API and run to the end."""
+    request = CouncilSubmission(
+        spec=on_server_backend(tiny_spec, vllm_server.base_url), nats_url=session_nats.url
+    )
     submitted = submit_council(client, request)
     assert submitted.created
     status = wait_until_terminal(client, submitted.job_id, timeout_s=JOB_TIMEOUT_S)
@@ -84,47 +97,38 @@ def test_different_request_under_a_taken_id_is_a_conflict(
         submit_council(client, other)
 
 
-def test_plain_ray_job_submit_from_the_readme_works(
-    repo_root: Path, ray_head: RayHead, session_nats: NatsServer, prepared_model: Path
+def test_readme_line_runs_two_replicas_each_called_once_per_phase(
+    repo_root: Path, council_cluster: RayHead, session_nats: NatsServer, prepared_model: Path
 ) -> None:
-    """The README's laptop line (ray job submit ... --runtime-env runtime_envs/pinned.yaml) runs a
-    council whose events carry Ray's own submission id."""
+    """The README's laptop line (ray job submit ... --runtime-env runtime_envs/pinned.yaml --
+    python jobs/council.py --spec SPEC) runs a council whose events carry Ray's own submission
+    id; with two engine replicas, each serves exactly one LLM.chat per phase (counted inside the
+    actors), and every phase publishes tasks x agents events.
+
+    (One engine council for both promises: the README line with examples/council.yaml is what
+    `swe-fleet run` runs in tests/e2e.)"""
+    spec_path = "tests/data/tiny-two-replicas.yaml"
     code, output = ray_job_submit(
-        repo_root, ray_head, "runtime_envs/pinned.yaml",
-        ["python", "jobs/council.py", "--spec", "examples/council.yaml", "--nats-url", session_nats.url],
+        repo_root, council_cluster, "runtime_envs/pinned.yaml",
+        ["python", "jobs/council.py", "--spec", spec_path, "--nats-url", session_nats.url],
         timeout_s=JOB_TIMEOUT_S,
     )  # fmt: skip
     assert code == 0, output[-3000:]
     match = re.search(r"Job '(raysubmit_\w+)' submitted successfully", output)
     assert match, output[-2000:]
-    spec = CouncilSpec.from_file(repo_root / "examples" / "council.yaml")
-    events = consume_all(session_nats.url, "it-ray-cli", match.group(1))
-    assert_complete_council(events, spec)
-
-
-def test_engine_is_called_once_per_phase_per_replica_shard(
-    client: JobsApi, session_nats: NatsServer, tiny_spec: CouncilSpec, prepared_model: Path
-) -> None:
-    """Two engine replicas: each serves exactly one LLM.chat per phase (counted inside the actors),
-    and every phase publishes tasks x agents events."""
-    doc = tiny_spec.model_dump(mode="json")
-    doc["model"]["replicas"] = 2
-    doc["protocol"]["early_stop"] = False
-    spec = CouncilSpec.from_dict(doc)
-    submitted = submit_council(client, CouncilSubmission(spec=spec, nats_url=session_nats.url))
-    status = wait_until_terminal(client, submitted.job_id, timeout_s=JOB_TIMEOUT_S)
-    logs = client.logs(submitted.job_id)
-    assert status.value == "SUCCEEDED", logs[-3000:]
+    spec = CouncilSpec.from_file(repo_root / spec_path)
+    assert spec.model.replicas == 2 and not spec.protocol.early_stop
     done = next(
-        json.loads(line)
-        for line in reversed(logs.splitlines())
-        if '"council.done"' in line and line.startswith("{")
+        json.loads(line[line.index("{") :])
+        for line in reversed(output.splitlines())
+        if '"council.done"' in line and "{" in line
     )
     phases = 2 + 2 * spec.protocol.critique_rounds  # propose, (critique, revise) x k, vote
     assert done["phases"] == phases
     assert done["replica_calls"] == [phases, phases]
     assert done["llm_calls"] == 2 * phases
-    events = consume_all(session_nats.url, "it-replicas", submitted.submission_id)
+    events = consume_all(session_nats.url, "it-ray-cli", match.group(1))
+    assert_complete_council(events, spec)
     per_phase = Counter(
         (e["phase"], e["round"]) for e in events if e["event"] != "council.deliberation.completed"
     )
@@ -148,12 +152,12 @@ def _wait_for_checkpoint(client: JobsApi, url: str, submitted: SubmittedJob) -> 
 
 
 def test_killed_driver_resumes_from_its_checkpoint_without_duplicates(
-    client: JobsApi, session_nats: NatsServer, tiny_spec: CouncilSpec, prepared_model: Path
+    client: JobsApi, session_nats: NatsServer, tiny_spec: CouncilSpec, vllm_server: VLLMServer
 ) -> None:
     """Stop the job after its first phase is checkpointed (it publishes council.job.failed for that
     attempt), rerun the same submission: it resumes after the saved phase and every event is in
-    the stream exactly once."""
-    doc = tiny_spec.model_dump(mode="json")
+    the stream exactly once. (Server backend; answers long enough that the stop lands mid-run.)"""
+    doc = on_server_backend(tiny_spec, vllm_server.base_url, max_tokens=128).model_dump(mode="json")
     doc["name"] = "resume"
     doc["protocol"]["early_stop"] = False
     request = CouncilSubmission(spec=CouncilSpec.from_dict(doc), nats_url=session_nats.url)
@@ -233,20 +237,17 @@ def test_killed_vllm_server_mid_run_never_means_silence(
     session_nats: NatsServer,
     tiny_spec: CouncilSpec,
     prepared_model: Path,
-    tmp_path: Path,
+    vllm_server: VLLMServer,
 ) -> None:
-    """Server backend: SIGKILL the vLLM server after the first phase and restart it on the same
-    port: requests are retried, those that run out of retries become failed events, and the
-    council still ends with a result per task; no key is stored twice."""
-    from swe_fleet.local.vllm_server import VLLMServer
-
-    server = VLLMServer(tmp_path / "vllm").start(prepared_model)
+    """Server backend: SIGKILL the (session's) vLLM server after the first phase and restart it
+    on the same port: requests are retried, those that run out of retries become failed events,
+    and the council still ends with a result per task; no key is stored twice."""
+    server = vllm_server
     try:
-        doc = tiny_spec.model_dump(mode="json")
+        doc = on_server_backend(tiny_spec, server.base_url).model_dump(mode="json")
         doc["name"] = "killserver"
         doc["protocol"]["early_stop"] = False
-        doc["backend"] = "server"
-        doc["server"] = {"url": server.base_url, "concurrency": 8}
+        doc["server"]["concurrency"] = 8
         spec = CouncilSpec.from_dict(doc)
         submitted = submit_council(client, CouncilSubmission(spec=spec, nats_url=session_nats.url))
         sid = submitted.submission_id
@@ -257,7 +258,8 @@ def test_killed_vllm_server_mid_run_never_means_silence(
         server.start(prepared_model, port=server.port)
         status = wait_until_terminal(client, submitted.job_id, timeout_s=JOB_TIMEOUT_S)
     finally:
-        server.stop()
+        if server.process is None or not server.process.alive():  # the session's server stays up
+            server.start(prepared_model, port=server.port)
     events = consume_all(session_nats.url, "it-killserver", sid)
     assert status.value == "SUCCEEDED", client.logs(submitted.job_id)[-3000:]
     keys = [

@@ -60,6 +60,8 @@ KILLED_AT = 5  # r05: A is SIGKILLed between submitting its job and acking it
 STOPPED_AT = 12  # r12: B gets SIGTERM while submitting it
 BY_REF = 19  # r19 names its spec by spec_ref
 SCENARIO_TIMEOUT_S = 600.0
+#: Bound on every ticket resolving once the last dispatcher runs (the jobs take ~2 minutes).
+TICKETS_TIMEOUT_S = 300.0
 
 
 def tiny_spec(server_url: str) -> dict[str, Any]:
@@ -128,18 +130,8 @@ class Scenario:
 
 
 @pytest.fixture(scope="module")
-def vllm_server(prepared_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
-    """One real vLLM CPU server for every job of the module (run the module under the vLLM flock)."""
-    server = VLLMServer(tmp_path_factory.mktemp("vllm")).start(prepared_model)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def scenario(
-    ray_head: RayHead, vllm_server: VLLMServer, tmp_path_factory: pytest.TempPathFactory
+    council_cluster: RayHead, vllm_server: VLLMServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Scenario]:
     """The whole story of the module docstring, run once."""
     workdir = tmp_path_factory.mktemp("dispatch")
@@ -147,7 +139,9 @@ def scenario(
     runs: dict[str, DispatcherRun] = {}
     try:
         yield asyncio.run(
-            asyncio.wait_for(_run_scenario(workdir, nats, ray_head, vllm_server, runs), SCENARIO_TIMEOUT_S)
+            asyncio.wait_for(
+                _run_scenario(workdir, nats, council_cluster, vllm_server, runs), SCENARIO_TIMEOUT_S
+            )
         )
     finally:
         for run in runs.values():
@@ -260,7 +254,11 @@ async def _run_scenario(
     b.exit_code = await asyncio.to_thread(b.process.popen.wait, 60)
 
     runs["c"] = c = _start("c", workdir, nats, ray, spec_dir=spec_dir)
-    outcomes = await asyncio.gather(*tickets, return_exceptions=True)
+    try:
+        outcomes = await asyncio.wait_for(asyncio.gather(*tickets, return_exceptions=True), TICKETS_TIMEOUT_S)
+    except TimeoutError:
+        waiting = [t.request_id for t in tickets if not t.done()]
+        raise AssertionError(f"tickets still waiting after {TICKETS_TIMEOUT_S:.0f} s: {waiting}") from None
     # The tickets resolve on the results; the terminal status events come a poll later.
     for _ in range(240):
         if len(await _terminal_keys(js)) >= N_VALID:

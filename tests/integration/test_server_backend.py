@@ -8,7 +8,6 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -198,12 +197,10 @@ async def test_wait_until_healthy_is_bounded_and_names_the_url() -> None:
 
 @pytest.mark.llm
 @pytest.mark.slow
-async def test_real_vllm_server_completes_a_batch_with_structured_output(
-    prepared_model: Path, tmp_path: Path
-) -> None:
-    """A real vLLM CPU server answers a batch of 4 in order; the schema-constrained answer is JSON
-    with every key; tokens are counted."""
-    server = await asyncio.to_thread(VLLMServer(tmp_path / "vllm").start, prepared_model)
+async def test_real_vllm_server_completes_a_batch_with_structured_output(vllm_server: VLLMServer) -> None:
+    """A real vLLM CPU server (the session's) answers a batch of 4 in order; the
+    schema-constrained answer is JSON with every key; tokens are counted."""
+    server = vllm_server
     gen = ServerGenerator(server.base_url, server.served_model_name, concurrency=4)
     try:
         await wait_until_healthy(server.base_url, timeout_s=10)
@@ -222,11 +219,9 @@ async def test_real_vllm_server_completes_a_batch_with_structured_output(
         out = await gen.generate(batch)
     finally:
         await gen.close()
-        await asyncio.to_thread(server.stop)
     assert len(out) == 4 and all(c.ok for c in out), [c.error for c in out]
     vote = json.loads(out[2].text)
     assert set(vote["scores"]) == {"a", "b"}
     assert all(1 <= v <= 10 for v in vote["scores"].values())
     assert all(c.prompt_tokens > 0 and c.output_tokens > 0 for c in out)
     assert gen.stats.output_tokens == sum(c.output_tokens for c in out)
-    assert server.process is not None and not server.process.alive()

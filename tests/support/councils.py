@@ -137,3 +137,35 @@ def ray_job_submit(
     env = {**os.environ, **head.client_env()}
     proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=timeout_s)
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def on_server_backend(spec: CouncilSpec, server_url: str, **model: Any) -> CouncilSpec:
+    """``spec`` run by the server backend against ``server_url`` (the session vLLM server); the
+    served model is the local one (``smollm2-135m``, the server's ``--served-model-name``)."""
+    doc = spec.model_dump(mode="json")
+    doc["backend"] = "server"
+    doc["server"] = {**doc["server"], "url": server_url, "concurrency": 16}
+    doc["model"] = {**doc["model"], **model}
+    return CouncilSpec.from_dict(doc)
+
+
+def warm_runtime_env(head: RayHead, repo_root: Path, timeout_s: float = 600) -> None:
+    """Build the pinned runtime_env on ``head`` once: a no-op job in exactly the runtime_env a
+    council gets (Ray caches the pip environment per node for every later job)."""
+    from swe_fleet.submit.jobs_api import JobsApi
+    from swe_fleet.submit.request import CouncilSubmission
+    from swe_fleet.submit.runtime_env import staged_runtime_env
+    from swe_fleet.submit.wait import wait_until_terminal
+
+    spec = CouncilSpec.from_file(repo_root / "tests" / "data" / "tiny.yaml")
+    jobs = JobsApi(head.dashboard_url, auth_token=head.auth_token)
+    job_id = f"warm-runtime-env-{os.getpid()}"
+    with staged_runtime_env(CouncilSubmission(spec=spec, env_kind="pinned")) as runtime_env:
+        jobs.submit_job(
+            entrypoint="python -c 'import nats, tenacity, structlog, swe_fleet'",
+            runtime_env=runtime_env,
+            job_id=job_id,
+            metadata={"purpose": "warm the pinned runtime_env for the test session"},
+        )
+    status = wait_until_terminal(jobs, job_id, timeout_s=timeout_s)
+    assert status.value == "SUCCEEDED", jobs.logs(job_id)[-3000:]

@@ -299,8 +299,12 @@ class EngineGenerator:
 
     async def close(self) -> None:
         """Read each replica's own call count into ``stats.replica_calls`` (statistics only:
-        a replica that does not answer is logged), then kill the engine actors."""
-        if self.replica_infos:
+        a replica that does not answer is logged), then kill the engine actors.
+
+        When the caller is being cancelled (``ray job stop``: SIGKILL follows within seconds) the
+        counts are skipped: the driver must still get to say that this attempt failed."""
+        task = asyncio.current_task()
+        if self.replica_infos and not (task is not None and task.cancelling()):
             try:
                 self.stats.replica_calls = await self.replica_call_counts()
             except (TimeoutError, ray.exceptions.RayError) as exc:

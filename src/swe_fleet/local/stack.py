@@ -26,7 +26,7 @@ from pathlib import Path
 
 from swe_fleet._processes import (
     ManagedProcess,
-    free_port,
+    free_ports,
     start_process,
     venv_binary,
     wait_for_http_ok,
@@ -168,8 +168,8 @@ class RayHead:
         self.auth_token = secrets.token_hex(32)
         token_path.write_text(self.auth_token)
         token_path.chmod(0o600)
-        ports = {name: free_port() for name in ("port", "dashboard-port", "ray-client-server-port",
-                                                *NODE_PORT_FLAGS)}  # fmt: skip
+        names = ("port", "dashboard-port", "ray-client-server-port", *NODE_PORT_FLAGS)
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
         temp_dir = self.temp_dir = ray_temp_dir("swf-ray-")
         argv = [
             *(self.ray_command or [venv_binary("ray")]), "start", "--head", "--block",
