@@ -70,12 +70,14 @@ def ray_head() -> Iterator[RayHead]:
 
 
 @pytest.fixture(scope="session")
-def council_cluster(ray_head: RayHead, repo_root: Path) -> RayHead:
-    """The session's Ray head with the pinned runtime_env already built (one no-op job in it),
-    so that no council test pays for the pip install."""
+def council_cluster(
+    ray_head: RayHead, session_nats: NatsServer, prepared_model: Path, repo_root: Path
+) -> RayHead:
+    """The session's Ray head with the pinned runtime_env already built (a passing preflight
+    ran in it), so that no council test pays for the pip install."""
     from support.councils import warm_runtime_env
 
-    warm_runtime_env(ray_head, repo_root)
+    warm_runtime_env(ray_head, session_nats.url, repo_root)
     return ray_head
 
 

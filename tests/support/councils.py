@@ -149,23 +149,18 @@ def on_server_backend(spec: CouncilSpec, server_url: str, **model: Any) -> Counc
     return CouncilSpec.from_dict(doc)
 
 
-def warm_runtime_env(head: RayHead, repo_root: Path, timeout_s: float = 600) -> None:
-    """Build the pinned runtime_env on ``head`` once: a no-op job in exactly the runtime_env a
-    council gets (Ray caches the pip environment per node for every later job)."""
+def warm_runtime_env(head: RayHead, nats_url: str, repo_root: Path, timeout_s: float = 600) -> None:
+    """Build the pinned runtime_env on ``head`` once, by the project's own preflight: its job runs
+    in exactly the runtime_env a council gets (Ray caches the pip environment per node for every
+    later job), and a node that lacks a pin fails the session here, naming the node and module.
+    """
+    from swe_fleet.preflight.orchestration import ensure_preflight
     from swe_fleet.submit.jobs_api import JobsApi
     from swe_fleet.submit.request import CouncilSubmission
     from swe_fleet.submit.runtime_env import staged_runtime_env
-    from swe_fleet.submit.wait import wait_until_terminal
 
     spec = CouncilSpec.from_file(repo_root / "tests" / "data" / "tiny.yaml")
+    submission = CouncilSubmission(spec=spec, env_kind="pinned", nats_url=nats_url)
     jobs = JobsApi(head.dashboard_url, auth_token=head.auth_token)
-    job_id = f"warm-runtime-env-{os.getpid()}"
-    with staged_runtime_env(CouncilSubmission(spec=spec, env_kind="pinned")) as runtime_env:
-        jobs.submit_job(
-            entrypoint="python -c 'import nats, tenacity, structlog, swe_fleet'",
-            runtime_env=runtime_env,
-            job_id=job_id,
-            metadata={"purpose": "warm the pinned runtime_env for the test session"},
-        )
-    status = wait_until_terminal(jobs, job_id, timeout_s=timeout_s)
-    assert status.value == "SUCCEEDED", jobs.logs(job_id)[-3000:]
+    with staged_runtime_env(submission) as runtime_env:
+        ensure_preflight(jobs, submission, runtime_env, timeout_s=timeout_s)

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from swe_fleet._processes import ManagedProcess, free_ports, start_process, venv_binary, wait_for_line
+from swe_fleet._processes import ManagedProcess, start_process, venv_binary, wait_for_line
 from swe_fleet.errors import LocalStackError, SweFleetError
 from swe_fleet.local.stack import (
     NODE_PORT_FLAGS,
     RAY_READY_TIMEOUT_S,
     RayHead,
+    pick_ports,
     ray_node_args,
     ray_node_env,
     ray_temp_dir,
@@ -64,9 +65,7 @@ class RayWorker:
             *ray_node_args(node_ip=self.node_ip, num_cpus=self.num_cpus, memory_bytes=self.memory_bytes,
                            object_store_bytes=self.object_store_bytes, temp_dir=self.temp_dir),
             *([f"--resources={json.dumps(dict(self.resources))}"] if self.resources else []),
-        ]  # fmt: skip
-        ports = free_ports(len(NODE_PORT_FLAGS))  # distinct: Ray refuses two components on one port
-        argv += [f"--{k}={p}" for k, p in zip(NODE_PORT_FLAGS, ports, strict=True)]
+        ] + [f"--{k}={v}" for k, v in pick_ports(NODE_PORT_FLAGS).items()]  # fmt: skip
         env = ray_node_env(self.env, self.head.token_path, self.ray_command)
         self.process = start_process("ray-worker", argv, self.workdir / f"ray-worker-{self.node_ip}.log", env)
         wait_for_line(self.process, re.compile(r"Ray runtime started"), timeout_s)

@@ -121,6 +121,12 @@ def ray_node_env(
     return env
 
 
+def pick_ports(flags: Sequence[str]) -> dict[str, int]:
+    """A distinct free port for each of a Ray node's port ``flags`` (Ray refuses to start when two
+    of its components share a port, which separate free-port probes can hand out)."""
+    return dict(zip(flags, free_ports(len(flags)), strict=True))
+
+
 def stop_ray_node(process: ManagedProcess | None, temp_dir: Path | None) -> None:
     """Stop a Ray node we started (its process group only) and remove its temp dir."""
     if process:
@@ -168,8 +174,7 @@ class RayHead:
         self.auth_token = secrets.token_hex(32)
         token_path.write_text(self.auth_token)
         token_path.chmod(0o600)
-        names = ("port", "dashboard-port", "ray-client-server-port", *NODE_PORT_FLAGS)
-        ports = dict(zip(names, free_ports(len(names)), strict=True))
+        ports = pick_ports(("port", "dashboard-port", "ray-client-server-port", *NODE_PORT_FLAGS))
         temp_dir = self.temp_dir = ray_temp_dir("swf-ray-")
         argv = [
             *(self.ray_command or [venv_binary("ray")]), "start", "--head", "--block",
