@@ -36,8 +36,10 @@ demo: model
 	$(BIN)/swe-fleet run examples/council.yaml
 
 ## The whole suite: unit, integration (real Ray + nats-server) and end to end (real vLLM).
+## Two workers: every test that runs vLLM on one, in order (one engine at a time), the rest on
+## the other (tests/conftest.py groups them). `pytest` alone runs the same tests one by one.
 test: model
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not integration and not llm"

@@ -92,14 +92,15 @@ def run_ceiling(tasks: int, repeats: int) -> dict[str, Any]:
 
     from swe_fleet.council.deliberation import run_deliberation
     from swe_fleet.llm.base import ChatRequest, Completion
-    from swe_fleet.llm.cpu_threads import apply_env_defaults, cpu_engine_env
-    from swe_fleet.llm.engine import llm_options
+    from swe_fleet.llm.cpu_threads import apply_env_defaults
+    from swe_fleet.llm.engine import engine_env, llm_options
     from swe_fleet.llm.model import prepare_local_model
     from swe_fleet.spec import CouncilSpec
 
     spec = CouncilSpec.from_dict(bench_spec(tasks))
-    # The same CPU threads as the engine actor gets (its num_cpus), so (b)/(a) compares like with like.
-    apply_env_defaults(cpu_engine_env(spec.model.num_cpus, os.sched_getaffinity(0)), os.environ)
+    # The same engine settings as the actor gets (in-process engine core, CPU threads for its
+    # num_cpus), so (b)/(a) compares like with like.
+    apply_env_defaults(engine_env(spec.model, os.sched_getaffinity(0)), os.environ)
     t0 = time.monotonic()
     llm = LLM(model=str(prepare_local_model()), **llm_options(spec.model))
     start_s = time.monotonic() - t0

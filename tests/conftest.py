@@ -22,6 +22,34 @@ from swe_fleet.local.vllm_server import VLLMServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+#: Fixtures that start or use a vLLM engine or the session cluster its councils run on.
+ENGINE_FIXTURES = frozenset({"prepared_model", "vllm_server", "council_cluster"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (it runs in the same hook)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n 2 --dist loadgroup`` (``make test``): every test that runs vLLM or
+    shares the session's council cluster goes to one worker, in collection order, so that no
+    two engines ever run at once and the session fixtures are built once; the other tests
+    (NATS, Ray heads without engines, units) run on the other worker beside them."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("llm") or item.get_closest_marker("netns") or fixtures & ENGINE_FIXTURES:
+            item.add_marker(pytest.mark.xdist_group("engine"))
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-xdist tagged the grouped node ids
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail loudly if pytest-xdist did not group them (it tags node ids, which pytest 9.2 no
+    longer lets it do: pytest-xdist#1386): two engines at once would only show up as a slow
+    or flaky suite."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return  # not an xdist worker under --dist loadgroup
+    lost = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+    if lost:
+        raise pytest.UsageError(f"pytest-xdist did not group {len(lost)} engine tests, e.g. {lost[0]}")
+
+
 # CI runs `.venv/bin/python -m pytest` without activating the virtualenv: its bin directory is
 # not on PATH there. Take it off PATH here too, so that a test relying on a bare `python`,
 # `ray` or `swe-fleet` (or a Ray node that forgets to put its own Python first) fails on a

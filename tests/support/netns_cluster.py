@@ -3,7 +3,9 @@
 - ``head`` (10.77.0.1): ``swe-fleet node start`` (it is listed in ``SWE_FLEET_HEAD_HOSTS``, finds
   no live head and becomes one, on Ray's default ports) and a nats-server listening on its address.
 - ``worker`` (10.77.0.2): ``swe-fleet node start`` joining the head, either by
-  ``HEAD_ADDRESS`` or by probing the hosts of ``SWE_FLEET_HEAD_HOSTS``.
+  ``HEAD_ADDRESS`` or by probing the hosts of ``SWE_FLEET_HEAD_HOSTS``, from this virtualenv or
+  from another one (:func:`clone_virtualenv_without`: a worker whose image lacks a module). A
+  test may stop it and start another one (:meth:`NetnsCluster.start_worker`).
 - ``client`` (10.77.0.3): no Ray; everything the tests do "from outside" runs here
   (:meth:`NetnsCluster.on_client`), so the head's address is the only way in.
 
@@ -22,12 +24,13 @@ import re
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,10 +50,11 @@ NODE_READY_TIMEOUT_S = 120.0
 #: Longer than the entrypoint's own bound on stopping Ray (SWE_FLEET_STOP_TIMEOUT_S below).
 ENTRYPOINT_STOP_TIMEOUT_S = 45.0
 
-#: Ray's node-death detection in ~5 s instead of ~65 s (see NOTES-platform).
+#: Ray's node-death detection in ~5 s instead of ~65 s (see NOTES-platform); a check may take up
+#: to 1 s, so that a node busy building a runtime_env or running an engine is not declared dead.
 FAST_HEALTH_CHECKS: Mapping[str, str] = {
     "RAY_health_check_period_ms": "500",
-    "RAY_health_check_timeout_ms": "500",
+    "RAY_health_check_timeout_ms": "1000",
     "RAY_health_check_failure_threshold": "3",
 }
 
@@ -121,17 +125,46 @@ class EntrypointNode:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def start_entrypoint(host: Host, workdir: Path, token: str, extra_env: Mapping[str, str]) -> EntrypointNode:
-    """Start ``swe-fleet node start`` on ``host`` (``ip netns exec``), logging to ``workdir``."""
+def start_entrypoint(
+    host: Host, workdir: Path, token: str, extra_env: Mapping[str, str], swe_fleet: str = SWE_FLEET
+) -> EntrypointNode:
+    """Start ``swe-fleet node start`` on ``host`` (``ip netns exec``), logging to ``workdir``;
+    ``swe_fleet`` is the console script of the virtualenv the node runs from."""
     temp_dir = Path(tempfile.mkdtemp(prefix=f"swf-{host.name}-", dir="/tmp"))  # short: unix sockets
     env = node_env(token, temp_dir, extra_env)
     process = start_process(
         f"node-{host.name}",
-        host.command([SWE_FLEET, "node", "start"]),
-        workdir / f"node-{host.name}.log",
+        host.command([swe_fleet, "node", "start"]),
+        workdir / f"node-{host.name}-{temp_dir.name}.log",
         env,
     )
     return EntrypointNode(host=host, process=process, temp_dir=temp_dir)
+
+
+def clone_virtualenv_without(package: str, module: str, dest: Path) -> Path:
+    """A hard-link clone of this virtualenv at ``dest`` (seconds, no extra disk) with ``package``
+    uninstalled; returns its ``bin`` folder. Its console scripts are rewritten (as new files: the
+    originals are hard links) to run the clone's Python, so that ``swe-fleet node start`` from
+    the clone starts a ``ray`` whose nodes run the clone, not this virtualenv."""
+    subprocess.run(["cp", "-al", sys.prefix, str(dest)], check=True, timeout=600)
+    bin_dir = dest / "bin"
+    python = str(bin_dir / "python")
+    own_shebang = f"#!{sys.prefix}/bin/python".encode()
+    for script in bin_dir.iterdir():
+        if script.is_symlink() or not script.is_file():
+            continue
+        data = script.read_bytes()
+        if data.startswith(own_shebang):
+            script.unlink()  # a new file: writing through the hard link would change the original
+            script.write_bytes(f"#!{python}".encode() + data[data.index(b"\n") :])
+            script.chmod(0o755)
+    subprocess.run(
+        [python, "-m", "pip", "uninstall", "-y", "-q", package], check=True, timeout=120, capture_output=True
+    )
+    probe = f"import {module}"
+    assert subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode != 0
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=60).returncode == 0
+    return bin_dir
 
 
 @dataclass
@@ -143,9 +176,19 @@ class NetnsCluster:
     token: str
     nats: NatsServer
     head_node: EntrypointNode
-    worker_node: EntrypointNode
     #: What a client outside the cluster uses, as :mod:`swe_fleet.addresses` resolves it.
     addresses: ClusterAddresses
+    #: Environment every node of this cluster gets (on top of :func:`node_env`).
+    node_extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: Every entrypoint started, stopped in reverse order at the end.
+    started: list[EntrypointNode] = field(default_factory=list)
+    #: The worker started last (see :meth:`start_worker`).
+    _worker: EntrypointNode | None = None
+
+    @property
+    def worker_node(self) -> EntrypointNode:
+        assert self._worker is not None, "no worker was started"
+        return self._worker
 
     @property
     def head(self) -> Host:
@@ -171,22 +214,69 @@ class NetnsCluster:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SWE_FLEET_"))}
         return {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
+    def run_cli(self, argv: list[str], timeout: float, cwd: Path) -> subprocess.CompletedProcess[str]:
+        """A command on the client host, as a client of this cluster (token, no RAY_ADDRESS)."""
+        env = {**self.client_env(), "SWE_FLEET_CACHE": str(self.workdir / "client-cache"), "COLUMNS": "250"}
+        return self.client.run(
+            subprocess.run, argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
+        )
+
+    def state(self, path: str) -> Any:
+        """GET a path of the dashboard's API (``/api/jobs/``, ``/api/v0/...``), from the client."""
+        request = urllib.request.Request(  # noqa: S310 - the test cluster's own http:// URL
+            f"{self.addresses.dashboard_url}{path}", headers={"Authorization": f"Bearer {self.token}"}
+        )
+
+        def get() -> Any:
+            with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+                return json.loads(resp.read())
+
+        return self.client.run(get)
+
+    def node_ids(self) -> dict[str, str]:
+        """node IP -> node id of the alive nodes."""
+        return {str(n["node_ip"]): str(n["node_id"]) for n in self.alive_nodes()}
+
+    def start_worker(self, join: str, swe_fleet: str = SWE_FLEET) -> EntrypointNode:
+        """Start a worker on the worker host (the previous one stopped) and wait for two nodes.
+
+        ``join``: how it finds the head, ``head_address`` (``HEAD_ADDRESS``) or ``head_hosts``
+        (probing ``SWE_FLEET_HEAD_HOSTS``)."""
+        if join == "head_address":
+            env = {**self.node_extra_env, "HEAD_ADDRESS": self.head.ip}
+        else:
+            env = {
+                **self.node_extra_env,
+                "SWE_FLEET_HEAD_HOSTS": self.head.ip,
+                "SWE_FLEET_HOSTNAME": self.worker.ip,
+            }
+        node = start_entrypoint(self.worker, self.workdir, self.token, env, swe_fleet)
+        self.started.append(node)
+        self._worker = node
+        self.client.run(wait_for_nodes, self.addresses.dashboard_url, self.token, 2, NODE_READY_TIMEOUT_S)
+        return node
+
 
 @contextlib.contextmanager
 def netns_cluster(
-    tag: str, workdir: Path, *, join: str = "head_address", node_extra_env: Mapping[str, str] | None = None
+    tag: str,
+    workdir: Path,
+    *,
+    join: str = "head_address",
+    node_extra_env: Mapping[str, str] | None = None,
+    worker_swe_fleet: str = SWE_FLEET,
 ) -> Iterator[NetnsCluster]:
-    """Start the topology; stop everything (worker, head, NATS) and delete the namespaces at exit.
+    """Start the topology; stop everything (workers, head, NATS) and delete the namespaces at exit.
 
-    ``join``: how the worker finds the head, ``head_address`` (``HEAD_ADDRESS``) or
-    ``head_hosts`` (probing ``SWE_FLEET_HEAD_HOSTS``).
+    ``join``: how the worker finds the head (see :meth:`NetnsCluster.start_worker`);
+    ``worker_swe_fleet``: the ``swe-fleet`` script of the virtualenv the worker runs from.
     """
     extra = dict(node_extra_env or {})
     token = secrets.token_hex(32)
     started: list[EntrypointNode] = []
     nats: NatsServer | None = None
     with network(tag, "head", "worker", "client") as net:
-        head, worker, client = net.hosts["head"], net.hosts["worker"], net.hosts["client"]
+        head, client = net.hosts["head"], net.hosts["client"]
         try:
             nats = NatsServer(workdir / "nats", host=head.ip)
             head.run(nats.start)
@@ -202,14 +292,9 @@ def netns_cluster(
                 what="the head's dashboard (started by swe-fleet node start)",
                 headers={"Authorization": f"Bearer {token}"},
             )
-            if join == "head_address":
-                worker_env = {**extra, "HEAD_ADDRESS": head.ip}
-            else:
-                worker_env = {**extra, "SWE_FLEET_HEAD_HOSTS": head.ip, "SWE_FLEET_HOSTNAME": worker.ip}
-            worker_node = start_entrypoint(worker, workdir, token, worker_env)
-            started.append(worker_node)
-            client.run(wait_for_nodes, addresses.dashboard_url, token, 2, NODE_READY_TIMEOUT_S)
-            yield NetnsCluster(net, workdir, token, nats, head_node, worker_node, addresses)
+            cluster = NetnsCluster(net, workdir, token, nats, head_node, addresses, extra, started)
+            cluster.start_worker(join, worker_swe_fleet)
+            yield cluster
         finally:
             for node in reversed(started):
                 node.stop()

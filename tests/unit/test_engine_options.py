@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from swe_fleet.llm.engine import llm_options
+from swe_fleet.llm.engine import engine_env, llm_options
 from swe_fleet.spec import DEFAULT_KV_BLOCK_SIZE, ModelSpec
 
 
@@ -18,3 +18,13 @@ def test_the_spec_decides_length_dtype_eagerness_and_seed() -> None:
     opts = llm_options(ModelSpec(max_model_len=1024, dtype="float32", enforce_eager=False, seed=7))
     assert {k: opts[k] for k in ("max_model_len", "dtype", "enforce_eager", "seed")} == {
         "max_model_len": 1024, "dtype": "float32", "enforce_eager": False, "seed": 7}  # fmt: skip
+
+
+def test_the_engine_core_runs_in_the_actors_process_on_cpu_and_gpu() -> None:
+    """No spawned EngineCore child on either device; CPU engines also get their thread binding,
+    GPU engines none (the same code, only ``num_gpus`` differs)."""
+    cpu = engine_env(ModelSpec(num_cpus=2, num_gpus=0), cores={0, 1})
+    gpu = engine_env(ModelSpec(num_cpus=2, num_gpus=1), cores={0, 1})
+    assert cpu["VLLM_ENABLE_V1_MULTIPROCESSING"] == gpu["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert cpu["VLLM_CPU_OMP_THREADS_BIND"] == "0,1"
+    assert gpu == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}

@@ -9,8 +9,8 @@ from swe_fleet.local.stack import ray_node_env
 
 
 def test_a_node_started_with_another_python_runs_jobs_with_it(tmp_path: Path) -> None:
-    """A node started with ray_command=[other_python, "-m", ...] (tests/support/servers.py RayWorker):
-    entrypoints' `python` is other_python, and no inherited RAY_ADDRESS reaches the node."""
+    """A node started with ray_command=[other_python, "-m", ...]: entrypoints' `python` is
+    other_python, and no inherited RAY_ADDRESS reaches the node."""
     other = tmp_path / "other" / "bin" / "python"
     env = ray_node_env({"RAY_ADDRESS": "ray://x:1"}, tmp_path / "token", [str(other), "-m", "ray"])
     assert env["PATH"].split(os.pathsep)[0] == str(other.parent)

@@ -6,14 +6,24 @@ from pathlib import Path
 
 import click
 
-from swe_fleet.cli._common import ENV_OPTION, SPEC_ARGUMENT, TIMEOUT_OPTION, guard, info, load_spec
+from swe_fleet.cli._common import SPEC_ARGUMENT, TIMEOUT_OPTION, guard, info, load_spec
 from swe_fleet.cli.render import print_event, print_rankings
 from swe_fleet.exit_codes import for_job_status
+from swe_fleet.local import LOCAL_ENV_KIND
+from swe_fleet.submit import RUNTIME_ENV_KINDS
 
 
 @click.command()
 @SPEC_ARGUMENT
-@ENV_OPTION
+@click.option(
+    "--env",
+    "env_kind",
+    type=click.Choice(list(RUNTIME_ENV_KINDS)),
+    default=LOCAL_ENV_KIND,
+    show_default=True,
+    help="runtime env: the local node runs from this Python, which has every pin (image: "
+    "nothing to install); pinned makes Ray copy this virtualenv to pip-install the pins into it",
+)
 @TIMEOUT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print events as JSON lines")
 @click.option(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from swe_fleet.events import DeliberationCompleted
 from swe_fleet.llm.model import is_prepared, prepare_local_model
+from swe_fleet.local import LOCAL_ENV_KIND
 from swe_fleet.local.stack import local_stack
 from swe_fleet.nats.consumer import ConsumerOptions, Event, iter_events
 from swe_fleet.spec import LOCAL_MODEL_ALIAS, CouncilSpec
@@ -30,7 +31,7 @@ DRAIN_IDLE_S = 5.0
 def run_locally(
     spec: CouncilSpec,
     *,
-    env_kind: str = "pinned",
+    env_kind: str = LOCAL_ENV_KIND,
     timeout_s: float = 1800,
     workdir: Path | None = None,
     on_event: Callable[[Event], None] = lambda e: None,

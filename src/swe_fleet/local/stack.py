@@ -6,8 +6,8 @@ bounded wait, then SIGKILL) and nothing else on the machine. Ray's own stop comm
 used: it would end every Ray on the machine, not just ours.
 
 The vLLM server of the stack is :mod:`swe_fleet.local.vllm_server`; ``swe-fleet run`` on this
-stack is :mod:`swe_fleet.local.run`. Test-only helpers (a Ray worker joining a head, waiting for
-nodes) live in ``tests/support/servers.py`` and build on the pieces here.
+stack is :mod:`swe_fleet.local.run`. Test-only helpers (waiting for nodes) live in
+``tests/support/servers.py``.
 """
 
 from __future__ import annotations
@@ -146,8 +146,7 @@ class RayHead:
 
     On ``127.0.0.1`` (the default) the whole cluster stays on loopback and no other node can
     join. With another ``node_ip`` (an address of a network namespace the caller created, see
-    ``tests/support/netns.py``) the head listens there and worker nodes
-    (``tests/support/servers.py``) can join it.
+    ``tests/support/netns.py``) the head listens there and worker nodes can join it.
     """
 
     workdir: Path
