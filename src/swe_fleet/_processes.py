@@ -10,6 +10,9 @@ Used by the embedded local stack (:mod:`swe_fleet.local.stack`), the vLLM server
 - :func:`wait_for_line` and :func:`wait_for_http_ok` wait, bounded, for a child to be ready and
   fail fast (with its log tail) when it exits first.
 - :func:`venv_binary` and :func:`with_python_first` point children at this Python environment.
+- :func:`stop_on_signals`: SIGINT, SIGTERM and SIGHUP unwind the block (so that what it started
+  is stopped), also in a process started in the background with SIGINT ignored; a second signal
+  while stopping kills the process groups of every child still alive.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -38,6 +41,52 @@ log = structlog.get_logger(__name__)
 
 #: Bound on a child stopping after SIGTERM before its process group is killed.
 STOP_TIMEOUT_S = 30.0
+#: The signals that stop a command which started children (``local up``, ``run``).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Children started by this process and not stopped yet, by PID (their process groups).
+_LIVE: dict[int, ManagedProcess] = {}
+
+
+class StopSignal(KeyboardInterrupt):
+    """A stop signal arrived (:func:`stop_on_signals`). A ``KeyboardInterrupt``, so that every
+    ``with``/``finally`` that stops what it started runs, as on Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def kill_live_children() -> None:
+    """SIGKILL the process group of every child this process started and has not stopped."""
+    for pid in list(_LIVE):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        _LIVE.pop(pid, None)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """For the ``with`` block: the first of :data:`STOP_SIGNALS` raises :class:`StopSignal` in
+    the main thread, so the block unwinds and stops what it started. A process started in the
+    background (``cmd &`` in a script, CI, ``timeout``, a service manager) inherits SIGINT
+    ignored; installing the handler undoes that. A second signal while stopping kills the
+    process groups of every child still alive and exits at once with 128 + the signal."""
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if received:
+            log.warning("stop.forced", signal=signal.Signals(signum).name, children=sorted(_LIVE))
+            kill_live_children()
+            os._exit(128 + signum)
+        received.append(signum)
+        raise StopSignal(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -111,6 +160,12 @@ class ManagedProcess:
         if self._stopped:
             return  # a failed start and the caller's cleanup both stop: signal the group once
         self._stopped = True
+        try:
+            self._stop(timeout_s)
+        finally:
+            _LIVE.pop(self.pid, None)
+
+    def _stop(self, timeout_s: float) -> None:
         if self.popen.poll() is None:
             # The leader first: `ray start --block` shuts its node down in order only while
             # the GCS is still alive.
@@ -152,7 +207,9 @@ def start_process(
     finally:
         log_file.close()
     log.info("local.started", process=name, pid=popen.pid, log=str(log_path))
-    return ManagedProcess(name=name, popen=popen, log_path=log_path)
+    process = ManagedProcess(name=name, popen=popen, log_path=log_path)
+    _LIVE[popen.pid] = process
+    return process
 
 
 def _exited_early(proc: ManagedProcess, before: str) -> LocalStackError:

@@ -214,6 +214,28 @@ def auth_token_from_env(env: Mapping[str, str] | None = None, home: Path | None 
     return None
 
 
+def client_jobs_api_url(env: Mapping[str, str] | None = None) -> str:
+    """The Jobs API URL of a client given no ``--address``: ``RAY_ADDRESS`` when it is a
+    dashboard URL, else ``http://RAY_HOST:RAY_DASHBOARD_PORT``.
+
+    Raises:
+        AddressError: ``RAY_ADDRESS`` is a Ray Client URL (``ray://``), a GCS address or ``auto``;
+            the message names the variable and the address to use instead.
+    """
+    env = os.environ if env is None else env
+    raw = (env.get("RAY_ADDRESS") or "").strip()
+    kind, host, _ = _classify(raw) if raw else ("", "", None)
+    if kind == "ray":
+        raise AddressError(
+            f"RAY_ADDRESS={raw!r} is a Ray Client address (ray://), and swe-fleet talks to the Jobs "
+            f"API, which speaks HTTP on the dashboard port: set RAY_ADDRESS=http://{host}:"
+            f"{DEFAULT_DASHBOARD_PORT} (or pass --address http://{host}:{DEFAULT_DASHBOARD_PORT}).",
+            address=raw,
+            use="client RAY_ADDRESS",
+        )
+    return ClusterAddresses.from_env(Role.CLIENT, env).dashboard_url
+
+
 def jobs_api_url(address: str) -> str:
     """Check that ``address`` can reach the Jobs API and return it without a trailing slash.
 

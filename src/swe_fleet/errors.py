@@ -11,6 +11,7 @@ fields that caller needs. Messages say what happened *and what to do next*.
     ├── AddressError              an address of the wrong kind for its use (address, use)
     ├── SubmissionError           Jobs API trouble (submission_id, job_id, url)
     │   ├── DashboardUnreachable  the dashboard did not answer within the bound (url)
+    │   ├── DashboardUnauthorized the dashboard refused our token: missing or wrong (url)
     │   ├── SubmissionConflict    same submission_id, different request (submission_id)
     │   └── JobWaitTimeout        the job did not reach a terminal state in time
     ├── PublishError              JetStream publish failed after retries (subject, key)
@@ -108,6 +109,10 @@ class SubmissionError(SweFleetError):
 
 class DashboardUnreachable(SubmissionError):
     """The Ray dashboard (Jobs API) did not answer within the bound."""
+
+
+class DashboardUnauthorized(SubmissionError):
+    """The Ray dashboard refused the request's auth token (none was sent, or the wrong one)."""
 
 
 class SubmissionConflict(SubmissionError):

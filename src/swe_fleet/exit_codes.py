@@ -11,7 +11,8 @@ code  name                   meaning
 3     BAD_INPUT              unreadable or invalid spec, wrong address, conflict, bad stream,
                              outbox or configuration, bad ``node start`` environment
 4     JOB_STOPPED            the job was STOPPED
-5     UNREACHABLE            the dashboard or NATS did not answer within the bound;
+5     UNREACHABLE            the dashboard or NATS did not answer within the bound, or
+                             refused our credentials (the message says which);
                              ``node start``: no head answered
 6     TIMEOUT                the job did not finish within ``--timeout``
 7     LOCAL_STACK            the local stack or the model preparation failed; ``node start``:
@@ -20,8 +21,10 @@ code  name                   meaning
                              nothing; the preflight job itself)
 9     PUBLISH_FAILED         the driver could not get every event acknowledged: those that were
                              not are in the outbox its log names (``swe-fleet outbox replay``)
-130   INTERRUPTED            interrupted (Ctrl-C); the job was stopped
-143   TERMINATED             the driver was stopped (SIGTERM, e.g. ``ray job stop``)
+129   HANGUP                 SIGHUP (the terminal closed): ``run`` stopped its job and stack
+130   INTERRUPTED            interrupted (Ctrl-C, SIGINT); the job was stopped
+143   TERMINATED             SIGTERM: the driver was stopped (e.g. ``ray job stop``); ``run``
+                             stopped its job and stack
 ====  =====================  ==========================================================
 
 This module imports only the standard library: the preflight node check, which must run on a
@@ -46,6 +49,7 @@ class ExitCode(enum.IntEnum):
     LOCAL_STACK = 7
     PREFLIGHT_FAILED = 8
     PUBLISH_FAILED = 9
+    HANGUP = 129
     INTERRUPTED = 130
     TERMINATED = 143
 

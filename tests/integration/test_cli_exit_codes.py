@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -67,6 +68,37 @@ def test_ray_client_address_for_jobs_api_exits_3(repo_root: Path) -> None:
     assert "http://127.0.0.1:8265" in proc.stderr
 
 
+@pytest.mark.parametrize("command", ["submit", "doctor"])
+def test_ray_client_address_in_ray_address_exits_3_naming_the_variable(
+    command: str, repo_root: Path, clean_env: None
+) -> None:
+    """RAY_ADDRESS=ray://... (no --address): refused like --address ray://..., naming the
+    variable and the http:// address to use; it is never turned into http://HOST:8265 silently."""
+    proc = _run(
+        [command, str(repo_root / "examples" / "council.yaml")], env={"RAY_ADDRESS": "ray://127.0.0.1:10001"}
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "RAY_ADDRESS='ray://127.0.0.1:10001'" in proc.stderr
+    assert "http://127.0.0.1:8265" in proc.stderr and "did not answer" not in proc.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("token", [None, "0" * 64], ids=["missing-token", "wrong-token"])
+def test_a_refused_token_exits_5_naming_the_dashboard_and_the_fix(
+    token: str | None, ray_head: RayHead, repo_root: Path, tmp_path: Path, clean_env: None
+) -> None:
+    """The cluster refuses the request (no token, or the wrong one): exit 5, "unreachable or
+    unauthorised", naming the dashboard and the variable to set; not 1 ("job FAILED"): no job
+    exists. (HOME is empty: no ~/.ray/auth_token to fall back on.)"""
+    env = {"HOME": str(tmp_path), "RAY_AUTH_MODE": "token"} | ({"RAY_AUTH_TOKEN": token} if token else {})
+    proc = _run(
+        ["submit", str(repo_root / "examples" / "council.yaml"), "--address", ray_head.dashboard_url], env=env
+    )
+    assert proc.returncode == 5, proc.stderr
+    assert ray_head.dashboard_url in proc.stderr and "refused" in proc.stderr
+    assert "RAY_AUTH_TOKEN" in proc.stderr
+
+
 def test_unreachable_dashboard_exits_5_quickly(repo_root: Path) -> None:
     """Nobody on the dashboard port: exit 5 within the bound, naming the URL."""
     url = f"http://127.0.0.1:{free_port()}"
@@ -110,8 +142,10 @@ def test_consume_json_prints_each_event_once(nats_server: NatsServer) -> None:
     asyncio.run(publish())
     proc = _run(["consume", "--nats-url", nats_server.url, "--json", "--idle-timeout", "2"])
     assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 3
+    # Each line carries the key consumers deduplicate by (the Nats-Msg-Id it was published with).
+    assert sorted(line["key"] for line in lines) == sorted(e.key for e in propose_events("s", 3))
     again = _run(["consume", "--nats-url", nats_server.url, "--json", "--idle-timeout", "2"])
     assert again.returncode == 0 and not again.stdout.strip()  # the durable consumer acked them
 

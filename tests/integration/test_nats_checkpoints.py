@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
+import signal
+import time
+
 import pytest
 
+from swe_fleet.errors import PublishError
 from swe_fleet.local.stack import NatsServer
 from swe_fleet.nats.checkpoints import MAX_CHECKPOINT_BYTES, KVCheckpoints
 from swe_fleet.nats.connection import close_nats, connect_nats
+from swe_fleet.nats.policy import PublishPolicy
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +34,6 @@ async def test_checkpoint_round_trips_and_is_keyed_by_submission(nats_server: Na
 
 async def test_oversized_checkpoint_is_skipped_not_fatal(nats_server: NatsServer) -> None:
     """A checkpoint beyond one NATS message is skipped (the previous one stays), never an error."""
-    import os
-
     nc = await connect_nats(nats_server.url)
     try:
         store = await KVCheckpoints.open(nc.jetstream())
@@ -35,5 +41,57 @@ async def test_oversized_checkpoint_is_skipped_not_fatal(nats_server: NatsServer
         noise = os.urandom(2 * MAX_CHECKPOINT_BYTES).hex()  # compresses to ~2x the limit
         await store.save("s", {"done": ["propose", "vote"], "blob": noise})
         assert await store.load("s") == {"done": ["propose"]}
+    finally:
+        await close_nats(nc)
+
+
+async def _paused(server: NatsServer, seconds: float) -> None:
+    """SIGSTOP the nats-server (it keeps its connections, answers nothing), SIGCONT after ``seconds``."""
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+async def test_a_pause_shorter_than_the_budget_only_delays_a_save_and_a_load(nats_server: NatsServer) -> None:
+    """NATS paused for 4 s, longer than one attempt's 1 s bound, shorter than the 30 s budget:
+    the save and the load both get through once it answers again."""
+    policy = PublishPolicy(ack_timeout_s=1.0, budget_s=30.0, max_wait_s=1.0)
+    nc = await connect_nats(nats_server.url)
+    try:
+        store = await KVCheckpoints.open(nc.jetstream(), policy)
+        pause = asyncio.create_task(_paused(nats_server, 4.0))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await store.save("s", {"done": ["propose"]}, after="propose")
+        assert time.monotonic() - started >= 3.0  # it really waited for the pause to end
+        await pause
+        pause = asyncio.create_task(_paused(nats_server, 4.0))
+        await asyncio.sleep(0.2)
+        assert await store.load("s") == {"done": ["propose"]}
+        await pause
+    finally:
+        await close_nats(nc)
+
+
+async def test_a_pause_beyond_the_budget_fails_naming_the_operation(nats_server: NatsServer) -> None:
+    """NATS paused for longer than the 3 s budget: PublishError naming the save, the phase it
+    followed, the attempts and the last error (never an empty message)."""
+    policy = PublishPolicy(ack_timeout_s=1.0, budget_s=3.0, max_wait_s=0.5)
+    nc = await connect_nats(nats_server.url)
+    try:
+        store = await KVCheckpoints.open(nc.jetstream(), policy)
+        pause = asyncio.create_task(_paused(nats_server, 8.0))
+        await asyncio.sleep(0.2)
+        with pytest.raises(PublishError) as caught:
+            await store.save("sid-1", {"done": ["propose"]}, after="critique.1")
+        message = str(caught.value)
+        assert message.startswith("saving the checkpoint of sid-1 after critique.1 failed")
+        pattern = r"in \d+ attempts over \d+ s \(retry budget 3 s\); last error: \w+"
+        assert re.search(pattern, message), message
+        assert caught.value.key == "sid-1"
+        await pause
     finally:
         await close_nats(nc)

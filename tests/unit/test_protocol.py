@@ -256,7 +256,7 @@ class MemoryCheckpoints:
         raw = self.saved.get(submission_id)
         return json.loads(raw) if raw else None
 
-    async def save(self, submission_id: str, checkpoint: dict[str, Any]) -> None:
+    async def save(self, submission_id: str, checkpoint: dict[str, Any], *, after: str = "") -> None:
         self.saved[submission_id] = json.dumps(checkpoint)  # must survive JSON, like the KV store
 
 

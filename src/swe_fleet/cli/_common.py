@@ -6,6 +6,7 @@ default comes from the library's own constant, so ``--help`` and the code cannot
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,9 +15,11 @@ from typing import NoReturn
 import click
 from rich.console import Console
 
+from swe_fleet._processes import StopSignal
 from swe_fleet.errors import (
     AddressError,
     ConfigError,
+    DashboardUnauthorized,
     DashboardUnreachable,
     JobWaitTimeout,
     LocalStackError,
@@ -56,7 +59,7 @@ def exit_code_for(exc: SweFleetError) -> ExitCode:
     """The exit code a swe-fleet error ends a command with (see :mod:`swe_fleet.exit_codes`)."""
     if isinstance(exc, _BAD_INPUT):
         return ExitCode.BAD_INPUT
-    if isinstance(exc, DashboardUnreachable | NatsUnreachable | NoHeadFound):
+    if isinstance(exc, DashboardUnreachable | DashboardUnauthorized | NatsUnreachable | NoHeadFound):
         return ExitCode.UNREACHABLE
     if isinstance(exc, JobWaitTimeout):
         return ExitCode.TIMEOUT
@@ -73,12 +76,23 @@ def fail(code: ExitCode, message: str) -> NoReturn:
     sys.exit(int(code))
 
 
+#: The exit code of a command that a stop signal ended (see :func:`swe_fleet._processes.stop_on_signals`).
+_SIGNAL_EXIT = {
+    signal.SIGINT: ExitCode.INTERRUPTED,
+    signal.SIGTERM: ExitCode.TERMINATED,
+    signal.SIGHUP: ExitCode.HANGUP,
+}
+
+
 def guard(fn: Callable[[], int]) -> NoReturn:
     """Run a command body; map swe-fleet errors to exit codes with one clear line."""
     try:
         code = fn()
     except SweFleetError as exc:
         fail(exit_code_for(exc), str(exc))
+    except StopSignal as stop:
+        err.print(f"stopped by {signal.Signals(stop.signum).name}")
+        sys.exit(int(_SIGNAL_EXIT.get(signal.Signals(stop.signum), ExitCode.INTERRUPTED)))
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(int(ExitCode.INTERRUPTED))

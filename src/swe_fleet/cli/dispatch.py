@@ -99,7 +99,7 @@ def dispatch(
     """
     import signal
 
-    from swe_fleet.addresses import ClusterAddresses, Role, auth_token_from_env
+    from swe_fleet.addresses import auth_token_from_env, client_jobs_api_url
     from swe_fleet.dispatch.service import run_dispatcher
 
     if json_logs:
@@ -108,7 +108,7 @@ def dispatch(
     def body() -> int:
         config = DispatcherConfig(
             nats_url=nats_url,
-            dashboard_url=address or ClusterAddresses.from_env(Role.CLIENT).dashboard_url,
+            dashboard_url=address or client_jobs_api_url(),
             auth_token=auth_token_from_env(),
             job_nats_url=job_nats_url,
             env_kind=env_kind,

@@ -74,14 +74,14 @@ def doctor(
     disk. Exit 0 when every check passes, 8 when one fails (each failure names the node, the
     check and the fix). A passing cluster result is cached for `submit`.
     """
-    from swe_fleet.addresses import ClusterAddresses, Role, auth_token_from_env
+    from swe_fleet.addresses import auth_token_from_env, client_jobs_api_url
     from swe_fleet.preflight.cache import PreflightCache
     from swe_fleet.preflight.orchestration import checks_as_json, run_doctor
     from swe_fleet.submit.request import CouncilSubmission
 
     def body() -> int:
         spec = load_spec(spec_path)
-        url = address or ClusterAddresses.from_env(Role.CLIENT).dashboard_url
+        url = address or client_jobs_api_url()
         checks = run_doctor(
             CouncilSubmission(spec=spec, env_kind=env_kind, nats_url=nats_url),
             url,

@@ -29,21 +29,25 @@ def local() -> None:
 )
 @click.option("--num-cpus", type=int, default=DEFAULT_NUM_CPUS, show_default=True)
 def local_up(workdir: str | None, num_cpus: int) -> None:
-    """Start the local stack in the foreground; print its addresses; Ctrl-C stops it."""
+    """Start the local stack in the foreground; print its addresses; stop it with Ctrl-C,
+    SIGTERM or SIGHUP (also when started in the background; a second signal while stopping
+    kills what is left). Exit 0 when stopped by a signal."""
+    from swe_fleet._processes import stop_on_signals
     from swe_fleet.local.stack import local_stack
 
     def body() -> int:
         root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="swe-fleet-local-"))
-        with local_stack(root, num_cpus=num_cpus) as stack:
+        with stop_on_signals(), local_stack(root, num_cpus=num_cpus) as stack:
             env = {**stack.ray.client_env(), "NATS_URL": stack.nats.url}
             for k, v in env.items():
                 out.print(f"export {k}={v}", markup=False)
             err.print(f"Ray Client: {stack.ray.client_url}   logs: {root}   (Ctrl-C stops the stack)")
+            out.file.flush()
             procs = [p for p in (stack.ray.process, stack.nats.process) if p is not None]
             try:
                 while all(p.alive() for p in procs):
                     time.sleep(1)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt:  # also SIGTERM and SIGHUP (StopSignal): the stack stops below
                 return int(ExitCode.OK)
             dead = next(p for p in procs if not p.alive())
             err.print(f"{dead.name} exited with code {dead.popen.returncode}:\n{dead.tail()}", markup=False)

@@ -45,8 +45,14 @@ def format_event(event: AnyEvent) -> str:
 
 
 def print_event(event: AnyEvent, *, as_json: bool) -> None:
-    """An event on stdout: its JSON, or its line."""
-    out.print(event.model_dump_json() if as_json else format_event(event), markup=False)
+    """An event on stdout: its JSON with its ``key`` (what consumers deduplicate by, the
+    ``Nats-Msg-Id`` it was published with), or its line."""
+    out.print(event_json(event) if as_json else format_event(event), markup=False)
+
+
+def event_json(event: AnyEvent) -> str:
+    """One JSON line: the event's payload and its ``key``."""
+    return json.dumps({**event.model_dump(mode="json"), "key": event.key}, ensure_ascii=False)
 
 
 def print_lines(lines: list[str]) -> None:

@@ -37,21 +37,23 @@ def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir:
 
     Starts the stack, prepares the model, submits through the Jobs API exactly as to a remote
     cluster, shows events as they arrive, prints the ranking per task, and tears everything
-    down (also on Ctrl-C).
+    down (also on Ctrl-C, SIGTERM or SIGHUP, when the job is stopped first).
     """
+    from swe_fleet._processes import stop_on_signals
     from swe_fleet.local.run import run_locally
 
     def body() -> int:
         spec = load_spec(spec_path)
-        status = run_locally(
-            spec,
-            env_kind=env_kind,
-            timeout_s=timeout_s,
-            workdir=Path(workdir) if workdir else None,
-            on_event=lambda e: print_event(e, as_json=as_json),
-            on_info=info,
-            on_results=(lambda r: None) if as_json else print_rankings,
-        )
+        with stop_on_signals():
+            status = run_locally(
+                spec,
+                env_kind=env_kind,
+                timeout_s=timeout_s,
+                workdir=Path(workdir) if workdir else None,
+                on_event=lambda e: print_event(e, as_json=as_json),
+                on_info=info,
+                on_results=(lambda r: None) if as_json else print_rankings,
+            )
         return int(for_job_status(status))
 
     guard(body)

@@ -77,7 +77,7 @@ def submit(
     The same request twice finds the existing job (no second job); --retry-failed reruns a
     failed or stopped one, resuming from its checkpoint. Exit code follows the job.
     """
-    from swe_fleet.addresses import ClusterAddresses, Role, auth_token_from_env
+    from swe_fleet.addresses import auth_token_from_env, client_jobs_api_url
     from swe_fleet.errors import SweFleetError
     from swe_fleet.preflight.cache import PreflightCache
     from swe_fleet.preflight.orchestration import preflight_hook
@@ -88,7 +88,7 @@ def submit(
 
     def body() -> int:
         spec = load_spec(spec_path)
-        url = address or ClusterAddresses.from_env(Role.CLIENT).dashboard_url
+        url = address or client_jobs_api_url()
         jobs = JobsApi(url, auth_token=auth_token_from_env(), request_timeout_s=request_timeout)
         hook = (
             None

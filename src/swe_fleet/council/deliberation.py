@@ -30,7 +30,7 @@ class Checkpoints(Protocol):
 
     async def load(self, submission_id: str) -> dict[str, Any] | None: ...
 
-    async def save(self, submission_id: str, checkpoint: dict[str, Any]) -> None: ...
+    async def save(self, submission_id: str, checkpoint: dict[str, Any], *, after: str = "") -> None: ...
 
 
 class Publisher(Protocol):
@@ -127,7 +127,9 @@ async def run_deliberation(
         # phases from the last good checkpoint instead of skipping them.
         if checkpoints is not None and not report.backend_errors:
             await checkpoints.save(
-                submission_id, {"spec_hash": spec.spec_hash(), "done": done, "state": state.to_dict()}
+                submission_id,
+                {"spec_hash": spec.spec_hash(), "done": done, "state": state.to_dict()},
+                after=name,
             )
 
     report.results = council.results(spec, state, submission_id=submission_id)

@@ -31,6 +31,7 @@ from swe_fleet.llm.backends import build_generator
 from swe_fleet.llm.base import UnavailableBackend
 from swe_fleet.nats.checkpoints import KVCheckpoints
 from swe_fleet.nats.connection import close_nats, connect_nats
+from swe_fleet.nats.policy import PublishPolicy
 from swe_fleet.nats.publisher import JetStreamPublisher
 from swe_fleet.spec import CouncilSpec
 
@@ -86,11 +87,10 @@ async def _run(spec: CouncilSpec, submission_id: str, job_id: str) -> int:
     if main is not None:
         loop.add_signal_handler(signal.SIGTERM, main.cancel)
     try:
-        code = await _run_council(spec, submission_id, publisher)
+        code, reason = await _run_council(spec, submission_id, publisher)
         if code == ExitCode.PUBLISH_FAILED:
-            await _publish_job_failed(
-                publisher, spec, submission_id, job_id, "events could not be published", 5
-            )
+            # Short bound: NATS just failed us; the reason is in the job log either way.
+            await _publish_job_failed(publisher, spec, submission_id, job_id, reason, 5)
         return code
     except asyncio.CancelledError:
         log.error("council.stopped")
@@ -129,13 +129,17 @@ async def _open_checkpoints(spec: CouncilSpec) -> tuple[Any, KVCheckpoints]:
         spec.publish.nats_url, timeout_s=spec.publish.connect_timeout_s, name="swe-fleet-ckpt"
     )
     try:
-        return nc, await KVCheckpoints.open(nc.jetstream(timeout=spec.publish.ack_timeout_s))
+        policy = PublishPolicy.from_spec(spec.publish)
+        return nc, await KVCheckpoints.open(nc.jetstream(timeout=spec.publish.ack_timeout_s), policy)
     except BaseException:
         await close_nats(nc)
         raise
 
 
-async def _run_council(spec: CouncilSpec, submission_id: str, publisher: JetStreamPublisher) -> int:
+async def _run_council(
+    spec: CouncilSpec, submission_id: str, publisher: JetStreamPublisher
+) -> tuple[ExitCode, str]:
+    """Run the deliberation; the exit code and, when it is not OK, why (one line)."""
     ckpt_nc, checkpoints = await _open_checkpoints(spec)
     try:
         generator = build_generator(spec)
@@ -156,10 +160,14 @@ async def _run_council(spec: CouncilSpec, submission_id: str, publisher: JetStre
     except OutboxWritten as exc:
         # Nothing is lost: the unacknowledged events wait in the outbox for `swe-fleet outbox replay`.
         log.error("publish.outbox", outbox=str(exc.path), count=exc.count, error=str(exc))
-        return ExitCode.PUBLISH_FAILED
+        return ExitCode.PUBLISH_FAILED, (
+            f"{exc.count} events were not acknowledged by NATS; they are in the outbox {exc.path} "
+            f"(swe-fleet outbox replay {exc.path})"
+        )
     except PublishError as exc:
+        # Checkpoint saves and loads (retried like every publish): the message names the operation.
         log.error("publish.failed", error=str(exc), subject=exc.subject, key=exc.key)
-        return ExitCode.PUBLISH_FAILED
+        return ExitCode.PUBLISH_FAILED, str(exc)
     finally:
         await generator.close()
         await close_nats(ckpt_nc)
@@ -181,5 +189,7 @@ async def _run_council(spec: CouncilSpec, submission_id: str, publisher: JetStre
     )
     if start_error or report.backend_errors:
         # Every response has its event (failed ones say why), but the council did not really run.
-        return ExitCode.JOB_FAILED
-    return ExitCode.OK
+        errors = report.backend_errors
+        why = start_error or f"{len(errors)} LLM backend errors, the first: {errors[0][:300]}"
+        return ExitCode.JOB_FAILED, why
+    return ExitCode.OK, ""

@@ -40,6 +40,14 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def describe_error(exc: BaseException | None) -> str:
+    """``Type: message`` of an error, never an empty string (``TimeoutError()`` has no message)."""
+    if exc is None:
+        return "none"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} (no answer in time)"
+
+
 @dataclass(frozen=True)
 class PublishPolicy:
     """How hard one publish tries: attempts and total time both bound it.

@@ -29,7 +29,7 @@ from ray.exceptions import AuthenticationError
 from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
 
 from swe_fleet.addresses import jobs_api_url
-from swe_fleet.errors import AddressError, DashboardUnreachable, SubmissionError
+from swe_fleet.errors import AddressError, DashboardUnauthorized, DashboardUnreachable, SubmissionError
 from swe_fleet.submit import DEFAULT_REQUEST_TIMEOUT_S
 
 T = TypeVar("T")
@@ -97,7 +97,7 @@ class JobsApi:
         Raises:
             AddressError: not an ``http(s)://`` dashboard URL, or not a Ray Jobs API there.
             DashboardUnreachable: no answer within ``request_timeout_s``.
-            SubmissionError: the dashboard refused the auth token.
+            DashboardUnauthorized: the dashboard refused the auth token (missing or wrong).
         """
         self.url = jobs_api_url(dashboard_url)
         headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
@@ -111,7 +111,7 @@ class JobsApi:
                 url=self.url,
             ) from None
         except AuthenticationError as exc:
-            raise SubmissionError(
+            raise DashboardUnauthorized(
                 f"the Ray dashboard at {self.url} refused the request: {exc}. {_TOKEN_FIX}", url=self.url
             ) from None
         except RuntimeError as exc:  # Ray's version check: a 404 or an old Ray
@@ -138,7 +138,7 @@ class JobsApi:
                 job_id=job_id,
             ) from None
         except AuthenticationError as exc:
-            raise SubmissionError(
+            raise DashboardUnauthorized(
                 f"{what}: the Ray dashboard at {self.url} refused the request: {exc}. {_TOKEN_FIX}",
                 url=self.url,
                 job_id=job_id,
