@@ -169,9 +169,11 @@ class TestJobOutcomes:
     """Exit codes that follow a real job's terminal state on the session cluster."""
 
     def test_failed_job_exits_1(
-        self, ray_head: RayHead, session_nats: NatsServer, tmp_path: Path, repo_root: Path
+        self, council_cluster: RayHead, session_nats: NatsServer, tmp_path: Path, repo_root: Path
     ) -> None:
-        """A model folder that does not exist fails the job: submit exits 1."""
+        """A model folder that does not exist fails the job: submit exits 1 and says why (the
+        job's one-line council.job.failed reason) and what to do next; every event's reason is
+        one line, the traceback stays in the job log."""
         spec = (
             (repo_root / "tests" / "data" / "tiny.yaml")
             .read_text()
@@ -184,22 +186,29 @@ class TestJobOutcomes:
                 "submit",
                 str(path),
                 "--address",
-                ray_head.dashboard_url,
+                council_cluster.dashboard_url,
                 "--nats-url",
                 session_nats.url,
                 "--timeout",
                 "600",
             ],
-            env=ray_head.client_env(),
+            env=council_cluster.client_env(),
             timeout=700,
         )
         assert proc.returncode == 1, proc.stderr[-2000:]
         assert "FAILED" in proc.stderr
+        said = [line for line in proc.stderr.splitlines() if line.startswith("job ") and " FAILED: " in line]
+        assert said and "vLLM engine failed to start" in said[-1] and "no-such-model" in said[-1], proc.stderr
+        assert "next: the same command with --retry-failed" in proc.stderr
         # Not silence: every proposal has its failed event and every task its result.
         sid = proc.stdout.strip().splitlines()[-1]
         events = _consume(session_nats.url, sid)
         failed = [e for e in events if e.event == "agent.response.failed"]
         assert len(failed) == 4 and all("unavailable" in e.reason for e in failed)  # type: ignore[union-attr]
+        job_failed = [e for e in events if e.event == "council.job.failed"]
+        assert len(job_failed) == 1 and "vLLM engine failed to start" in job_failed[0].reason  # type: ignore[union-attr]
+        reasons = [e.reason for e in failed + job_failed]  # type: ignore[union-attr]
+        assert all("\n" not in r and len(r) <= 400 and "Traceback" not in r for r in reasons), reasons
         assert sorted(e.task_id for e in events if e.event == "council.deliberation.completed") == [
             "add",
             "rev",

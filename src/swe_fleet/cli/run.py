@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,6 +12,10 @@ from swe_fleet.cli.render import print_event, print_rankings
 from swe_fleet.exit_codes import for_job_status
 from swe_fleet.local import LOCAL_ENV_KIND
 from swe_fleet.submit import RUNTIME_ENV_KINDS
+
+if TYPE_CHECKING:
+    from swe_fleet.submit.jobs_api import JobsApi
+    from swe_fleet.submit.request import SubmittedJob
 
 
 @click.command()
@@ -42,6 +47,16 @@ def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir:
     from swe_fleet._processes import stop_on_signals
     from swe_fleet.local.run import run_locally
 
+    def say_why(jobs: JobsApi, submitted: SubmittedJob, status: str, nats_url: str) -> None:
+        from swe_fleet.cli.outcome import failure_lines
+
+        rerun = "fix the cause and run it again (the local stack keeps no checkpoint to resume from)"
+        for line in failure_lines(
+            jobs, status=status, submission_id=submitted.submission_id, job_id=submitted.job_id,
+            nats_url=nats_url, rerun=rerun,
+        ):  # fmt: skip
+            info(line)
+
     def body() -> int:
         spec = load_spec(spec_path)
         with stop_on_signals():
@@ -53,6 +68,7 @@ def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir:
                 on_event=lambda e: print_event(e, as_json=as_json),
                 on_info=info,
                 on_results=(lambda r: None) if as_json else print_rankings,
+                on_failure=say_why,
             )
         return int(for_job_status(status))
 

@@ -78,6 +78,7 @@ def submit(
     failed or stopped one, resuming from its checkpoint. Exit code follows the job.
     """
     from swe_fleet.addresses import auth_token_from_env, client_jobs_api_url
+    from swe_fleet.cli.outcome import RETRY_HINT
     from swe_fleet.errors import SweFleetError
     from swe_fleet.preflight.cache import PreflightCache
     from swe_fleet.preflight.orchestration import preflight_hook
@@ -124,6 +125,14 @@ def submit(
             except SweFleetError as exc:
                 err.print(f"could not stop job {done.job_id}: {exc}")
             raise
+        if status.value != "SUCCEEDED":
+            from swe_fleet.cli.outcome import failure_lines
+
+            for line in failure_lines(
+                jobs, status=status.value, submission_id=done.submission_id, job_id=done.job_id,
+                nats_url=nats_url or spec.publish.nats_url, rerun=RETRY_HINT,
+            ):  # fmt: skip
+                err.print(line, markup=False)
         return int(for_job_status(status.value))
 
     guard(body)

@@ -24,7 +24,7 @@ import structlog
 from swe_fleet._logging import configure_logging
 from swe_fleet.addresses import DEFAULT_NAMESPACE
 from swe_fleet.council.deliberation import run_deliberation
-from swe_fleet.errors import LLMError, OutboxWritten, PublishError, SpecError
+from swe_fleet.errors import LLMError, OutboxWritten, PublishError, SpecError, one_line
 from swe_fleet.events import CouncilJobFailed
 from swe_fleet.exit_codes import ExitCode
 from swe_fleet.llm.backends import build_generator
@@ -91,6 +91,12 @@ async def _run(spec: CouncilSpec, submission_id: str, job_id: str) -> int:
         if code == ExitCode.PUBLISH_FAILED:
             # Short bound: NATS just failed us; the reason is in the job log either way.
             await _publish_job_failed(publisher, spec, submission_id, job_id, reason, 5)
+        elif code != ExitCode.OK:
+            # E.g. an engine that could not start: every slot has its failed event, and the
+            # job says once, for every consumer and for `submit`, why it failed.
+            await _publish_job_failed(
+                publisher, spec, submission_id, job_id, reason, spec.publish.retry_budget_s
+            )
         return code
     except asyncio.CancelledError:
         log.error("council.stopped")
@@ -99,7 +105,7 @@ async def _run(spec: CouncilSpec, submission_id: str, job_id: str) -> int:
     except Exception as exc:
         # Whatever went wrong, consumers learn that this attempt will publish nothing more.
         log.exception("council.crashed")
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = one_line(f"{type(exc).__name__}: {exc}")
         await _publish_job_failed(publisher, spec, submission_id, job_id, reason, spec.publish.retry_budget_s)
         return ExitCode.JOB_FAILED
     finally:

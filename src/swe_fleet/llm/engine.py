@@ -15,7 +15,7 @@ from typing import Any
 import ray
 import structlog
 
-from swe_fleet.errors import LLMError
+from swe_fleet.errors import LLMError, one_line
 from swe_fleet.llm.base import BatchStats, ChatRequest, Completion
 from swe_fleet.llm.cpu_threads import apply_env_defaults, cpu_engine_env
 from swe_fleet.spec import ModelSpec
@@ -202,8 +202,10 @@ class EngineGenerator:
                 backend="engine",
             ) from None
         except ray.exceptions.RayError as exc:
+            log.error("engine.start_failed", model=self.model.name, error=str(exc))  # the whole traceback
             raise LLMError(
-                f"vLLM engine failed to start (model {self.model.name!r}): {exc}", backend="engine"
+                f"vLLM engine failed to start (model {self.model.name!r}): {one_line(str(exc))}",
+                backend="engine",
             ) from exc
         self.replica_infos = infos
         log.info("engine.ready", replicas=infos)

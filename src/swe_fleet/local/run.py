@@ -37,8 +37,12 @@ def run_locally(
     on_event: Callable[[Event], None] = lambda e: None,
     on_info: Callable[[str], None] = lambda m: None,
     on_results: Callable[[Sequence[DeliberationCompleted]], None] = lambda r: None,
+    on_failure: Callable[[JobsApi, SubmittedJob, str, str], None] = lambda j, s, status, url: None,
 ) -> str:
-    """Run ``spec`` on a fresh local stack; return the job's terminal status (``SUCCEEDED`` ...)."""
+    """Run ``spec`` on a fresh local stack; return the job's terminal status (``SUCCEEDED`` ...).
+
+    ``on_failure(jobs, submitted, status, nats_url)`` runs, while the stack is still up, when
+    the job did not succeed (to say why)."""
     started = time.monotonic()
     if spec.model.name == LOCAL_MODEL_ALIAS:
         cached = is_prepared()
@@ -68,6 +72,7 @@ def run_locally(
         if status != "SUCCEEDED":
             tail = "\n".join(jobs.logs(submitted.job_id).splitlines()[-25:])
             on_info(f"job {submitted.job_id} ended {status}; last log lines:\n{tail}")
+            on_failure(jobs, submitted, status, stack.nats.url)
         on_results(results)
         on_info(f"done in {time.monotonic() - started:.1f} s: {status}")
         return status
