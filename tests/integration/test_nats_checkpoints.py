@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -55,36 +57,41 @@ async def _paused(server: NatsServer, seconds: float) -> None:
         os.kill(server.process.pid, signal.SIGCONT)
 
 
+async def _pause(server: NatsServer, seconds: float) -> asyncio.Task[None]:
+    """Start :func:`_paused` and return once the server is stopped."""
+    task = asyncio.create_task(_paused(server, seconds))
+    await asyncio.sleep(0.2)
+    return task
+
+
+@contextlib.asynccontextmanager
+async def _store(server: NatsServer, policy: PublishPolicy) -> AsyncIterator[KVCheckpoints]:
+    nc = await connect_nats(server.url)
+    try:
+        yield await KVCheckpoints.open(nc.jetstream(), policy)
+    finally:
+        await close_nats(nc)
+
+
 async def test_a_pause_shorter_than_the_budget_only_delays_a_save_and_a_load(nats_server: NatsServer) -> None:
     """NATS paused for 4 s, longer than one attempt's 1 s bound, shorter than the 30 s budget:
     the save and the load both get through once it answers again."""
-    policy = PublishPolicy(ack_timeout_s=1.0, budget_s=30.0, max_wait_s=1.0)
-    nc = await connect_nats(nats_server.url)
-    try:
-        store = await KVCheckpoints.open(nc.jetstream(), policy)
-        pause = asyncio.create_task(_paused(nats_server, 4.0))
-        await asyncio.sleep(0.2)
+    async with _store(nats_server, PublishPolicy(ack_timeout_s=1.0, budget_s=30.0, max_wait_s=1.0)) as store:
+        pause = await _pause(nats_server, 4.0)
         started = time.monotonic()
         await store.save("s", {"done": ["propose"]}, after="propose")
         assert time.monotonic() - started >= 3.0  # it really waited for the pause to end
         await pause
-        pause = asyncio.create_task(_paused(nats_server, 4.0))
-        await asyncio.sleep(0.2)
+        pause = await _pause(nats_server, 4.0)
         assert await store.load("s") == {"done": ["propose"]}
         await pause
-    finally:
-        await close_nats(nc)
 
 
 async def test_a_pause_beyond_the_budget_fails_naming_the_operation(nats_server: NatsServer) -> None:
     """NATS paused for longer than the 3 s budget: PublishError naming the save, the phase it
     followed, the attempts and the last error (never an empty message)."""
-    policy = PublishPolicy(ack_timeout_s=1.0, budget_s=3.0, max_wait_s=0.5)
-    nc = await connect_nats(nats_server.url)
-    try:
-        store = await KVCheckpoints.open(nc.jetstream(), policy)
-        pause = asyncio.create_task(_paused(nats_server, 8.0))
-        await asyncio.sleep(0.2)
+    async with _store(nats_server, PublishPolicy(ack_timeout_s=1.0, budget_s=3.0, max_wait_s=0.5)) as store:
+        pause = await _pause(nats_server, 8.0)
         with pytest.raises(PublishError) as caught:
             await store.save("sid-1", {"done": ["propose"]}, after="critique.1")
         message = str(caught.value)
@@ -93,5 +100,3 @@ async def test_a_pause_beyond_the_budget_fails_naming_the_operation(nats_server:
         assert re.search(pattern, message), message
         assert caught.value.key == "sid-1"
         await pause
-    finally:
-        await close_nats(nc)
