@@ -451,14 +451,12 @@ def test_sigint_stops_the_dispatcher_with_exit_130(scenario: Scenario) -> None:
 
 
 def test_consumers_decode_status_events_and_dead_letter_none(scenario: Scenario) -> None:
-    """swe-fleet consume shows the 60 status events (and the results) and exits 0; nothing on the
-    events stream went to council.dead."""
+    """swe-fleet consume shows the 60 status events (and the results) and exits 0, each JSON line
+    the event and its key; nothing on the events stream went to council.dead."""
     assert scenario.consume_exit == 0
-    statuses = [
-        CouncilJobStatus.model_validate(e)
-        for e in scenario.consume_lines
-        if e["event"] == "council.job.status"
-    ]
+    lines = [e for e in scenario.consume_lines if e["event"] == "council.job.status"]
+    statuses = [CouncilJobStatus.model_validate({k: v for k, v in e.items() if k != "key"}) for e in lines]
+    assert [e["key"] for e in lines] == [s.key for s in statuses]
     assert len(statuses) == 3 * N_VALID
     results = [e for e in scenario.consume_lines if e["event"] == "council.deliberation.completed"]
     assert len(results) == N_VALID

@@ -193,7 +193,7 @@ def test_ray_client_from_the_client_host_runs_tasks_on_both_nodes(cluster: Netns
         timeout=240,
         check=False,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:] + cluster.head_node.ray_logs("ray_client_server*")
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     both = sorted([cluster.head.ip, cluster.worker.ip])
     assert report["nodes"] == both

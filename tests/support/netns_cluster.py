@@ -97,6 +97,11 @@ class EntrypointNode:
         except OSError:
             return ""
 
+    def ray_logs(self, pattern: str, chars: int = 2000) -> str:
+        """The tails of this node's Ray log files matching ``pattern`` (for failure messages)."""
+        paths = sorted((self.temp_dir / "session_latest" / "logs").glob(pattern))
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-chars:]}" for p in paths)
+
     def ray_pid(self) -> int | None:
         """PID of the ``ray start --block`` the entrypoint started (from its log)."""
         match = re.search(r"node\.started\b.*?\bpid=(\d+)", self.log())
