@@ -23,7 +23,7 @@ from swe_fleet.local.vllm_server import VLLMServer
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: Fixtures that start or use a vLLM engine or the session cluster its councils run on.
-ENGINE_FIXTURES = frozenset({"prepared_model", "launched_vllm_server", "vllm_server", "council_cluster"})
+ENGINE_FIXTURES = frozenset({"prepared_model", "vllm_server", "council_cluster"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (it runs in the same hook)
@@ -99,16 +99,10 @@ def ray_head() -> Iterator[RayHead]:
 
 @pytest.fixture(scope="session")
 def council_cluster(
-    ray_head: RayHead,
-    session_nats: NatsServer,
-    prepared_model: Path,
-    repo_root: Path,
-    launched_vllm_server: VLLMServer,
+    ray_head: RayHead, session_nats: NatsServer, prepared_model: Path, repo_root: Path
 ) -> RayHead:
     """The session's Ray head with the pinned runtime_env already built (a passing preflight
-    ran in it), so that no council test pays for the pip install. The session's vLLM server,
-    which most councils on this cluster use, loads meanwhile (~35 s each: pip copying files,
-    vLLM importing and loading)."""
+    ran in it), so that no council test pays for the pip install."""
     from support.councils import warm_runtime_env
 
     warm_runtime_env(ray_head, session_nats.url, repo_root)
@@ -116,24 +110,18 @@ def council_cluster(
 
 
 @pytest.fixture(scope="session")
-def launched_vllm_server(prepared_model: Path) -> Iterator[VLLMServer]:
-    """The session's vLLM CPU server, launched and maybe still loading (see :func:`vllm_server`)."""
-    with tempfile.TemporaryDirectory(prefix="swf-test-vllm-") as d:
-        server = VLLMServer(Path(d)).launch(prepared_model)
-        try:
-            yield server
-        finally:
-            server.stop()
-
-
-@pytest.fixture(scope="session")
-def vllm_server(launched_vllm_server: VLLMServer) -> VLLMServer:
-    """One real vLLM CPU server for the session's server-backend councils, healthy.
+def vllm_server(prepared_model: Path) -> Iterator[VLLMServer]:
+    """One real vLLM CPU server for the session's server-backend councils (start ~40 s).
 
     A test that kills it restarts it on the same port before it ends (see
     tests/integration/test_council_job.py), so the URL stays valid for the rest of the session.
     """
-    return launched_vllm_server.wait_ready()
+    with tempfile.TemporaryDirectory(prefix="swf-test-vllm-") as d:
+        server = VLLMServer(Path(d)).start(prepared_model)
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session")

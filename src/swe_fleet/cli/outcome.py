@@ -12,7 +12,7 @@ import asyncio
 import re
 from collections.abc import Callable
 
-from swe_fleet.errors import SweFleetError
+from swe_fleet.errors import MAX_REASON_CHARS, SweFleetError
 from swe_fleet.events import COUNCIL_JOB_FAILED, CouncilJobFailed
 from swe_fleet.nats.consumer import ConsumerOptions, iter_events
 from swe_fleet.submit.jobs_api import JobsApi
@@ -23,8 +23,6 @@ RETRY_HINT = (
 )
 #: Bound on reading the job's council.job.failed from NATS.
 REASON_TIMEOUT_S = 10.0
-#: A reason is one line of at most this many characters.
-MAX_REASON_CHARS = 400
 _MEANINGFUL = re.compile(r"error|failed|exception|refused|denied|not found|no such", re.IGNORECASE)
 _OUTBOX = re.compile(r"outbox (\S+?)[ ;,)]")
 

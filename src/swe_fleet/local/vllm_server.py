@@ -16,7 +16,6 @@ from pathlib import Path
 import structlog
 
 from swe_fleet._processes import ManagedProcess, free_port, start_process, wait_for_http_ok
-from swe_fleet.errors import LocalStackError
 from swe_fleet.llm.cpu_threads import cpu_engine_env
 from swe_fleet.spec import DEFAULT_KV_BLOCK_SIZE
 
@@ -54,7 +53,6 @@ class VLLMServer:
     port: int = 0
     base_url: str = ""
     process: ManagedProcess | None = None
-    _launched_at: float = 0.0
 
     def start(
         self,
@@ -71,19 +69,6 @@ class VLLMServer:
             LocalStackError: the server exited, or was not healthy within ``ready_timeout_s``
                 (the log tail is in the message).
         """
-        self.launch(model_dir, port=port, max_model_len=max_model_len, kv_block_size=kv_block_size)
-        return self.wait_ready(ready_timeout_s)
-
-    def launch(
-        self,
-        model_dir: Path,
-        *,
-        port: int | None = None,
-        max_model_len: int = 2048,
-        kv_block_size: int | None = DEFAULT_KV_BLOCK_SIZE,
-    ) -> VLLMServer:
-        """Start the server process and return at once (it takes ~35 s to load); something else
-        can start meanwhile. :meth:`wait_ready` waits for it."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -101,21 +86,9 @@ class VLLMServer:
         cores = os.sched_getaffinity(0)
         env = {**os.environ, **VLLM_CPU_ENV, **cpu_engine_env(len(cores), cores), **self.env}
         self.process = start_process("vllm-server", argv, self.workdir / f"vllm-{self.port}.log", env)
-        self._launched_at = time.monotonic()
-        return self
-
-    def wait_ready(self, ready_timeout_s: float = VLLM_READY_TIMEOUT_S) -> VLLMServer:
-        """Wait until the launched server's ``/health`` answers 200.
-
-        Raises:
-            LocalStackError: not launched, the server exited, or it was not healthy within
-                ``ready_timeout_s`` (the log tail is in the message).
-        """
-        if self.process is None:
-            raise LocalStackError("launch the vLLM server before waiting for it", process="vllm-server")
+        started = time.monotonic()
         wait_for_http_ok(self.process, f"{self.base_url}/health", ready_timeout_s, what="the vLLM server")
-        seconds = round(time.monotonic() - self._launched_at, 1)
-        log.info("local.vllm.healthy", url=self.base_url, seconds=seconds)
+        log.info("local.vllm.healthy", url=self.base_url, seconds=round(time.monotonic() - started, 1))
         return self
 
     def stop(self) -> None:
