@@ -10,6 +10,7 @@ nats-server), so tests stay independent.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from swe_fleet.local.stack import NatsServer, RayHead
+from swe_fleet.local.stack import RAY_TEMP_ROOT_ENV, NatsServer, RayHead
 from swe_fleet.local.vllm_server import VLLMServer
+
+from support.engine_lock import engine_lock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,28 +29,47 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ENGINE_FIXTURES = frozenset({"prepared_model", "vllm_server", "council_cluster"})
 
 
+def _runs_vllm(item: pytest.Item) -> bool:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    return bool(item.get_closest_marker("llm") or fixtures & ENGINE_FIXTURES)
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (it runs in the same hook)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``pytest -n 2 --dist loadgroup`` (``make test``): every test that runs vLLM or
-    shares the session's council cluster goes to one worker, in collection order, so that no
-    two engines ever run at once and the session fixtures are built once; the other tests
-    (NATS, Ray heads without engines, units) run on the other worker beside them."""
+    """Under ``pytest -n 2 --dist loadgroup`` (``make test``): the tests that share the session's
+    vLLM server and council cluster go to one worker ("engine"), the multi-host cluster's tests to
+    the other ("netns", beside the tests without an engine), each group in collection order, so
+    that the session fixtures and the netns cluster are built once. Two engines never run at once:
+    whatever runs vLLM holds the engine lock (tests/support/engine_lock.py), so the netns cluster
+    comes up, clones its virtualenvs and checks its nodes beside the engine tests, and runs its
+    councils between them."""
     for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if item.get_closest_marker("llm") or item.get_closest_marker("netns") or fixtures & ENGINE_FIXTURES:
+        if item.get_closest_marker("netns"):
+            item.add_marker(pytest.mark.xdist_group("netns"))
+        elif _runs_vllm(item):
             item.add_marker(pytest.mark.xdist_group("engine"))
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-xdist tagged the grouped node ids
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Fail loudly if pytest-xdist did not group them (it tags node ids, which pytest 9.2 no
-    longer lets it do: pytest-xdist#1386): two engines at once would only show up as a slow
-    or flaky suite."""
+    longer lets it do: pytest-xdist#1386): engines built twice would only show up as a slow suite."""
     if not getattr(session.config.option, "loadgroup", False):
         return  # not an xdist worker under --dist loadgroup
     lost = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
     if lost:
         raise pytest.UsageError(f"pytest-xdist did not group {len(lost)} engine tests, e.g. {lost[0]}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """A test of the engine group holds the engine lock for its setup, call and teardown (a
+    session vLLM server starts in the setup of its first user). The netns tests take it
+    themselves, around their councils only."""
+    if item.get_closest_marker("netns") or not _runs_vllm(item):
+        return (yield)
+    with engine_lock():
+        return (yield)
 
 
 # CI runs `.venv/bin/python -m pytest` without activating the virtualenv: its bin directory is
@@ -58,6 +80,18 @@ _VENV_BIN = str(Path(sys.executable).parent)
 os.environ["PATH"] = os.pathsep.join(
     d for d in os.environ.get("PATH", os.defpath).split(os.pathsep) if d and d != _VENV_BIN
 )
+
+
+#: Ray nodes keep their temp dirs (and the ~3.4 GB copy of this virtualenv that each node's first
+#: pip runtime_env makes) on a tmpfs when there is room: 5-8x faster than this machine's disk to
+#: copy, and seconds instead of a minute to delete. A developer's own setting wins.
+_TMPFS, _TMPFS_NEEDS = Path("/dev/shm"), 14 * 1024**3
+if (
+    RAY_TEMP_ROOT_ENV not in os.environ
+    and os.access(_TMPFS, os.W_OK)
+    and shutil.disk_usage(_TMPFS).free >= _TMPFS_NEEDS
+):
+    os.environ[RAY_TEMP_ROOT_ENV] = str(_TMPFS)
 
 
 @pytest.fixture(scope="session")

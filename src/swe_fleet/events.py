@@ -26,11 +26,14 @@ import json
 import time
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from swe_fleet.errors import UndecodableEvent
 
-SCHEMA_VERSION = 1
+#: 2: ``council.deliberation.completed`` says its ``outcome`` (decided, tied, failed) with ``tied``,
+#: ``reason`` and ``quorum``; rankings carry each candidate's ``spread``; revise slots that need no
+#: call end in a completed event with ``data.unchanged`` (version 1 events still decode).
+SCHEMA_VERSION = 2
 
 AGENT_RESPONSE_COMPLETED = "agent.response.completed"
 AGENT_RESPONSE_FAILED = "agent.response.failed"
@@ -137,15 +140,31 @@ class RankedAgent(BaseModel):
 
     agent_id: str
     rank: int
+    #: Mean of the scores it received (None: no vote counted for it).
     mean_score: float | None
+    #: Their population standard deviation (0.0 for a single vote; None without votes).
+    spread: float | None = None
     votes: int
 
 
+#: ``decided``: a unique winner from at least a quorum of counted votes; ``tied``: the best mean
+#: shared by several candidates (``tied`` names them, ``winner`` is None); ``failed``: no
+#: proposal, or fewer counted votes than the quorum (``reason`` says which).
+TaskOutcome = Literal["decided", "tied", "failed"]
+
+
 class DeliberationCompleted(_Event):
-    """The outcome of one task: ranking, winner and the score matrix."""
+    """The outcome of one task: decided, tied or failed, with the ranking and the score matrix."""
 
     event: Literal["council.deliberation.completed"] = "council.deliberation.completed"
+    outcome: TaskOutcome
     winner: str | None
+    #: The candidates sharing the best mean when ``outcome`` is ``tied`` (spec order).
+    tied: list[str] = Field(default_factory=list)
+    #: Why the outcome is ``failed`` (None otherwise).
+    reason: str | None = None
+    #: Counted votes the task needed for an outcome.
+    quorum: int = 1
     ranking: list[RankedAgent]
     #: scores[voter][candidate] for every vote that counted.
     scores: dict[str, dict[str, int]]
@@ -158,6 +177,14 @@ class DeliberationCompleted(_Event):
     early_stopped: bool = False
     #: The transcript by reference: keys of this task's agent-response events, in order.
     transcript: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _outcome_of_version_1(cls, data: Any) -> Any:
+        """A version 1 result has no ``outcome``: it was decided when it named a winner."""
+        if isinstance(data, dict) and "outcome" not in data and data.get("schema_version") == 1:
+            return {**data, "outcome": "decided" if data.get("winner") else "failed"}
+        return data
 
     @property
     def subject(self) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from swe_fleet.errors import SpecError
 
@@ -42,6 +42,18 @@ DEFAULT_ROLE_PROMPTS: dict[str, str] = {
 }
 
 
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError(
+            "is blank (only whitespace): write the text, or leave the field out where it is optional"
+        )
+    return text
+
+
+#: Prompt text: at least one non-whitespace character (a blank prompt would ask the model nothing).
+Text = Annotated[str, AfterValidator(_not_blank)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -50,7 +62,7 @@ class TaskSpec(_Strict):
     """One problem the council deliberates on."""
 
     id: Identifier
-    prompt: Annotated[str, Field(min_length=1)]
+    prompt: Text
 
 
 class AgentSpec(_Strict):
@@ -61,8 +73,8 @@ class AgentSpec(_Strict):
     """
 
     id: Identifier
-    role: Annotated[str, Field(min_length=1)]
-    role_prompt: str | None = None
+    role: Text
+    role_prompt: Text | None = None
 
     def resolved_role_prompt(self) -> str:
         """The agent's role prompt: its own, or the default for its role."""
@@ -88,7 +100,7 @@ class ProtocolSpec(_Strict):
 
     critique_rounds: Annotated[int, Field(ge=0, le=10)] = 1
     #: The system message of every request (shared by all agents; roles come later).
-    council_prompt: Annotated[str, Field(min_length=1)] = DEFAULT_COUNCIL_PROMPT
+    council_prompt: Text = DEFAULT_COUNCIL_PROMPT
     early_stop: bool = True
     no_objection_signal: Annotated[str, Field(min_length=2)] = "NO OBJECTION"
     max_proposal_chars: Annotated[int, Field(ge=100)] = 1500
@@ -96,6 +108,9 @@ class ProtocolSpec(_Strict):
     #: Score range a voter uses for each other agent's proposal.
     min_score: int = 1
     max_score: int = 10
+    #: Votes a task needs for an outcome (``decided`` or ``tied``); default: a majority of its
+    #: voters (the agents that had a proposal other than their own to score).
+    quorum: Annotated[int, Field(ge=1)] | None = None
 
 
 class ModelSpec(_Strict):
@@ -135,6 +150,11 @@ class ServerSpec(_Strict):
     #: Requests in flight at once (the server batches them).
     concurrency: Annotated[int, Field(ge=1, le=1024)] = 16
     request_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    #: How long one request keeps retrying transient failures (refused connections, 429, 5xx),
+    #: with exponential backoff up to 10 s between attempts: longer than a vLLM server's restart
+    #: on CPU (~40 s), so a restarted server loses no request.
+    retry_budget_s: Annotated[float, Field(gt=0)] = 120.0
+    retry_attempts: Annotated[int, Field(ge=1)] = 16
 
 
 class PublishSpec(_Strict):
@@ -168,11 +188,23 @@ class CouncilSpec(_Strict):
             ("tasks", [t.id for t in self.tasks]),
             ("agents", [a.id for a in self.agents]),
         ):
-            seen: set[str] = set()
+            seen: dict[str, str] = {}
             for i, ident in enumerate(ids):
-                if ident in seen:
-                    raise ValueError(f"{what}.{i}.id: duplicate id {ident!r}; ids must be unique")
-                seen.add(ident)
+                # Case-insensitively: critique headings are matched so, and ids name files.
+                if ident.lower() in seen:
+                    first = seen[ident.lower()]
+                    same = (
+                        f"duplicate id {ident!r}"
+                        if first == ident
+                        else f"{ident!r} equals {first!r} except for case"
+                    )
+                    raise ValueError(f"{what}.{i}.id: {same}; ids must be unique, ignoring case")
+                seen[ident.lower()] = ident
+        if self.protocol.quorum is not None and self.protocol.quorum > len(self.agents) - 1:
+            raise ValueError(
+                f"protocol.quorum: {self.protocol.quorum} votes can never be cast: a task has at most "
+                f"{len(self.agents) - 1} voters with this many agents (each scores the others)"
+            )
         if self.protocol.min_score >= self.protocol.max_score:
             raise ValueError("protocol.min_score must be below protocol.max_score")
         return self

@@ -204,14 +204,20 @@ class TestJobOutcomes:
         sid = proc.stdout.strip().splitlines()[-1]
         events = _consume(session_nats.url, sid)
         failed = [e for e in events if e.event == "agent.response.failed"]
-        assert len(failed) == 4 and all("unavailable" in e.reason for e in failed)  # type: ignore[union-attr]
+        # Every planned slot (2 tasks x 2 agents x propose, critique, revise, vote) failed once:
+        # the proposals because the backend is unavailable, the rest having nothing to work on.
+        assert len(failed) == 16 and len({e.key for e in failed}) == 16
+        proposals = [e for e in failed if e.phase == "propose"]  # type: ignore[union-attr]
+        assert len(proposals) == 4 and all("unavailable" in e.reason for e in proposals)  # type: ignore[union-attr]
+        assert all(e.reason.startswith("nothing to ") for e in failed if e not in proposals)  # type: ignore[union-attr]
         job_failed = [e for e in events if e.event == "council.job.failed"]
         assert len(job_failed) == 1 and "vLLM engine failed to start" in job_failed[0].reason  # type: ignore[union-attr]
         reasons = [e.reason for e in failed + job_failed]  # type: ignore[union-attr]
         assert all("\n" not in r and len(r) <= 400 and "Traceback" not in r for r in reasons), reasons
-        assert sorted(e.task_id for e in events if e.event == "council.deliberation.completed") == [
-            "add",
-            "rev",
+        results = [e for e in events if e.event == "council.deliberation.completed"]
+        assert sorted((e.task_id, e.outcome, e.reason) for e in results) == [  # type: ignore[union-attr]
+            ("add", "failed", "no proposal: every agent's proposal failed"),
+            ("rev", "failed", "no proposal: every agent's proposal failed"),
         ]
 
     def test_stopped_job_exits_4(
@@ -260,3 +266,38 @@ class TestJobOutcomes:
         )
         assert proc.returncode == 4, proc.stderr[-2000:]
         assert "already submitted" in proc.stderr
+
+    def test_a_council_without_an_outcome_exits_1_naming_the_tasks(
+        self,
+        council_cluster: RayHead,
+        session_nats: NatsServer,
+        vllm_server: VLLMServer,
+        tmp_path: Path,
+        repo_root: Path,
+    ) -> None:
+        """Every request refused by the server (max_tokens beyond the model's context): every slot
+        has its failed event, no task has an outcome, the job FAILED and submit exits 1 naming
+        both tasks and why (never SUCCEEDED with exit 0)."""
+        spec = on_server_backend(
+            CouncilSpec.from_file(repo_root / "tests" / "data" / "tiny.yaml"),
+            vllm_server.base_url,
+            max_tokens=100_000,
+        )
+        path = tmp_path / "too-long.yaml"
+        path.write_text(yaml.safe_dump({**spec.model_dump(mode="json"), "name": "no-outcome"}))
+        proc = _run(
+            ["submit", str(path), "--address", council_cluster.dashboard_url, "--nats-url", session_nats.url,
+             "--timeout", "600"],
+            env=council_cluster.client_env(),
+            timeout=700,
+        )  # fmt: skip
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        said = [line for line in proc.stderr.splitlines() if line.startswith("job ") and " FAILED: " in line]
+        assert said, proc.stderr[-2000:]
+        assert "no outcome for 2 of 2 tasks: add: no proposal" in said[-1] and "rev: no proposal" in said[-1]
+        sid = proc.stdout.strip().splitlines()[-1]
+        events = _consume(session_nats.url, sid)
+        failed = [e for e in events if e.event == "agent.response.failed"]
+        assert len(failed) == 16 and len({e.key for e in failed}) == 16
+        results = [e for e in events if e.event == "council.deliberation.completed"]
+        assert sorted((e.task_id, e.outcome) for e in results) == [("add", "failed"), ("rev", "failed")]  # type: ignore[union-attr]

@@ -199,40 +199,39 @@ def _engine_actor_pids(head: RayHead) -> list[int]:
     return found
 
 
-def test_killed_engine_actor_mid_run_never_means_silence(
+def test_a_killed_engine_replica_loses_no_slot(
     client: JobsApi,
     ray_head: RayHead,
     session_nats: NatsServer,
     tiny_spec: CouncilSpec,
     prepared_model: Path,
 ) -> None:
-    """SIGKILL the engine actor after the first phase: the actor restarts and the council
-    completes, or the affected agents get failed events; every task gets its result."""
+    """Two engine replicas; SIGKILL one of them after the first phase: its share of the next
+    batch reruns on the other replica (``engine.replica_lost``), the job succeeds and every
+    planned slot completed exactly once."""
     import signal
 
     doc = tiny_spec.model_dump(mode="json")
     doc["name"] = "killengine"
     doc["protocol"]["early_stop"] = False
+    doc["model"]["replicas"] = 2
     spec = CouncilSpec.from_dict(doc)
     submitted = submit_council(client, CouncilSubmission(spec=spec, nats_url=session_nats.url))
     sid = submitted.submission_id
     _wait_for_checkpoint(client, session_nats.url, submitted)
     pids = _engine_actor_pids(ray_head)
-    assert pids, "no engine actor found under our Ray head"
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+    assert len(pids) == 2, f"expected two engine actors under our Ray head, found {pids}"
+    os.kill(pids[0], signal.SIGKILL)
     status = wait_until_terminal(client, submitted.job_id, timeout_s=JOB_TIMEOUT_S)
+    logs = client.logs(submitted.job_id)
+    assert status.value == "SUCCEEDED", logs[-3000:]
+    assert '"engine.replica_lost"' in logs, logs[-3000:]
     events = consume_all(session_nats.url, "it-killengine", sid)
-    results = [e for e in events if e["event"] == "council.deliberation.completed"]
-    assert sorted(r["task_id"] for r in results) == sorted(t.id for t in spec.tasks)
-    if status.value == "SUCCEEDED":
-        assert_complete_council(events, spec)
-    else:
-        failed = [e for e in events if e["event"] in ("agent.response.failed", "council.job.failed")]
-        assert failed, client.logs(submitted.job_id)[-3000:]
+    assert_complete_council(events, spec)
+    assert not [e for e in events if e["event"] == "agent.response.failed"], logs[-3000:]
 
 
-def test_killed_vllm_server_mid_run_never_means_silence(
+def test_a_restarted_vllm_server_loses_no_slot(
     client: JobsApi,
     session_nats: NatsServer,
     tiny_spec: CouncilSpec,
@@ -240,8 +239,9 @@ def test_killed_vllm_server_mid_run_never_means_silence(
     vllm_server: VLLMServer,
 ) -> None:
     """Server backend: SIGKILL the (session's) vLLM server after the first phase and restart it
-    on the same port: requests are retried, those that run out of retries become failed events,
-    and the council still ends with a result per task; no key is stored twice."""
+    on the same port: the requests in flight and those sent while it is down retry (the spec's
+    ``server.retry_budget_s`` outlasts a CPU vLLM start), the job succeeds and every planned slot
+    completed exactly once."""
     server = vllm_server
     try:
         doc = on_server_backend(tiny_spec, server.base_url).model_dump(mode="json")
@@ -249,6 +249,7 @@ def test_killed_vllm_server_mid_run_never_means_silence(
         doc["protocol"]["early_stop"] = False
         doc["server"]["concurrency"] = 8
         spec = CouncilSpec.from_dict(doc)
+        assert spec.server.retry_budget_s >= 120
         submitted = submit_council(client, CouncilSubmission(spec=spec, nats_url=session_nats.url))
         sid = submitted.submission_id
         _wait_for_checkpoint(client, session_nats.url, submitted)
@@ -260,17 +261,9 @@ def test_killed_vllm_server_mid_run_never_means_silence(
     finally:
         if server.process is None or not server.process.alive():  # the session's server stays up
             server.start(prepared_model, port=server.port)
+    logs = client.logs(submitted.job_id)
+    assert status.value == "SUCCEEDED", logs[-3000:]
+    assert '"server.retry"' in logs, logs[-3000:]  # the restart was ridden over, not missed
     events = consume_all(session_nats.url, "it-killserver", sid)
-    assert status.value == "SUCCEEDED", client.logs(submitted.job_id)[-3000:]
-    keys = [
-        f"{e['task_id']}/{e.get('phase')}/{e.get('round')}/{e.get('agent_id')}/{e['event']}" for e in events
-    ]
-    assert len(keys) == len(set(keys))
-    results = [e for e in events if e["event"] == "council.deliberation.completed"]
-    assert sorted(r["task_id"] for r in results) == sorted(t.id for t in spec.tasks)
-    pairs = len(spec.tasks) * len(spec.agents)
-    outcomes = Counter((e["phase"], e["round"]) for e in events if e["event"].startswith("agent.response."))
-    assert outcomes[("propose", 0)] == pairs
-    failed = [e for e in events if e["event"] == "agent.response.failed"]
-    if not failed:  # every retried request made it: the full council ran
-        assert_complete_council(events, spec)
+    assert_complete_council(events, spec)
+    assert not [e for e in events if e["event"] == "agent.response.failed"], logs[-3000:]

@@ -15,7 +15,7 @@ In this order, on that one cluster (each test says what it needs of the ones bef
    a council submitted from the client runs with one engine replica on each node.
 3. SIGTERM to the worker's entrypoint stops its node and leaves nothing.
 4. A new worker, from this virtualenv, finds the head by probing ``SWE_FLEET_HEAD_HOSTS``; its
-   link is cut while a council runs on both nodes.
+   link is cut while a council runs on both nodes, which completes on the head.
 
 The namespaces have no route to a package index, so the nodes' pip (the pinned runtime_env)
 installs from a wheelhouse of the pin list that the test downloads first (``PIP_NO_INDEX``,
@@ -49,7 +49,8 @@ from swe_fleet.submit.request import CouncilSubmission
 from swe_fleet.submit.submission import submit_council
 from swe_fleet.submit.wait import wait_until_terminal
 
-from support.councils import assert_complete_council, assert_no_silence, consume_all, saved_checkpoint
+from support.councils import assert_complete_council, consume_all, saved_checkpoint
+from support.engine_lock import engine_lock
 from support.netns_cluster import (
     FAST_HEALTH_CHECKS,
     SWE_FLEET,
@@ -294,12 +295,13 @@ def test_pinned_runtime_env_passes_on_both_nodes_and_a_council_runs_on_both(
         assert {r["status"] for r in node.values()} <= {"ok", "skip"}
         assert {r["node_id"] for r in node.values()} == {ids[ip]}
 
-    submit = _cli(
-        cluster,
-        [sys.executable, str(SUBMIT_SCRIPT), str(spec_path), "--address", cluster.addresses.dashboard_url,
-         "--nats-url", cluster.nats.url, "--env", "pinned", "--timeout", str(JOB_TIMEOUT_S)],
-        timeout=JOB_TIMEOUT_S + 120,
-    )  # fmt: skip
+    with engine_lock():
+        submit = _cli(
+            cluster,
+            [sys.executable, str(SUBMIT_SCRIPT), str(spec_path), "--address", cluster.addresses.dashboard_url,
+             "--nats-url", cluster.nats.url, "--env", "pinned", "--timeout", str(JOB_TIMEOUT_S)],
+            timeout=JOB_TIMEOUT_S + 120,
+        )  # fmt: skip
     assert submit.returncode == 0, submit.stderr[-4000:]
     assert "(cached)" in submit.stderr  # doctor's passing result on these nodes and runtime_env
     sid = submit.stdout.strip().splitlines()[-1]
@@ -346,22 +348,20 @@ def probing_worker(cluster: NetnsCluster) -> Iterator[EntrypointNode]:
 
 @pytest.mark.llm
 @pytest.mark.slow
-def test_cutting_the_worker_mid_job_completes_on_the_head_or_publishes_failures(
+def test_cutting_the_worker_mid_job_completes_on_the_head(
     cluster: NetnsCluster, probing_worker: EntrypointNode, two_node_spec: CouncilSpec
 ) -> None:
-    """Cut the worker after the first phase is published: the job ends (bounded), the head
-    drops the worker, and every slot has its completed or failed event (or the job said it
-    failed); when the job succeeds, the lost replica's requests ran on the head's replica.
+    """Cut the worker after the first phase is published: the head drops the worker, the lost
+    replica's share of every later phase reruns on the head's replica (``engine.replica_lost``),
+    and the job succeeds with every planned slot completed exactly once.
 
-    The job driver and NATS live on the head, so the council can go on, or say that it cannot:
-    either it completes on the remaining node, or it publishes failure events. Never silence."""
+    The job driver, NATS and one engine replica live on the head, so nothing the council needs
+    is lost with the worker."""
     worker_log = probing_worker.log()
     assert "action=worker" in worker_log and f"a live head answers on {cluster.head.ip}:6379" in worker_log
     spec = CouncilSpec.from_dict({**two_node_spec.model_dump(mode="json"), "name": "partition"})
     submission = CouncilSubmission(spec=spec, env_kind="image", nats_url=cluster.nats.url)
     jobs = cluster.on_client(JobsApi, cluster.addresses.dashboard_url, auth_token=cluster.token)
-    submitted = cluster.on_client(submit_council, jobs, submission)
-    sid, job_id = submitted.submission_id, submitted.job_id
 
     def first_phase_published() -> bool:
         if cluster.on_client(saved_checkpoint, cluster.nats.url, sid) is not None:
@@ -370,22 +370,21 @@ def test_cutting_the_worker_mid_job_completes_on_the_head_or_publishes_failures(
         assert not status.is_terminal(), cluster.on_client(jobs.logs, job_id)[-3000:]
         return False
 
-    wait_until(first_phase_published, JOB_TIMEOUT_S, "the first phase's checkpoint", poll_s=0.2)
-    cluster.net.cut(cluster.worker)
-    cut_at = time.monotonic()
-
-    status = cluster.on_client(wait_until_terminal, jobs, job_id, timeout_s=JOB_TIMEOUT_S).value
-    ended_after_s = time.monotonic() - cut_at
+    with engine_lock():
+        submitted = cluster.on_client(submit_council, jobs, submission)
+        sid, job_id = submitted.submission_id, submitted.job_id
+        wait_until(first_phase_published, JOB_TIMEOUT_S, "the first phase's checkpoint", poll_s=0.2)
+        cluster.net.cut(cluster.worker)
+        cut_at = time.monotonic()
+        status = cluster.on_client(wait_until_terminal, jobs, job_id, timeout_s=JOB_TIMEOUT_S).value
+        ended_after_s = time.monotonic() - cut_at
     logs = cluster.on_client(jobs.logs, job_id)
     wait_until(lambda: len(cluster.alive_nodes()) == 1, 60, "the head to declare the cut worker dead")
     events = cluster.on_client(consume_all, cluster.nats.url, "netns-partition", sid)
 
-    outcome = assert_no_silence(events, spec)
-    print(f"partition: job {status} {ended_after_s:.0f} s after the cut; {outcome}")
-    if status == "SUCCEEDED":
-        assert_complete_council(events, spec)
-        # Every phase after the cut calls both replicas: the worker's was lost, its share rerun.
-        assert '"engine.replica_lost"' in logs, logs[-3000:]
-    else:
-        failed = [e for e in events if e["event"] in ("agent.response.failed", "council.job.failed")]
-        assert failed, logs[-3000:]
+    print(f"partition: job {status} {ended_after_s:.0f} s after the cut")
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert_complete_council(events, spec)
+    # Every phase after the cut calls both replicas: the worker's was lost, its share rerun.
+    assert '"engine.replica_lost"' in logs, logs[-3000:]
+    assert not [e for e in events if e["event"] == "agent.response.failed"], logs[-3000:]

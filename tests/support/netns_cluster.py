@@ -26,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
@@ -38,7 +37,7 @@ import psutil
 
 from swe_fleet._processes import ManagedProcess, start_process, wait_for_http_ok
 from swe_fleet.addresses import ClusterAddresses, Role
-from swe_fleet.local.stack import NatsServer
+from swe_fleet.local.stack import NatsServer, ray_temp_dir
 
 from support.netns import Host, Network, network
 from support.servers import alive_nodes, wait_for_nodes
@@ -135,7 +134,7 @@ def start_entrypoint(
 ) -> EntrypointNode:
     """Start ``swe-fleet node start`` on ``host`` (``ip netns exec``), logging to ``workdir``;
     ``swe_fleet`` is the console script of the virtualenv the node runs from."""
-    temp_dir = Path(tempfile.mkdtemp(prefix=f"swf-{host.name}-", dir="/tmp"))  # short: unix sockets
+    temp_dir = ray_temp_dir(f"swf-{host.name}-")
     env = node_env(token, temp_dir, extra_env)
     process = start_process(
         f"node-{host.name}",

@@ -58,9 +58,46 @@ def test_vote_slots_route_other_agents_proposals_only() -> None:
 
 
 def test_failed_proposals_are_not_candidates() -> None:
-    """A failed proposal is not voted on; a voter with nobody to score gets no slot."""
-    slots = council.vote_slots(SPEC, _state({("t1", "a"): "x"}))
-    assert [(s.agent.id, s.candidates) for s in slots] == [("b", ("a",)), ("c", ("a",))]
+    """A failed proposal is not voted on; a voter with nobody to score ends its slot uncalled,
+    with a failed event that says why."""
+    slots = [s for s in council.vote_slots(SPEC, _state({("t1", "a"): "x"})) if s.task.id == "t1"]
+    assert [(s.agent.id, s.candidates, s.request is None) for s in slots] == [
+        ("a", (), True),
+        ("b", ("a",), False),
+        ("c", ("a",), False),
+    ]
+    event = council.uncalled_event(slots[0], submission_id="s", spec=SPEC)
+    assert isinstance(event, AgentResponseFailed) and event.reason.startswith("nothing to vote on")
+    assert event.key == "s/t1/vote/0/a/failed"
+
+
+def test_every_phase_plans_one_slot_per_agent_of_each_running_task() -> None:
+    """Slots without a call included: critique, revise and vote each plan tasks x agents."""
+    state = _state({("t1", "a"): "x", ("t2", "a"): "y", ("t2", "b"): "z"})
+    state.tasks["t2"].critiques[1] = {"a": [("b", "a is wrong")]}
+    for slots in (
+        council.critique_slots(SPEC, state, 1),
+        council.revise_slots(SPEC, state, 1),
+        council.vote_slots(SPEC, state),
+    ):
+        assert [(s.task.id, s.agent.id) for s in slots] == [(t, a) for t in ("t1", "t2") for a in "abc"]
+    revise = {(s.task.id, s.agent.id): s for s in council.revise_slots(SPEC, state, 1)}
+    assert revise[("t2", "a")].request is not None  # critique addressed to it: a real revision
+    assert revise[("t2", "b")].request is None and revise[("t2", "b")].stands == "z"  # no critique
+    assert revise[("t2", "c")].request is None and revise[("t2", "c")].stands is None  # no proposal
+    critique = {(s.task.id, s.agent.id): s for s in council.critique_slots(SPEC, state, 1)}
+    assert critique[("t1", "a")].request is None  # the only proposal is its own
+
+
+def test_an_uncalled_revision_repeats_the_standing_proposal_and_says_why() -> None:
+    """No critique reached the agent: a completed revise event with the same text, no tokens,
+    ``data.unchanged`` and the reason."""
+    state = _state(ALL)
+    slot = next(s for s in council.revise_slots(SPEC, state, 1) if (s.task.id, s.agent.id) == ("t1", "b"))
+    event = council.uncalled_event(slot, submission_id="s", spec=SPEC)
+    assert isinstance(event, AgentResponseCompleted)
+    assert (event.content, event.output_tokens, event.key) == ("t1-b", 0, "s/t1/revise/1/b")
+    assert event.data == {"unchanged": True, "reason": council.NO_CRITIQUE.format(round=1)}
 
 
 def test_critique_slots_target_the_other_current_proposals() -> None:
@@ -90,10 +127,15 @@ def test_prompts_of_one_task_share_the_context_before_the_role(phase: str) -> No
 
 
 def test_settled_tasks_get_no_more_critique_or_revise() -> None:
-    """A task that stopped early is skipped by later critique and revise batches."""
+    """A task that stopped early in round 1 ends round 1's revise slots unchanged (its critics had
+    no objection) and gets no slot of a later round."""
     state = _state(ALL)
-    state.tasks["t1"].settled = True
+    state.tasks["t1"].settled, state.tasks["t1"].rounds_run = True, 1
+    revise = [s for s in council.revise_slots(SPEC, state, 1) if s.task.id == "t1"]
+    assert [(s.request, s.stands) for s in revise] == [(None, "t1-a"), (None, "t1-b"), (None, "t1-c")]
+    assert all(s.reason == council.NO_OBJECTIONS.format(round=1) for s in revise)
     assert {s.task.id for s in council.critique_slots(SPEC, state, 2)} == {"t2"}
+    assert {s.task.id for s in council.revise_slots(SPEC, state, 2)} == {"t2"}
 
 
 def test_route_critique_splits_sections_by_heading() -> None:
@@ -103,6 +145,25 @@ def test_route_critique_splits_sections_by_heading() -> None:
     assert route_critique("All fine.", ["b", "c"]) == {"b": "All fine.", "c": "All fine."}
     proposal_form = "## Proposal by b\nToo slow."
     assert route_critique(proposal_form, ["b"]) == {"b": "Too slow."}
+
+
+@pytest.mark.parametrize(
+    "heading",
+    ["### QA", "### Agent qa", "**qa**", "**QA:**", "## Critique of QA's proposal", "#### qa.", "### Qa:"],
+)
+def test_route_critique_matches_the_usual_heading_variations(heading: str) -> None:
+    """Case, prefixes, bold headings and punctuation: the section still reaches its agent."""
+    text = f"{heading}\nMisses the empty list.\n### dev\nFine."
+    assert route_critique(text, ["qa", "dev"]) == {"qa": "Misses the empty list.", "dev": "Fine."}
+
+
+def test_route_critique_gives_the_whole_text_to_a_target_whose_section_is_missing() -> None:
+    """A heading naming two agents routes nowhere; an agent with no section of its own gets the
+    whole critique rather than nothing."""
+    text = "### qa\nBad.\n### qa and dev compared\nSimilar."
+    routed = route_critique(text, ["qa", "dev"])
+    assert routed["qa"] == "Bad.\n### qa and dev compared\nSimilar."
+    assert routed["dev"] == text
 
 
 def test_shorten_is_deterministic_and_says_what_it_cut() -> None:
@@ -180,19 +241,51 @@ def test_ranking_orders_by_mean_score() -> None:
     assert res.votes_counted == 3 and res.scores == votes
 
 
-def test_ties_break_on_vote_count_then_spec_order() -> None:
-    """Equal means: more votes first; then the agent listed first in the spec."""
-    res = _rank({"a": {"c": 6}, "b": {"a": 6, "c": 6}})
-    assert [r.agent_id for r in res.ranking] == ["c", "a", "b"]
-    res2 = _rank({"c": {"a": 5, "b": 5}})
-    assert [r.agent_id for r in res2.ranking] == ["a", "b", "c"]
+def test_equal_best_means_are_a_tie_never_broken() -> None:
+    """Equal best means: ``tied`` names them (spec order), no winner, neither vote count nor spec
+    order breaks it; equal means share a rank."""
+    res = _rank({"a": {"b": 6, "c": 6}, "b": {"a": 6, "c": 6}, "c": {"a": 2, "b": 6}}, ALL)
+    assert (res.outcome, res.winner, res.tied, res.winning_proposal) == ("tied", None, ["b", "c"], None)
+    assert [(r.agent_id, r.rank, r.mean_score, r.votes) for r in res.ranking] == [
+        ("b", 1, 6.0, 2),
+        ("c", 1, 6.0, 2),
+        ("a", 3, 4.0, 2),
+    ]
+    assert res.ranking[2].spread == 2.0 and res.ranking[0].spread == 0.0
+
+
+def test_a_unique_best_mean_from_a_quorum_is_decided() -> None:
+    """Two of three votes counted (the default quorum is a majority): decided."""
+    res = _rank({"a": {"b": 9, "c": 4}, "b": {"a": 5, "c": 6}}, ALL)
+    assert (res.outcome, res.winner, res.quorum, res.reason) == ("decided", "b", 2, None)
+
+
+def test_fewer_votes_than_the_quorum_fail_the_task_saying_so() -> None:
+    """One of three votes counted: no outcome, whatever the scores say."""
+    res = _rank({"a": {"b": 9, "c": 4}}, ALL)
+    assert (res.outcome, res.winner) == ("failed", None)
+    assert res.reason == "1 of 3 votes counted; the quorum is 2"
+    quorum_one = CouncilSpec.from_dict({**SPEC.model_dump(mode="json"), "protocol": {"quorum": 1}})
+    res1 = rank_task(quorum_one, SPEC.tasks[0], {"a": {"b": 9, "c": 4}}, votes_expected=3,
+                     proposals=ALL, submission_id="s")  # fmt: skip
+    assert (res1.outcome, res1.winner, res1.quorum) == ("decided", "b", 1)
+
+
+def test_no_standing_proposal_fails_the_task() -> None:
+    """Every proposal failed: the task failed, and says so."""
+    res = _rank({})
+    assert (res.outcome, res.winner, res.reason) == (
+        "failed",
+        None,
+        "no proposal: every agent's proposal failed",
+    )
 
 
 def test_no_valid_votes_means_no_winner() -> None:
-    """When no vote counted, nobody wins and every mean is None."""
-    res = _rank({})
-    assert res.winner is None
-    assert all(r.mean_score is None for r in res.ranking)
+    """When no vote counted, nobody wins, every mean is None and the task failed (quorum)."""
+    res = _rank({}, ALL)
+    assert res.winner is None and res.outcome == "failed"
+    assert all(r.mean_score is None and r.spread is None for r in res.ranking)
     assert res.votes_counted == 0 and res.votes_expected == 3
 
 
@@ -202,10 +295,33 @@ def test_revise_prompts_start_with_the_critique_rounds_context() -> None:
     state = _state(ALL)
     critique = council.critique_slots(SPEC, state, 1)
     state.tasks["t1"].critiques[1] = {"a": [("b", "a forgets empty input.")]}
-    (revise,) = council.revise_slots(SPEC, state, 1)
+    (revise,) = [s for s in council.revise_slots(SPEC, state, 1) if s.request is not None]
     crit_text = next(s for s in critique if s.task.id == "t1").request.messages[1]["content"]
     context = crit_text.split("\n\nYou are ")[0]
     text = revise.request.messages[1]["content"]
     assert (revise.task.id, revise.agent.id) == ("t1", "a")
     assert text.startswith(f"{context}\n\nYou are a, the council's architect.")
     assert "From b:\na forgets empty input." in text and "### a" in text
+
+
+def test_voters_are_asked_in_rotated_orders_with_room_for_every_candidate() -> None:
+    """Position bias: each voter gets the candidates in another order (the shared listing stays
+    in spec order); the vote's token budget grows with its candidates past vote_max_tokens."""
+    many = CouncilSpec.from_dict({
+        **SPEC.model_dump(mode="json"),
+        "agents": [{"id": f"agent-{i:02d}", "role": "r"} for i in range(8)],
+        "model": {"vote_max_tokens": 16},
+    })  # fmt: skip
+    state = CouncilState.start(many)
+    for agent in many.agents:
+        state.tasks["t1"].proposals[agent.id] = "x"
+    slots = [s for s in council.vote_slots(many, state) if s.task.id == "t1"]
+    firsts = [s.candidates[0] for s in slots]
+    assert len(set(firsts)) == len(slots)  # nobody is always asked about first
+    for s in slots:
+        assert sorted(s.candidates) == sorted(a.id for a in many.agents if a.id != s.agent.id)
+        assert list(s.request.json_schema["properties"]["scores"]["properties"]) == list(s.candidates)
+        assert s.request.max_tokens == 8 + 7 * (len("agent-00") + 6)
+        listing = s.request.messages[1]["content"].split("\n\nYou are ")[0]
+        assert listing.index("### agent-00") < listing.index("### agent-07")
+    assert council.vote_slots(SPEC, _state(ALL))[0].request.max_tokens == SPEC.model.vote_max_tokens

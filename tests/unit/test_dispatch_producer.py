@@ -41,6 +41,7 @@ def _result(task_id: str, sid: str = SID) -> bytes:
         submission_id=sid,
         council="c",
         task_id=task_id,
+        outcome="decided",
         winner="a",
         ranking=[RankedAgent(agent_id="a", rank=1, mean_score=7.0, votes=1)],
         scores={},

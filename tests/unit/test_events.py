@@ -67,6 +67,7 @@ def test_deliberation_key_and_round_trip() -> None:
     """A deliberation result round-trips through bytes with its ranking intact."""
     e = DeliberationCompleted(
         **COMMON,
+        outcome="decided",
         winner="a",
         ranking=[RankedAgent(agent_id="a", rank=1, mean_score=7.0, votes=1)],
         scores={"b": {"a": 7}},
@@ -151,3 +152,15 @@ def test_a_status_event_renders_as_one_line() -> None:
         )
     )
     assert "\n" not in line and "FAILED" in line and "request r" in line and "a b" in line
+
+
+def test_a_version_1_result_decodes_with_its_outcome_derived() -> None:
+    """Results published before outcomes existed still decode: decided when they named a
+    winner, failed when they did not."""
+    for winner, outcome in (("a", "decided"), (None, "failed")):
+        payload = json.dumps({
+            **COMMON, "schema_version": 1, "event": "council.deliberation.completed", "winner": winner,
+            "ranking": [], "scores": {}, "votes_counted": 0, "votes_expected": 0,
+        }).encode()  # fmt: skip
+        back = decode_event(payload)
+        assert isinstance(back, DeliberationCompleted) and back.outcome == outcome

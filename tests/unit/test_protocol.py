@@ -76,7 +76,7 @@ def default_answer(phase: str, req: ChatRequest) -> str:
     task = _task_of(req)
     if phase == "vote":
         cands = req.json_schema["properties"]["scores"]["required"]  # type: ignore[index]
-        return json.dumps({"scores": {c: 3 + len(c) + (task == "t2") for c in cands}})
+        return json.dumps({"scores": {c: 3 + "abc".index(c) + (task == "t2") for c in cands}})
     if phase == "critique":
         return "\n".join(f"### {t}\n{t} in {task} misses edge cases." for t in _targets(req))
     if phase == "revise":
@@ -144,8 +144,9 @@ async def test_votes_are_on_the_final_revisions_and_rank_deterministically() -> 
     _, _, _, report2 = await _run(BASE)
     assert [r.model_dump(exclude={"created_at"}) for r in report.results] == [
         r.model_dump(exclude={"created_at"}) for r in report2.results]  # fmt: skip
-    # scores = 3 + len(id) (+1 on t2): ties everywhere, broken by vote count then spec order
-    assert [x.agent_id for x in report.results[0].ranking] == ["a", "b", "c"]
+    # scores = 3 + position of the id in "abc" (+1 on t2): c is decided everywhere
+    assert [x.agent_id for x in report.results[0].ranking] == ["c", "b", "a"]
+    assert [(r.outcome, r.winner) for r in report.results] == [("decided", "c"), ("decided", "c")]
     assert report.results[0].transcript[0] == "sub/t1/propose/0/a"
 
 
@@ -163,7 +164,12 @@ async def test_early_stop_ends_rounds_for_tasks_without_objections() -> None:
         for e in pub.events
         if e.task_id == "t1" and not isinstance(e, DeliberationCompleted)
     ]
-    assert ("revise", 1) not in t1 and ("critique", 2) not in t1
+    assert ("critique", 2) not in t1
+    # Round 1's revise slots end uncalled: the proposals stand, and the events say why.
+    revise_t1 = [e for e in pub.events if e.task_id == "t1" and getattr(e, "phase", "") == "revise"]
+    assert [(e.agent_id, e.round, (e.data or {}).get("unchanged")) for e in revise_t1] == [
+        ("a", 1, True), ("b", 1, True), ("c", 1, True)]  # fmt: skip
+    assert all(e.content == "plan for t1" for e in revise_t1)
     t2_rounds = {e.round for e in pub.events if e.task_id == "t2" and getattr(e, "phase", "") == "critique"}
     assert t2_rounds == {1, 2, 3}
     res = {r.task_id: r for r in report.results}
@@ -219,8 +225,10 @@ async def test_failed_proposal_leaves_the_council_for_that_task() -> None:
     assert [(type(e), e.phase) for e in c_t1] == [
         (AgentResponseFailed, "propose"),
         (AgentResponseCompleted, "critique"),
+        (AgentResponseFailed, "revise"),  # nothing to revise, and the event says so
         (AgentResponseCompleted, "vote"),
     ]
+    assert c_t1[2].reason == "nothing to revise: this agent's proposal for this task failed"  # type: ignore[union-attr]
     ranking = {r.agent_id: r for r in report.results[0].ranking}
     assert ranking["c"].mean_score is None and ranking["c"].rank == 3
     completed = [e for e in pub.events if isinstance(e, AgentResponseCompleted)]
@@ -243,8 +251,13 @@ async def test_a_failing_backend_yields_failed_events_and_results_not_silence() 
         spec, submission_id="sub", generator=Broken(default_answer), publisher=pub
     )
     failed = [e for e in pub.events if isinstance(e, AgentResponseFailed)]
-    assert len(failed) == 6 and all("engine actor died" in e.reason for e in failed)
-    assert [r.winner for r in report.results] == [None, None]
+    # Every planned slot: 6 proposals failed with the error; with no proposal standing, every
+    # later slot (critique, revise, vote: 18) ends uncalled saying it had nothing to do.
+    assert len(failed) == 24 and len({e.key for e in failed}) == 24
+    assert [e.phase for e in failed if "engine actor died" in e.reason] == ["propose"] * 6
+    assert all(e.reason.startswith("nothing to ") for e in failed if e.phase != "propose")
+    assert [(r.outcome, r.winner, r.reason) for r in report.results] == [
+        ("failed", None, "no proposal: every agent's proposal failed")] * 2  # fmt: skip
     assert report.backend_errors == ["engine actor died"]
 
 
@@ -360,3 +373,49 @@ async def test_a_checkpoint_of_another_spec_is_refused() -> None:
             publisher=Recorder(),
             checkpoints=store,
         )
+
+
+async def test_every_planned_slot_ends_in_exactly_one_event() -> None:
+    """Mixed failures (a failed proposal, a critique naming nobody, an unparseable vote, an early
+    stop): every task has exactly agents x (2 + 2 x rounds_run) agent events, one per slot,
+    and its transcript lists exactly those keys."""
+
+    def answer(phase: str, req: ChatRequest) -> str:
+        task, agent = _task_of(req), _agent_of(req)
+        if phase == "propose" and (task, agent) == ("t2", "b"):
+            return "   "  # empty: a failed proposal
+        if phase == "critique" and task == "t1":
+            return "\n".join(f"**{t.upper()}**\nNO OBJECTION" for t in _targets(req))  # early stop
+        if phase == "critique" and agent == "c":
+            return "Looks fine overall."  # no sections: the whole text goes to each target
+        if phase == "vote" and agent == "a":
+            return "no idea"
+        return default_answer(phase, req)
+
+    spec, _, pub, report = await _run(BASE + "protocol: {critique_rounds: 2}\n", answer)
+    results = {r.task_id: r for r in report.results}
+    assert (results["t1"].rounds_run, results["t1"].early_stopped) == (1, True)
+    assert (results["t2"].rounds_run, results["t2"].early_stopped) == (2, False)
+    for task in spec.tasks:
+        slots = Counter(
+            (e.phase, e.round, e.agent_id)
+            for e in pub.events
+            if e.task_id == task.id and not isinstance(e, DeliberationCompleted)
+        )
+        rounds = results[task.id].rounds_run
+        planned = [("propose", 0), ("vote", 0)] + [
+            (p, r) for r in range(1, rounds + 1) for p in ("critique", "revise")
+        ]
+        assert slots == Counter((p, r, a.id) for p, r in planned for a in spec.agents)
+        keys = [
+            e.key for e in pub.events if e.task_id == task.id and not isinstance(e, DeliberationCompleted)
+        ]
+        assert results[task.id].transcript == keys
+    # b's empty proposal on t2: nothing to revise in either round, still one event each
+    b_t2 = {
+        (e.phase, e.round): e for e in pub.events if e.task_id == "t2" and getattr(e, "agent_id", "") == "b"
+    }
+    assert isinstance(b_t2[("propose", 0)], AgentResponseFailed)
+    assert all(isinstance(b_t2[("revise", r)], AgentResponseFailed) for r in (1, 2))
+    # a's votes failed: 2 of 3 counted on each task, still the default quorum (2)
+    assert all((r.votes_counted, r.quorum) == (2, 2) and r.outcome != "failed" for r in report.results)

@@ -104,3 +104,31 @@ def test_json_spec_is_accepted() -> None:
     """JSON is YAML: a JSON spec loads the same."""
     spec = CouncilSpec.from_text(CouncilSpec.from_text(MINIMAL).to_json())
     assert spec == CouncilSpec.from_text(MINIMAL)
+
+
+@pytest.mark.parametrize(
+    ("doc", "field", "said"),
+    [
+        ("tasks: [{id: t1, prompt: x}]\nagents: [{id: qa, role: a}, {id: QA, role: b}]",
+         "agents.1.id", "'QA' equals 'qa' except for case"),
+        ("tasks: [{id: T, prompt: x}, {id: t, prompt: y}]\nagents: [{id: a, role: a}, {id: b, role: b}]",
+         "tasks.1.id", "'t' equals 'T' except for case"),
+        ("tasks: [{id: t1, prompt: '  \n '}]\nagents: [{id: a, role: a}, {id: b, role: b}]",
+         "tasks.0.prompt", "is blank"),
+        ("tasks: [{id: t1, prompt: x}]\nagents: [{id: a, role: a, role_prompt: ' '}, {id: b, role: b}]",
+         "agents.0.role_prompt", "is blank"),
+        ("tasks: [{id: t1, prompt: x}]\nagents: [{id: a, role: a}, {id: b, role: b}]\n"
+         "protocol: {council_prompt: '\t'}", "protocol.council_prompt", "is blank"),
+        ("tasks: [{id: t1, prompt: x}]\nagents: [{id: a, role: a}, {id: b, role: b}]\nprotocol: {quorum: 2}",
+         "protocol.quorum", "at most 1 voters"),
+    ],
+)  # fmt: skip
+def test_colliding_ids_blank_prompts_and_an_impossible_quorum_are_refused(
+    doc: str, field: str, said: str
+) -> None:
+    """Ids equal but for case collide in critique routing and file names; a blank prompt asks
+    nothing; a quorum above the voters a task can have never decides: each names its field."""
+    with pytest.raises(SpecError) as info:
+        CouncilSpec.from_text(doc)
+    assert info.value.field == field, str(info.value)
+    assert said in str(info.value)

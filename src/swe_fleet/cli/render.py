@@ -41,7 +41,16 @@ def format_event(event: AnyEvent) -> str:
         f"{r.rank}. {r.agent_id} ({r.mean_score if r.mean_score is not None else '-'})" for r in event.ranking
     )
     votes = f"{event.votes_counted}/{event.votes_expected}"
-    return f"{'result':<8} {event.task_id:<14} winner={event.winner} votes={votes}  {ranking}"
+    return f"{'result':<8} {event.task_id:<14} {task_outcome(event)} votes={votes}  {ranking}"
+
+
+def task_outcome(result: DeliberationCompleted) -> str:
+    """``decided: winner X``, ``tied: a, b`` or ``failed: why``."""
+    if result.outcome == "decided":
+        return f"decided: winner {result.winner}"
+    if result.outcome == "tied":
+        return f"tied: {', '.join(result.tied)}"
+    return f"failed: {result.reason}"
 
 
 def print_event(event: AnyEvent, *, as_json: bool) -> None:
@@ -62,21 +71,25 @@ def print_lines(lines: list[str]) -> None:
 
 
 def print_rankings(results: Sequence[DeliberationCompleted]) -> None:
-    """One table per task: rank, agent, mean score, votes."""
+    """One table per task, titled with its outcome: rank, agent, mean score, spread, votes."""
     for res in results:
-        table = Table(
-            title=f"task {res.task_id}: winner {res.winner or '-'} "
-            f"({res.votes_counted}/{res.votes_expected} votes counted)"
+        table = Table(  # Text, not markup: a failed task's reason may hold brackets
+            title=Text(
+                f"task {res.task_id}: {task_outcome(res)} "
+                f"({res.votes_counted}/{res.votes_expected} votes counted, quorum {res.quorum})"
+            )
         )
         table.add_column("rank", justify="right")
         table.add_column("agent")
         table.add_column("mean score", justify="right")
+        table.add_column("spread", justify="right")
         table.add_column("votes", justify="right")
         for r in res.ranking:
             table.add_row(
                 str(r.rank),
                 r.agent_id,
                 "-" if r.mean_score is None else f"{r.mean_score:.2f}",
+                "-" if r.spread is None else f"{r.spread:.2f}",
                 str(r.votes),
             )
         out.print(table)

@@ -79,17 +79,24 @@ async def run_deliberation(
             return
         phase, round_ = slots[0].phase, slots[0].round
         started = time.monotonic()
-        try:
-            completions = await generator.generate([s.request for s in slots])
-        except LLMError as exc:
-            # The whole batch failed: every agent of it gets a failed event (no consumer waits
-            # for a response that will not come) and the council goes on with what it has.
-            report.backend_errors.append(str(exc))
-            bound.error("phase.backend_failed", phase=phase, round=round_, error=str(exc))
-            completions = [Completion(text="", error=f"LLM backend failed: {exc}")] * len(slots)
+        called = [s for s in slots if s.request is not None]
+        requests = [s.request for s in called if s.request is not None]
+        completions: list[Completion] = []
+        if requests:
+            try:
+                completions = list(await generator.generate(requests))
+            except LLMError as exc:
+                # The whole batch failed: every agent of it gets a failed event (no consumer
+                # waits for a response that will not come) and the council goes on with what it has.
+                report.backend_errors.append(str(exc))
+                bound.error("phase.backend_failed", phase=phase, round=round_, error=str(exc))
+                completions = [Completion(text="", error=f"LLM backend failed: {exc}")] * len(requests)
+        answers = dict(zip((id(s) for s in called), completions, strict=True))
         events = [
-            council.outcome_event(s, c, submission_id=submission_id, spec=spec)
-            for s, c in zip(slots, completions, strict=True)
+            council.outcome_event(s, answers[id(s)], submission_id=submission_id, spec=spec)
+            if s.request is not None
+            else council.uncalled_event(s, submission_id=submission_id, spec=spec)
+            for s in slots
         ]
         await publisher.publish_all(events)
         council.apply(spec, state, phase, round_, events)
@@ -99,9 +106,9 @@ async def run_deliberation(
         report.failed += bad
         name = f"{phase}" if phase in ("propose", "vote") else f"{phase}.{round_}"
         report.phase_seconds[name] = round(time.monotonic() - started, 3)
-        report.phase_requests[name] = len(slots)
-        bound.info("phase.done", phase=phase, round=round_, requests=len(slots), completed=ok,
-                   failed=bad, seconds=report.phase_seconds[name])  # fmt: skip
+        report.phase_requests[name] = len(requests)
+        bound.info("phase.done", phase=phase, round=round_, slots=len(slots), requests=len(requests),
+                   completed=ok, failed=bad, seconds=report.phase_seconds[name])  # fmt: skip
 
     done: list[str] = []
     if checkpoints is not None:
@@ -135,6 +142,7 @@ async def run_deliberation(
     report.results = council.results(spec, state, submission_id=submission_id)
     await publisher.publish_all(report.results)
     for r in report.results:
-        bound.info("task.ranked", task_id=r.task_id, winner=r.winner, rounds=r.rounds_run,
-                   early_stopped=r.early_stopped, votes=f"{r.votes_counted}/{r.votes_expected}")  # fmt: skip
+        bound.info("task.ranked", task_id=r.task_id, outcome=r.outcome, winner=r.winner, tied=r.tied,
+                   reason=r.reason, rounds=r.rounds_run, early_stopped=r.early_stopped,
+                   votes=f"{r.votes_counted}/{r.votes_expected}", quorum=r.quorum)  # fmt: skip
     return report

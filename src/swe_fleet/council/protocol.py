@@ -8,10 +8,19 @@ Phases, each ONE batch across all tasks and agents:
    the same task, one section per proposal (``### <agent_id>``).
 3. **revise** (same round): every agent revises its proposal given the critique sections
    addressed to it. Then the next round critiques the revisions.
-4. **vote**: every agent scores every other agent's final proposal, as JSON.
+4. **vote**: every agent scores every other agent's final proposal, as JSON, asked for the scores
+   in an order rotated per voter (the proposals' listing stays in spec order: it is the shared,
+   cached context).
 
 A failed proposal is out of the running for that task (not critiqued, revised or voted on) but
 its agent still critiques and votes; a failed revision keeps the previous proposal.
+
+Every slot a phase plans ends in exactly one event: each phase that runs for a task plans one
+slot per agent. A slot that needs no model call ends without one: a revision with no critique
+addressed to it (or of a task whose critics all had no objection) is a completed event that
+repeats the standing proposal with ``data: {"unchanged": true, "reason": ...}``; an agent with
+nothing to do (no proposal of its own to revise, no other proposal to critique or score) gets a
+failed event saying so. A task's planned slots are therefore ``agents x (2 + 2 x rounds_run)``.
 
 Where the rest lives: the state between phases in :mod:`~swe_fleet.council.state`, the prompts
 (shared context first, for the prefix cache) in :mod:`~swe_fleet.council.prompts`, critique
@@ -34,7 +43,7 @@ from swe_fleet.council.prompts import (
     shorten,
     task_context,
 )
-from swe_fleet.council.ranking import parse_vote, rank_task, vote_schema
+from swe_fleet.council.ranking import parse_vote, rank_task, rotated, vote_schema, vote_token_budget
 from swe_fleet.council.routing import no_objections, route_critique
 from swe_fleet.council.state import CouncilState, TaskState
 from swe_fleet.errors import InvalidVote
@@ -53,6 +62,7 @@ __all__ = [
     "proposal_slots",
     "results",
     "revise_slots",
+    "uncalled_event",
     "vote_slots",
 ]
 Outcome = AgentResponseCompleted | AgentResponseFailed
@@ -66,9 +76,14 @@ class Slot:
     agent: AgentSpec
     phase: Phase
     round: int
-    request: ChatRequest
+    #: None: the slot ends without a model call (:func:`uncalled_event`, module docstring).
+    request: ChatRequest | None
     #: The other agents this response is about (critique targets, vote candidates).
     candidates: tuple[str, ...] = ()
+    #: Why an uncalled slot needs no call.
+    reason: str = ""
+    #: An uncalled revision: the proposal that stands unchanged.
+    stands: str | None = None
 
 
 def phase_plan(spec: CouncilSpec) -> list[tuple[Phase, int]]:
@@ -122,6 +137,7 @@ def critique_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[
         for agent in spec.agents:
             targets = _others(spec, ts, agent.id)
             if not targets:
+                slots.append(_uncalled(task, agent, "critique", round_, NOTHING_TO_CRITIQUE))
                 continue
             headings = ", ".join(f"### {t}" for t in targets)
             ask = (
@@ -137,7 +153,8 @@ def critique_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[
 
 
 def revise_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[Slot]:
-    """Revise after critique round ``round_``: each agent that received critique revises.
+    """Revise after critique round ``round_``: each agent that received critique revises; the
+    others end their slot uncalled (module docstring), also in a task settled by this round.
 
     The context is the critique round's (the task and every current proposal, the reviser's own
     among them), so the engine's prefix cache still holds it from the critique batch; only the
@@ -145,12 +162,20 @@ def revise_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[Sl
     """
     limit = spec.protocol.max_critique_chars
     slots = []
-    for task, ts in _open_tasks(spec, state):
+    for task in spec.tasks:
+        ts = state.tasks[task.id]
+        if ts.settled and ts.rounds_run != round_:
+            continue  # settled in an earlier round: this round never started for the task
         received = ts.critiques.get(round_, {})
         context = proposals_context(spec, task, ts, CURRENT_PROPOSALS)
         for agent in spec.agents:
             notes = received.get(agent.id)
-            if agent.id not in ts.proposals or not notes:
+            if agent.id not in ts.proposals:
+                slots.append(_uncalled(task, agent, "revise", round_, NOTHING_TO_REVISE))
+                continue
+            if ts.settled or not notes:
+                why = NO_OBJECTIONS.format(round=round_) if ts.settled else NO_CRITIQUE.format(round=round_)
+                slots.append(_uncalled(task, agent, "revise", round_, why, stands=ts.proposals[agent.id]))
                 continue
             critique_text = "\n\n".join(f"From {critic}:\n{shorten(text, limit)}" for critic, text in notes)
             ask = (
@@ -163,18 +188,17 @@ def revise_slots(spec: CouncilSpec, state: CouncilState, round_: int) -> list[Sl
 
 
 def vote_slots(spec: CouncilSpec, state: CouncilState) -> list[Slot]:
-    """The vote phase: each agent scores the others' final proposals for each task.
-
-    An agent with no other proposal to score gets no vote slot.
-    """
+    """The vote phase: each agent scores the others' final proposals for each task (an agent
+    with no other proposal to score ends its slot uncalled, with a failed event)."""
     lo, hi = spec.protocol.min_score, spec.protocol.max_score
     slots: list[Slot] = []
     for task in spec.tasks:
         ts = state.tasks[task.id]
         context = proposals_context(spec, task, ts, "The council's final proposals:")
-        for voter in spec.agents:
-            candidates = _others(spec, ts, voter.id)
+        for turn, voter in enumerate(spec.agents):
+            candidates = rotated(_others(spec, ts, voter.id), turn)
             if not candidates:
+                slots.append(_uncalled(task, voter, "vote", 0, NOTHING_TO_VOTE_ON))
                 continue
             # Placeholders, not numbers: small models copy an example's numbers verbatim.
             example = json.dumps({"scores": dict.fromkeys(candidates, "<score>")})
@@ -182,20 +206,33 @@ def vote_slots(spec: CouncilSpec, state: CouncilState) -> list[Slot]:
                 f"Score each proposal except your own from {lo} (worst) to {hi} (best). "
                 f"Answer with JSON only, in this form: {example}"
             )
+            budget = vote_token_budget(candidates, spec.model.vote_max_tokens)
             slots.append(
                 Slot(task=task, agent=voter, phase="vote", round=0, candidates=candidates,
-                     request=chat_request(spec, voter, context, ask, max_tokens=spec.model.vote_max_tokens,
-                                      json_schema=vote_schema(candidates, lo, hi)))
+                     request=chat_request(spec, voter, context, ask, max_tokens=budget,
+                                          json_schema=vote_schema(candidates, lo, hi)))
             )  # fmt: skip
     return slots
+
+
+NOTHING_TO_CRITIQUE = "nothing to critique: no other agent has a standing proposal for this task"
+NOTHING_TO_REVISE = "nothing to revise: this agent's proposal for this task failed"
+NOTHING_TO_VOTE_ON = "nothing to vote on: no other agent has a standing proposal for this task"
+NO_CRITIQUE = "no critique was addressed to this proposal in round {round}: it stands unchanged"
+NO_OBJECTIONS = "every critic had no objection in round {round}: the proposal stands unchanged"
+
+
+def _uncalled(
+    task: TaskSpec, agent: AgentSpec, phase: Phase, round_: int, reason: str, stands: str | None = None
+) -> Slot:
+    return Slot(task=task, agent=agent, phase=phase, round=round_, request=None, reason=reason, stands=stands)
 
 
 # ---- completions -> events -> state --------------------------------------------------------------
 
 
-def outcome_event(slot: Slot, completion: Completion, *, submission_id: str, spec: CouncilSpec) -> Outcome:
-    """Turn one completion into its event: completed, or failed with the reason."""
-    common: dict[str, Any] = {
+def _common(slot: Slot, submission_id: str, spec: CouncilSpec) -> dict[str, Any]:
+    return {
         "submission_id": submission_id,
         "council": spec.name,
         "task_id": slot.task.id,
@@ -204,6 +241,22 @@ def outcome_event(slot: Slot, completion: Completion, *, submission_id: str, spe
         "agent_id": slot.agent.id,
         "role": slot.agent.role,
     }
+
+
+def uncalled_event(slot: Slot, *, submission_id: str, spec: CouncilSpec) -> Outcome:
+    """The event of a slot that needs no model call: an unchanged revision, or a failure that
+    says why the agent had nothing to do."""
+    common = _common(slot, submission_id, spec)
+    if slot.stands is not None:
+        return AgentResponseCompleted(
+            **common, content=slot.stands, data={"unchanged": True, "reason": slot.reason}, finish_reason=None
+        )
+    return AgentResponseFailed(**common, reason=slot.reason)
+
+
+def outcome_event(slot: Slot, completion: Completion, *, submission_id: str, spec: CouncilSpec) -> Outcome:
+    """Turn one completion into its event: completed, or failed with the reason."""
+    common = _common(slot, submission_id, spec)
     if not completion.ok:
         return AgentResponseFailed(**common, reason=completion.error or "unknown error")
     if not completion.text.strip():
@@ -254,11 +307,15 @@ def apply(
         for task_id, task_events in by_task.items():
             ts = state.tasks[task_id]
             ts.rounds_run = round_
-            if spec.protocol.early_stop and no_objections(task_events, ts, round_, signal):
+            # Agents that had nothing to critique neither object nor agree.
+            critics = [e for e in task_events if getattr(e, "reason", None) != NOTHING_TO_CRITIQUE]
+            if spec.protocol.early_stop and critics and no_objections(critics, ts, round_, signal):
                 ts.settled = True
     if phase == "vote":
+        # Voters: the agents that had another proposal to score (their slot was called).
         for e in events:
-            state.tasks[e.task_id].votes_expected += 1
+            if not (isinstance(e, AgentResponseFailed) and e.reason == NOTHING_TO_VOTE_ON):
+                state.tasks[e.task_id].votes_expected += 1
 
 
 def results(spec: CouncilSpec, state: CouncilState, *, submission_id: str) -> list[DeliberationCompleted]:

@@ -1,20 +1,29 @@
-"""Votes and their aggregation: JSON vote schema, robust vote parsing, the ranking rule.
+"""Votes and their aggregation: JSON vote schema, robust vote parsing, the outcome rule.
 
-Ranking rule: candidates are ordered by the mean score they received (higher first); ties go
-to the candidate with more counted votes, then to the one listed first in the spec. A candidate
-whose proposal failed, or that received no valid vote, ranks after every scored candidate with
-``mean_score=None``. The winner is the first-ranked candidate with a score (None if nobody has one).
+Outcome of a task (``council.deliberation.completed``):
+
+- ``failed`` when no proposal stands, or when fewer votes counted than the quorum
+  (``protocol.quorum``; default a majority of the task's voters, the agents that had another
+  proposal to score); ``reason`` says which.
+- otherwise ``decided`` when one candidate has the best mean score, ``tied`` when several share
+  it (``tied`` names them, ``winner`` is None). Ties are never broken: not by vote count, not by
+  spec order.
+
+Ranking: by mean score received (higher first); equal means share a rank; candidates without a
+counted vote (a failed proposal, or no valid vote) come last with ``mean_score=None``. Each row
+says its mean, spread (population standard deviation) and number of votes.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from swe_fleet.errors import InvalidVote
-from swe_fleet.events import DeliberationCompleted, RankedAgent
+from swe_fleet.events import DeliberationCompleted, RankedAgent, TaskOutcome
 from swe_fleet.spec import CouncilSpec, TaskSpec
 
 
@@ -33,6 +42,23 @@ def vote_schema(candidates: Sequence[str], lo: int, hi: int) -> dict[str, Any]:
         "required": ["scores"],
         "additionalProperties": False,
     }
+
+
+def vote_token_budget(candidates: Sequence[str], floor: int) -> int:
+    """Output tokens a vote with these candidates may use: ``floor`` (``model.vote_max_tokens``)
+    or, when the candidates need more, a generous bound on their JSON (``{"scores": {`` and, per
+    candidate, its quoted id, a colon, a score and a comma: at most one token per character of
+    the id plus 6), so a vote among many agents is never cut before its JSON closes."""
+    return max(floor, 8 + sum(len(c) + 6 for c in candidates))
+
+
+def rotated(candidates: Sequence[str], turn: int) -> tuple[str, ...]:
+    """``candidates`` starting at position ``turn`` (mod their number): each voter is asked for
+    the scores in another order, so no candidate always comes first (position bias)."""
+    if not candidates:
+        return ()
+    k = turn % len(candidates)
+    return (*candidates[k:], *candidates[:k])
 
 
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
@@ -71,6 +97,11 @@ def parse_vote(text: str, candidates: Sequence[str], lo: int, hi: int) -> dict[s
     return scores
 
 
+def task_quorum(spec: CouncilSpec, voters: int) -> int:
+    """Counted votes a task with ``voters`` voters needs: ``protocol.quorum``, else a majority."""
+    return spec.protocol.quorum if spec.protocol.quorum is not None else voters // 2 + 1
+
+
 def rank_task(
     spec: CouncilSpec,
     task: TaskSpec,
@@ -83,35 +114,54 @@ def rank_task(
     early_stopped: bool = False,
     transcript: Sequence[str] = (),
 ) -> DeliberationCompleted:
-    """Aggregate one task's votes into its result (rule in the module docstring)."""
-    order = {a.id: i for i, a in enumerate(spec.agents)}
+    """Aggregate one task's votes into its outcome and ranking (rules in the module docstring).
+
+    ``votes_expected`` is the number of the task's voters (vote slots that were called)."""
     received: dict[str, list[int]] = {a.id: [] for a in spec.agents}
     for ballot in votes.values():
         for cand, score in ballot.items():
             received[cand].append(score)
-
-    def sort_key(agent_id: str) -> tuple[int, float, int, int]:
-        got = received[agent_id]
-        if not got:
-            return (1, 0.0, 0, order[agent_id])
-        return (0, -sum(got) / len(got), -len(got), order[agent_id])
-
-    ranked_ids = sorted(received, key=sort_key)
-    ranking = [
-        RankedAgent(
-            agent_id=aid,
-            rank=i + 1,
-            mean_score=round(sum(received[aid]) / len(received[aid]), 4) if received[aid] else None,
-            votes=len(received[aid]),
+    means = {aid: sum(got) / len(got) for aid, got in received.items() if got}
+    ordered = sorted(spec.agents, key=lambda a: (a.id not in means, -means.get(a.id, 0.0)))
+    ranking = []
+    for a in ordered:
+        got = received[a.id]
+        mean = means.get(a.id)
+        ranking.append(
+            RankedAgent(
+                agent_id=a.id,
+                # Equal means share a rank (1 + the number of candidates with a better mean).
+                rank=1 + sum(m > mean for m in means.values()) if mean is not None else len(means) + 1,
+                mean_score=round(mean, 4) if mean is not None else None,
+                spread=round(statistics.pstdev(got), 4) if got else None,
+                votes=len(got),
+            )
         )
-        for i, aid in enumerate(ranked_ids)
-    ]
-    winner = ranking[0].agent_id if ranking and ranking[0].mean_score is not None else None
+    quorum = task_quorum(spec, votes_expected)
+    standing = [a.id for a in spec.agents if (task.id, a.id) in proposals]
+    best = max(means.values(), default=None)
+    leaders = [a.id for a in spec.agents if a.id in means and means[a.id] == best]
+    reason = None
+    outcome: TaskOutcome
+    if not standing:
+        outcome, reason = "failed", "no proposal: every agent's proposal failed"
+    elif len(votes) < quorum:
+        outcome = "failed"
+        reason = f"{len(votes)} of {votes_expected} votes counted; the quorum is {quorum}"
+    elif len(leaders) == 1:
+        outcome = "decided"
+    else:
+        outcome = "tied"
+    winner = leaders[0] if outcome == "decided" else None
     return DeliberationCompleted(
         submission_id=submission_id,
         council=spec.name,
         task_id=task.id,
+        outcome=outcome,
         winner=winner,
+        tied=leaders if outcome == "tied" else [],
+        reason=reason,
+        quorum=quorum,
         ranking=ranking,
         scores={voter: dict(ballot) for voter, ballot in votes.items()},
         votes_counted=len(votes),

@@ -1,14 +1,16 @@
 """Reading critiques: which section is addressed to whom, and whether a critic objected at all.
 
-The section under ``### <agent_id>`` goes to that agent; a critique with no recognisable
-sections goes whole to every agent it covered. A critic has no objection to a proposal when the
+The section under a heading that names an agent goes to that agent: ``### <agent_id>`` as asked,
+and the usual variations, case-insensitively (``### QA``, ``### Agent qa``, ``**qa**``, ``## Critique
+of qa's proposal``). An agent the critique covered but whose section cannot be found gets the
+whole critique text. A critic has no objection to a proposal when the
 first line of its section is the protocol's ``no_objection_signal``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from swe_fleet.council.state import TaskState
 from swe_fleet.events import AgentResponseCompleted, AgentResponseFailed
@@ -16,21 +18,39 @@ from swe_fleet.events import AgentResponseCompleted, AgentResponseFailed
 Outcome = AgentResponseCompleted | AgentResponseFailed
 
 
-_HEADING = re.compile(r"^\s*#{1,6}\s*(?:proposal\s+(?:by|from)\s+)?([A-Za-z0-9][A-Za-z0-9_.-]*)\s*:?\s*$",
-                      re.IGNORECASE | re.MULTILINE)  # fmt: skip
+#: A heading line: markdown (``### QA``, ``## Critique of qa:``) or a bold-only line (``**qa**``).
+_HEADING = re.compile(
+    r"^[ \t]*(?:#{1,6}[ \t]*(?P<md>.+?)|\*\*(?P<bold>[^*\n]+?)\*\*[ \t]*:?)[ \t]*$", re.MULTILINE
+)
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _heading_target(title: str, targets: Mapping[str, str]) -> str | None:
+    """The one target a heading's title names (``Agent qa``, ``QA's proposal``, ``Proposal by
+    dev``), case-insensitively; None when it names none or several."""
+    words = (m.group(0).rstrip(".-_").lower() for m in _WORD.finditer(title))
+    named = {targets[w] for w in words if w in targets}
+    return named.pop() if len(named) == 1 else None
 
 
 def route_critique(text: str, targets: Sequence[str]) -> dict[str, str]:
-    """Split a critique into the sections addressed to each target (module docstring)."""
-    marks = [(m.start(), m.end(), m.group(1)) for m in _HEADING.finditer(text) if m.group(1) in targets]
-    if not marks:
-        return dict.fromkeys(targets, text.strip())
+    """Split a critique into the sections addressed to each target (module docstring).
+
+    A target none of whose sections could be found gets the whole text: no critique is lost
+    because a heading was spelled differently."""
+    by_lower = {t.lower(): t for t in targets}
+    marks = []
+    for m in _HEADING.finditer(text):
+        target = _heading_target(m.group("md") or m.group("bold"), by_lower)
+        if target is not None:
+            marks.append((m.start(), m.end(), target))
     sections: dict[str, str] = {}
     for i, (_, end, target) in enumerate(marks):
         stop = marks[i + 1][0] if i + 1 < len(marks) else len(text)
         body = text[end:stop].strip()
         sections[target] = f"{sections[target]}\n{body}" if target in sections else body
-    return sections
+    whole = text.strip()
+    return {t: sections.get(t, whole) for t in targets}
 
 
 def no_objections(events: Sequence[Outcome], ts: TaskState, round_: int, signal: str) -> bool:

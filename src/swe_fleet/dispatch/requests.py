@@ -18,8 +18,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from swe_fleet.errors import InvalidRequest, SpecError
-from swe_fleet.events import COUNCIL_REQUEST, COUNCIL_REQUEST_DEAD, SCHEMA_VERSION
+from swe_fleet.events import COUNCIL_REQUEST, COUNCIL_REQUEST_DEAD
 from swe_fleet.spec import CouncilSpec, Identifier
+
+#: The request and dead-letter payloads' own schema version (council events have theirs).
+SCHEMA_VERSION = 1
 
 #: A request bigger than this is refused (NATS' default max_payload is 1 MiB anyway).
 MAX_REQUEST_BYTES = 1024 * 1024

@@ -1,11 +1,13 @@
 """The council job's driver: what ``jobs/council.py`` runs on the cluster.
 
 Exit codes (:mod:`swe_fleet.exit_codes`; the job's status follows them): ``OK`` every event
-published; ``JOB_FAILED`` the LLM backend failed (it did not start, or a whole batch failed;
-every affected response still got its ``agent.response.failed`` event and every task its
-result); ``BAD_INPUT`` the spec is invalid; ``PUBLISH_FAILED`` events could not be published
-(those not acknowledged are in the outbox named in the log); ``TERMINATED`` the driver was
-stopped (SIGTERM). Every failing exit first tries to publish ``council.job.failed``.
+published and every task ``decided`` or ``tied``; ``JOB_FAILED`` the LLM backend failed (it did
+not start, or a whole batch failed; every affected response still got its
+``agent.response.failed`` event and every task its result) or a task's outcome is ``failed``
+(no proposal, or fewer votes than the quorum: the reason names the tasks); ``BAD_INPUT`` the
+spec is invalid; ``PUBLISH_FAILED`` events could not be published (those not acknowledged are in
+the outbox named in the log); ``TERMINATED`` the driver was stopped (SIGTERM). Every failing
+exit first tries to publish ``council.job.failed``.
 """
 
 from __future__ import annotations
@@ -198,4 +200,10 @@ async def _run_council(
         errors = report.backend_errors
         why = start_error or f"{len(errors)} LLM backend errors, the first: {errors[0][:300]}"
         return ExitCode.JOB_FAILED, why
+    undecided = [r for r in report.results if r.outcome == "failed"]
+    if undecided:
+        # Every slot has its event and every task its result, but the council reached no
+        # outcome for these: the job must not look like a success.
+        said = "; ".join(f"{r.task_id}: {r.reason}" for r in undecided)
+        return ExitCode.JOB_FAILED, f"no outcome for {len(undecided)} of {len(report.results)} tasks: {said}"
     return ExitCode.OK, ""

@@ -13,13 +13,16 @@ def build_generator(spec: CouncilSpec) -> Generator:
     dependencies only here, so a client never loads vLLM or Ray for a spec it only validates.
     """
     if spec.backend == "server":
-        from swe_fleet.llm.server import ServerGenerator
+        from swe_fleet.llm.server import ServerGenerator, ServerRetryPolicy
 
         return ServerGenerator(
             spec.server.url,
             spec.model.name,
             concurrency=spec.server.concurrency,
             request_timeout_s=spec.server.request_timeout_s,
+            policy=ServerRetryPolicy(
+                max_attempts=spec.server.retry_attempts, budget_s=spec.server.retry_budget_s
+            ),
         )
     from swe_fleet.llm.engine import EngineGenerator
 
