@@ -141,6 +141,11 @@ class NatsUnreachable(PublishError):
         super().__init__(message)
 
 
+class NatsRefused(NatsUnreachable):
+    """NATS answered but refused this client: its credentials, or its TLS (an untrusted
+    certificate, TLS required or not offered). The message names the variable that sets it."""
+
+
 class OutboxWritten(PublishError):
     """Publishing failed, and every event not acknowledged was appended to an outbox file.
 

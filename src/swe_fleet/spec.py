@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -157,10 +158,32 @@ class ServerSpec(_Strict):
     retry_attempts: Annotated[int, Field(ge=1)] = 16
 
 
-class PublishSpec(_Strict):
-    """Where events go."""
+#: What to say when a NATS URL carries credentials (they would travel into specs, job
+#: entrypoints, events and logs).
+CREDENTIALS_IN_URL = (
+    "carries credentials; take them out of the URL and set NATS_USER and NATS_PASSWORD_FILE (or "
+    "NATS_TOKEN_FILE, NATS_NKEY, NATS_CREDS) where the client and the job's nodes run"
+)
 
-    nats_url: Annotated[str, Field(pattern=r"^(nats|tls)://")] = "nats://127.0.0.1:4222"
+
+def credentials_in_url(url: str) -> bool:
+    """True when ``url`` has a user, password or token part (``nats://user:pass@host``)."""
+    parsed = urllib.parse.urlsplit(url)
+    return parsed.username is not None or parsed.password is not None
+
+
+def _no_credentials(url: str) -> str:
+    if credentials_in_url(url):
+        raise ValueError(CREDENTIALS_IN_URL)
+    return url
+
+
+class PublishSpec(_Strict):
+    """Where events go (credentials never: see :mod:`swe_fleet.nats.auth`)."""
+
+    nats_url: Annotated[str, Field(pattern=r"^(nats|tls)://"), AfterValidator(_no_credentials)] = (
+        "nats://127.0.0.1:4222"
+    )
     stream: Identifier = "AGENT_RESPONSES"
     #: Seconds to wait for one PubAck.
     ack_timeout_s: Annotated[float, Field(gt=0)] = 5.0

@@ -45,6 +45,7 @@ async def test_consumer_filters_by_submission_and_types_events(nats_server: Nats
         submission_id="mine",
         council="c",
         task_id="t0",
+        outcome="decided",
         winner="a",
         ranking=[RankedAgent(agent_id="a", rank=1, mean_score=5, votes=1)],
         scores={},

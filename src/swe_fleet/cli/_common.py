@@ -6,6 +6,7 @@ default comes from the library's own constant, so ``--help`` and the code cannot
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -127,6 +128,40 @@ NATS_URL_OPTION = click.option(
     "--nats-url", default=DEFAULT_NATS_URL, show_default=True, envvar="NATS_URL",
     help="NATS server (env NATS_URL)",
 )  # fmt: skip
+#: The NATS credentials and TLS options (secrets by file only: a value on a command line is
+#: visible to every user of the machine). Each sets the NATS CLI's variable for this process,
+#: which every NATS client of the command reads (:mod:`swe_fleet.nats.auth`).
+_NATS_AUTH = (
+    ("--nats-user", "NATS_USER", "NATS user (with --nats-password-file)"),
+    ("--nats-password-file", "NATS_PASSWORD_FILE", "file holding the NATS password"),
+    ("--nats-token-file", "NATS_TOKEN_FILE", "file holding the NATS token"),
+    ("--nats-nkey", "NATS_NKEY", "NKey seed file"),
+    ("--nats-creds", "NATS_CREDS", "NATS credentials file (JWT + seed)"),
+    ("--nats-ca", "NATS_CA", "CA bundle of the NATS server's certificate (turns TLS on)"),
+    ("--nats-cert", "NATS_CERT", "client certificate for mutual TLS"),
+    ("--nats-key", "NATS_KEY", "client key for mutual TLS"),
+)
+
+
+def _set_env(var: str) -> Callable[[click.Context, click.Parameter, str | None], None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value:
+            os.environ[var] = value
+
+    return callback
+
+
+def nats_auth_options(command: Callable[..., object]) -> Callable[..., object]:
+    """The ``--nats-*`` credential and TLS options (env: the NATS CLI's variables)."""
+    for flag, var, what in reversed(_NATS_AUTH):
+        metavar = "USER" if var == "NATS_USER" else "PATH"
+        option = click.option(
+            flag, callback=_set_env(var), expose_value=False, metavar=metavar, help=f"{what} (env {var})"
+        )
+        command = option(command)
+    return command
+
+
 STREAM_OPTION = click.option("--stream", default=AGENT_RESPONSES_STREAM, show_default=True)
 TIMEOUT_OPTION = click.option(
     "--timeout",

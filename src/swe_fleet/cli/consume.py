@@ -6,7 +6,7 @@ import asyncio
 
 import click
 
-from swe_fleet.cli._common import NATS_URL_OPTION, STREAM_OPTION, guard
+from swe_fleet.cli._common import NATS_URL_OPTION, STREAM_OPTION, guard, nats_auth_options
 from swe_fleet.cli.render import print_event
 from swe_fleet.exit_codes import ExitCode
 
@@ -26,6 +26,7 @@ def durable_for(submission_id: str | None) -> str:
 
 
 @click.command()
+@nats_auth_options
 @NATS_URL_OPTION
 @STREAM_OPTION
 @click.option(

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from swe_fleet._logging import configure_logging
-from swe_fleet.cli._common import ADDRESS_OPTION, ENV_OPTION, NATS_URL_OPTION, guard
+from swe_fleet.cli._common import ADDRESS_OPTION, ENV_OPTION, NATS_URL_OPTION, guard, nats_auth_options
 from swe_fleet.dispatch.config import DEFAULT_DURABLE, DispatcherConfig
 from swe_fleet.events import AGENT_RESPONSES_STREAM
 from swe_fleet.exit_codes import ExitCode
@@ -17,6 +17,7 @@ _DEFAULTS = DispatcherConfig(nats_url="", dashboard_url="")
 
 
 @click.command()
+@nats_auth_options
 @NATS_URL_OPTION
 @ADDRESS_OPTION
 @click.option(

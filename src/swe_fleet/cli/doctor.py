@@ -14,6 +14,7 @@ from swe_fleet.cli._common import (
     guard,
     info,
     load_spec,
+    nats_auth_options,
     out,
 )
 from swe_fleet.cli.render import print_checks
@@ -23,6 +24,7 @@ from swe_fleet.preflight.node_check import DEFAULT_MIN_FREE_DISK_GB
 
 
 @click.command()
+@nats_auth_options
 @SPEC_ARGUMENT
 @ADDRESS_OPTION
 @click.option(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from swe_fleet.cli._common import NATS_URL_OPTION, STREAM_OPTION, err, guard, out
+from swe_fleet.cli._common import NATS_URL_OPTION, STREAM_OPTION, err, guard, nats_auth_options, out
 from swe_fleet.exit_codes import ExitCode
 from swe_fleet.spec import PublishSpec
 
@@ -20,6 +20,7 @@ def outbox() -> None:
 
 
 @outbox.command("replay")
+@nats_auth_options
 @click.argument("path", type=click.Path(dir_okay=False))
 @NATS_URL_OPTION
 @STREAM_OPTION

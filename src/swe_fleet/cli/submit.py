@@ -14,6 +14,7 @@ from swe_fleet.cli._common import (
     guard,
     info,
     load_spec,
+    nats_auth_options,
     out,
 )
 from swe_fleet.cli.render import print_lines
@@ -22,6 +23,7 @@ from swe_fleet.submit import DEFAULT_REQUEST_TIMEOUT_S
 
 
 @click.command()
+@nats_auth_options
 @SPEC_ARGUMENT
 @ADDRESS_OPTION
 @click.option(

@@ -26,7 +26,7 @@ import structlog
 from swe_fleet._logging import configure_logging
 from swe_fleet.addresses import DEFAULT_NAMESPACE
 from swe_fleet.council.deliberation import run_deliberation
-from swe_fleet.errors import LLMError, OutboxWritten, PublishError, SpecError, one_line
+from swe_fleet.errors import ConfigError, LLMError, OutboxWritten, PublishError, SpecError, one_line
 from swe_fleet.events import CouncilJobFailed
 from swe_fleet.exit_codes import ExitCode
 from swe_fleet.llm.backends import build_generator
@@ -79,7 +79,9 @@ def run_council_job(spec_path: Path, *, nats_url: str | None, submission_id: str
 async def _run(spec: CouncilSpec, submission_id: str, job_id: str) -> int:
     try:
         publisher = await JetStreamPublisher.connect(spec.publish)
-    except PublishError as exc:
+    except (PublishError, ConfigError) as exc:
+        # NATS unreachable or refusing this node's credentials (NATS_* on the node), or those
+        # variables naming files that are not there: nothing can be published, not even why.
         log.error("publish.unreachable", error=str(exc))
         return ExitCode.PUBLISH_FAILED
     # `ray job stop` sends SIGTERM (SIGKILL a few seconds later): turn it into a cancellation

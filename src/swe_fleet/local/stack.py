@@ -51,6 +51,8 @@ class NatsServer:
     workdir: Path
     #: Listen address: loopback, or an address of a network namespace the caller created.
     host: str = "127.0.0.1"
+    #: More ``nats-server`` flags (``--auth``, ``--tls ...``, ``-c FILE``).
+    args: Sequence[str] = ()
     url: str = ""
     port: int = 0
     process: ManagedProcess | None = None
@@ -64,6 +66,7 @@ class NatsServer:
             "-js", "-sd", str(store),
             "-a", self.host, "-p", str(port if port else -1),
             "--http_port", "0",
+            *self.args,
         ]  # fmt: skip
         self.process = start_process(
             "nats-server", argv, self.workdir / f"nats-{int(time.time() * 1000)}.log"

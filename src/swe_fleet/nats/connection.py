@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import nats
+import nats.aio.client
 import nats.errors
 import nats.js.errors
 import structlog
 
-from swe_fleet.errors import NatsUnreachable
+from swe_fleet.errors import NatsRefused, NatsUnreachable
+from swe_fleet.nats.auth import NatsAuth, refuse_credentials_in_url
 from swe_fleet.nats.policy import PublishPolicy
 from swe_fleet.nats.streams import StreamRequirement, ensure_stream
 
@@ -31,35 +34,104 @@ _NO_JETSTREAM = (TimeoutError, nats.errors.NoRespondersError, nats.js.errors.Ser
 _CLOSE_ERRORS = (TimeoutError, OSError, nats.errors.Error)
 
 
-async def connect_nats(url: str, *, timeout_s: float = 5.0, name: str = "swe-fleet") -> Any:
-    """Connect with finite reconnects; bounded by ``timeout_s``.
+#: How nats-server words a refusal (``-ERR 'Authorization Violation'``, ``'Authentication Timeout'``).
+_REFUSALS = ("authorization violation", "authentication", "user authentication revoked")
+
+
+def _refusal(exc: BaseException, url: str, auth: NatsAuth) -> str | None:
+    """Why the server refused this client, with the fix, or None for any other error."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"the certificate of NATS at {url} is not trusted ({exc.verify_message}); set NATS_CA "
+            "(--nats-ca) to the CA bundle that signed it"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return (
+            f"TLS with NATS at {url} failed ({exc.reason or exc}); check NATS_CA, NATS_CERT and "
+            "NATS_KEY (--nats-ca, --nats-cert, --nats-key)"
+        )
+    text = str(exc).lower()
+    if any(word in text for word in _REFUSALS):
+        return (
+            f"NATS at {url} refused the credentials ({str(exc).strip()}); this client used "
+            f"{auth.describe(url)}: check NATS_USER and NATS_PASSWORD_FILE, NATS_TOKEN_FILE, "
+            "NATS_NKEY or NATS_CREDS (and their --nats-* options)"
+        )
+    if "secure connection" in text or "tls" in text:
+        return (
+            f"NATS at {url} and this client disagree on TLS ({str(exc).strip()}): use a tls:// URL "
+            "or NATS_CA when the server requires TLS"
+        )
+    return None
+
+
+async def connect_nats(
+    url: str, *, timeout_s: float = 5.0, name: str = "swe-fleet", auth: NatsAuth | None = None
+) -> Any:
+    """Connect with finite reconnects; bounded by ``timeout_s``. Credentials and TLS come from
+    ``auth`` (default: this process's NATS_* variables, :mod:`swe_fleet.nats.auth`).
 
     Raises:
+        NatsRefused: the server refused the credentials or the TLS handshake failed (at once,
+            not after ``timeout_s``: retrying cannot help).
         NatsUnreachable: no connection within the bound (the URL is named).
+        ConfigError: the NATS_* settings are contradictory or name unreadable files.
     """
+    refuse_credentials_in_url(url, setting="the NATS URL (--nats-url, NATS_URL or publish.nats_url)")
+    auth = NatsAuth.from_env() if auth is None else auth
+    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def _on_error(exc: Exception) -> None:
+        why = _refusal(exc, url, auth)
+        if why is not None and not refused.done():
+            refused.set_result(why)
         log.warning("nats.error", url=url, error=str(exc))
 
-    try:
-        return await asyncio.wait_for(
-            nats.connect(
-                servers=[url],
-                name=name,
-                connect_timeout=min(timeout_s, 2.0),
-                allow_reconnect=True,
-                max_reconnect_attempts=60,  # finite: -1 makes connect() block forever
-                reconnect_time_wait=0.5,
-                error_cb=_on_error,
-            ),
-            timeout_s,
+    nc: Any = nats.aio.client.Client()  # nats-py annotates its float timeouts as int
+    connecting = asyncio.ensure_future(
+        nc.connect(
+            servers=[url],
+            name=name,
+            connect_timeout=min(timeout_s, 2.0),
+            allow_reconnect=True,
+            max_reconnect_attempts=60,  # finite: -1 makes connect() block forever
+            reconnect_time_wait=0.5,
+            error_cb=_on_error,
+            **auth.connect_options(url),
         )
+    )
+    try:
+        done, _ = await asyncio.wait(
+            {connecting, refused}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        if connecting in done:
+            connecting.result()  # raises what connect() raised
+            return nc
+        if refused in done:
+            raise NatsRefused(refused.result(), url=url)
+        raise TimeoutError(f"no connection within {timeout_s:.0f} s")
+    except NatsRefused:
+        await _abandon(connecting, nc)
+        raise
     except (TimeoutError, OSError, nats.errors.Error) as exc:
+        await _abandon(connecting, nc)
+        why = _refusal(exc, url, auth)
+        if why is not None:
+            raise NatsRefused(why, url=url) from None
         raise NatsUnreachable(
             f"cannot reach NATS at {url} within {timeout_s:.0f} s ({type(exc).__name__}: {exc}); "
             "check the URL (publish.nats_url / --nats-url) and that nats-server runs with -js",
             url=url,
         ) from None
+
+
+async def _abandon(connecting: asyncio.Future[Any], nc: Any) -> None:
+    """Stop a connection attempt and close its client (bounded, never raises)."""
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    with contextlib.suppress(BaseException):
+        await asyncio.wait_for(nc.close(), 2.0)
 
 
 async def close_nats(nc: Any, *, drain: bool = True, timeout_s: float = 10.0) -> None:

@@ -26,8 +26,9 @@ import nats.js.errors
 import ray
 
 from swe_fleet.addresses import jobs_api_url
-from swe_fleet.errors import LLMError, NatsUnreachable, SweFleetError
+from swe_fleet.errors import ConfigError, LLMError, NatsRefused, NatsUnreachable, SweFleetError
 from swe_fleet.events import AGENT_RESPONSES_SUBJECTS
+from swe_fleet.nats.auth import NatsAuth
 from swe_fleet.nats.connection import close_nats, connect_nats
 from swe_fleet.nats.policy import PublishPolicy
 from swe_fleet.nats.streams import stream_config_differences
@@ -143,7 +144,16 @@ async def check_nats(spec: CouncilSpec, timeout_s: float = DEFAULT_CHECK_TIMEOUT
     """nats and stream checks against the spec's publish target (bounded)."""
     url = spec.publish.nats_url
     try:
-        nc = await connect_nats(url, timeout_s=timeout_s, name="swe-fleet-doctor")
+        auth = NatsAuth.from_env()
+    except ConfigError as exc:
+        return [Check("nats", FAIL, str(exc), f"fix {exc.setting}"), Check("stream", SKIP, "NATS not tried")]
+    try:
+        nc = await connect_nats(url, timeout_s=timeout_s, name="swe-fleet-doctor", auth=auth)
+    except NatsRefused as exc:
+        return [
+            Check("nats", FAIL, str(exc), "set the NATS_* variable (or --nats-* option) the message names"),
+            Check("stream", SKIP, "NATS refused this client"),
+        ]
     except NatsUnreachable as exc:
         return [
             Check("nats", FAIL, str(exc), "check publish.nats_url / --nats-url and that nats-server runs"),
@@ -163,7 +173,7 @@ async def check_nats(spec: CouncilSpec, timeout_s: float = DEFAULT_CHECK_TIMEOUT
                 ),
                 Check("stream", SKIP, "no JetStream"),
             ]
-        checks = [Check("nats", OK, f"{url} answers with JetStream")]
+        checks = [Check("nats", OK, f"{url} answers with JetStream; this client used {auth.describe(url)}")]
         try:
             info = await asyncio.wait_for(js.stream_info(spec.publish.stream), timeout_s)
         except nats.js.errors.NotFoundError:
