@@ -47,6 +47,23 @@ def test_invalid_spec_exits_3_naming_file_and_field(tmp_path: Path) -> None:
     assert str(bad) in proc.stderr and "tasks" in proc.stderr
 
 
+@pytest.mark.parametrize("command", ["submit", "run", "doctor"])
+def test_a_spec_whose_budget_cannot_fit_exits_3_before_anything_starts(tmp_path: Path, command: str) -> None:
+    """model.max_tokens beyond the model's context (model.max_model_len): refused naming the field
+    and the limit, exit 3, before a cluster is contacted or a process started."""
+    spec = tmp_path / "too-long.yaml"
+    spec.write_text(
+        "tasks: [{id: t1, prompt: do it}]\nagents: [{id: a, role: x}, {id: b, role: y}]\n"
+        "model: {max_tokens: 4096, max_model_len: 2048}\n"
+    )
+    extra = [] if command == "run" else ["--address", f"http://127.0.0.1:{free_port()}"]
+    proc = _run([command, str(spec), *extra], timeout=60)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert f"{spec}: model.max_tokens: 4096 output tokens" in proc.stderr
+    assert "context of 2048 tokens (model.max_model_len)" in proc.stderr
+    assert "local.started" not in proc.stderr  # `run` started nothing
+
+
 def test_unreadable_spec_exits_3(tmp_path: Path) -> None:
     """A missing spec file: exit 3, naming it."""
     proc = _run(["run", str(tmp_path / "missing.yaml")])
@@ -275,9 +292,10 @@ class TestJobOutcomes:
         tmp_path: Path,
         repo_root: Path,
     ) -> None:
-        """Every request refused by the server (max_tokens beyond the model's context): every slot
-        has its failed event, no task has an outcome, the job FAILED and submit exits 1 naming
-        both tasks and why (never SUCCEEDED with exit 0)."""
+        """Every request refused by the server (max_tokens beyond the model's context, submitted
+        past the token budget check with --skip-preflight): every slot has its failed event, no
+        task has an outcome, the job FAILED and submit exits 1 naming both tasks and why (never
+        SUCCEEDED with exit 0)."""
         spec = on_server_backend(
             CouncilSpec.from_file(repo_root / "tests" / "data" / "tiny.yaml"),
             vllm_server.base_url,
@@ -287,7 +305,7 @@ class TestJobOutcomes:
         path.write_text(yaml.safe_dump({**spec.model_dump(mode="json"), "name": "no-outcome"}))
         proc = _run(
             ["submit", str(path), "--address", council_cluster.dashboard_url, "--nats-url", session_nats.url,
-             "--timeout", "600"],
+             "--timeout", "600", "--skip-preflight"],  # the token budget check would refuse it: exit 3
             env=council_cluster.client_env(),
             timeout=700,
         )  # fmt: skip

@@ -46,6 +46,7 @@ def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir:
     """
     from swe_fleet._processes import stop_on_signals
     from swe_fleet.local.run import run_locally
+    from swe_fleet.preflight.budget import check_token_budget
 
     def say_why(jobs: JobsApi, submitted: SubmittedJob, status: str, nats_url: str) -> None:
         from swe_fleet.cli.outcome import failure_lines
@@ -59,6 +60,7 @@ def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir:
 
     def body() -> int:
         spec = load_spec(spec_path)
+        info(check_token_budget(spec, source=spec_path))  # before any process starts: exit 3
         with stop_on_signals():
             status = run_locally(
                 spec,

@@ -52,7 +52,8 @@ from swe_fleet.submit import DEFAULT_REQUEST_TIMEOUT_S
 @click.option(
     "--skip-preflight",
     is_flag=True,
-    help="submit without first checking every node (a passing check is cached per cluster and runtime_env)",
+    help="submit without first checking the token budget and every node (a passing node check is cached "
+    "per cluster and runtime_env)",
 )
 @PREFLIGHT_TIMEOUT_OPTION
 def submit(
@@ -82,6 +83,7 @@ def submit(
     from swe_fleet.addresses import auth_token_from_env, client_jobs_api_url
     from swe_fleet.cli.outcome import RETRY_HINT
     from swe_fleet.errors import SweFleetError
+    from swe_fleet.preflight.budget import check_token_budget
     from swe_fleet.preflight.cache import PreflightCache
     from swe_fleet.preflight.orchestration import preflight_hook
     from swe_fleet.submit.jobs_api import JobsApi
@@ -91,6 +93,8 @@ def submit(
 
     def body() -> int:
         spec = load_spec(spec_path)
+        if not skip_preflight:
+            info(check_token_budget(spec, source=spec_path))  # a spec that cannot fit: exit 3
         url = address or client_jobs_api_url()
         jobs = JobsApi(url, auth_token=auth_token_from_env(), request_timeout_s=request_timeout)
         hook = (

@@ -1,0 +1,73 @@
+"""Token budgets: does every request a council plans fit the model's context?
+
+Pure: the context length and a token counter come from the caller
+(:func:`swe_fleet.llm.limits.model_limits` reads them from the model's files or the server).
+A request's prompt plus its output limit must fit the context; the fixed part of each prompt
+(the council prompt, the task, the agent's role and what it is asked) is known before the
+council runs. Quoted proposals and critiques are cut to ``protocol.max_proposal_chars`` and
+``max_critique_chars``; a prompt they still make too long fails that one response at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from swe_fleet.council.prompts import chat_request, task_context
+from swe_fleet.council.ranking import vote_token_budget
+from swe_fleet.spec import CouncilSpec
+
+#: Tokens a chat template adds around two messages (role markers, turn separators; SmolLM2's
+#: adds 11, Llama 3's 17): a margin, not a measurement of every template.
+TEMPLATE_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class BudgetProblem:
+    """One request that cannot fit: the spec field to change, and by how much."""
+
+    field: str
+    message: str
+
+
+def token_budget_problems(
+    spec: CouncilSpec, context: int, count_tokens: Callable[[str], int] | None = None, *, source: str = ""
+) -> list[BudgetProblem]:
+    """Every budget that does not fit ``context`` tokens (``source`` says where that came from).
+
+    Without ``count_tokens`` only the output limits are checked against the context; with it,
+    each proposal prompt (the longest fixed part: every later prompt quotes proposals, whose
+    length the spec bounds in characters) must leave room for ``model.max_tokens``.
+    """
+    where = f" ({source})" if source else ""
+    problems: list[BudgetProblem] = []
+    vote_tokens = vote_token_budget([a.id for a in spec.agents[1:]], spec.model.vote_max_tokens)
+    for field, tokens in (
+        ("model.max_tokens", spec.model.max_tokens),
+        ("model.vote_max_tokens", vote_tokens),
+    ):
+        if tokens >= context:
+            problems.append(
+                BudgetProblem(
+                    field,
+                    f"{tokens} output tokens leave no room for a prompt in the model's context of "
+                    f"{context} tokens{where}; ask for fewer (a few hundred at most on this context)",
+                )
+            )
+    if count_tokens is None or problems:
+        return problems
+    for i, task in enumerate(spec.tasks):
+        for agent in spec.agents:
+            request = chat_request(spec, agent, task_context(task), "Propose a solution.")
+            prompt = sum(count_tokens(m["content"]) for m in request.messages) + TEMPLATE_TOKENS
+            if prompt + spec.model.max_tokens > context:
+                problems.append(
+                    BudgetProblem(
+                        f"tasks.{i}.prompt",
+                        f"the proposal prompt of task {task.id!r} for agent {agent.id!r} is about {prompt} "
+                        f"tokens; with model.max_tokens {spec.model.max_tokens} it exceeds the model's "
+                        f"context of {context} tokens{where}: shorten the prompt or lower max_tokens",
+                    )
+                )
+                break  # one problem per task is enough to act on
+    return problems
