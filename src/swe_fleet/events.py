@@ -166,8 +166,9 @@ class DeliberationCompleted(_Event):
     #: Counted votes the task needed for an outcome.
     quorum: int = 1
     ranking: list[RankedAgent]
-    #: scores[voter][candidate] for every vote that counted.
-    scores: dict[str, dict[str, int]]
+    #: scores[voter][candidate] for every vote that counted (expected scores under
+    #: ``protocol.scoring: expected``, else the written integers).
+    scores: dict[str, dict[str, float]]
     votes_counted: int
     votes_expected: int
     #: The winning proposal's text (its final revision).

@@ -109,6 +109,10 @@ class ProtocolSpec(_Strict):
     #: Score range a voter uses for each other agent's proposal.
     min_score: int = 1
     max_score: int = 10
+    #: How a vote's scores count: ``expected``, the judge's probability-weighted score read from
+    #: the score tokens' log-probabilities (both backends return them; a score without them keeps
+    #: its written value); ``written``, the integers in the vote's JSON.
+    scoring: Literal["expected", "written"] = "expected"
     #: Votes a task needs for an outcome (``decided`` or ``tied``); default: a majority of its
     #: voters (the agents that had a proposal other than their own to score).
     quorum: Annotated[int, Field(ge=1)] | None = None

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from swe_fleet._processes import free_port
-from swe_fleet.council.protocol import vote_schema
+from swe_fleet.council.ranking import expected_scores, vote_schema
 from swe_fleet.errors import LLMError
 from swe_fleet.llm.base import ChatRequest
 from swe_fleet.llm.server import ServerGenerator, ServerRetryPolicy, served_models, wait_until_healthy
@@ -213,6 +213,7 @@ async def test_real_vllm_server_completes_a_batch_with_structured_output(vllm_se
                 messages=({"role": "user", "content": "Score proposals a and b from 1 to 10 as JSON."},),
                 max_tokens=64,
                 json_schema=schema,
+                top_logprobs=20,
             ),
             _req("Count to three."),
         ]
@@ -225,3 +226,11 @@ async def test_real_vllm_server_completes_a_batch_with_structured_output(vllm_se
     assert all(1 <= v <= 10 for v in vote["scores"].values())
     assert all(c.prompt_tokens > 0 and c.output_tokens > 0 for c in out)
     assert gen.stats.output_tokens == sum(c.output_tokens for c in out)
+    # The vote asked for token probabilities: one entry per generated token, spelling the text,
+    # each with up to 20 alternatives; they give an expected score for both candidates.
+    assert len(out[2].tokens) == out[2].output_tokens
+    assert "".join(t for t, _ in out[2].tokens) == out[2].text
+    assert all(1 <= len(alts) <= 20 for _, alts in out[2].tokens)
+    judged = expected_scores(out[2].text, out[2].tokens, ["a", "b"], 1, 10)
+    assert set(judged) == {"a", "b"} and all(1 <= v <= 10 for v in judged.values()), judged
+    assert out[0].tokens == ()  # not asked for

@@ -221,7 +221,8 @@ def test_completed_vote_carries_parsed_scores() -> None:
     completion = Completion(text='{"scores": {"b": 2, "c": 9}}', output_tokens=9)
     event = council.outcome_event(slot, completion, submission_id="s", spec=SPEC)
     assert isinstance(event, AgentResponseCompleted)
-    assert event.data == {"scores": {"b": 2, "c": 9}}
+    # No token probabilities came back (this completion has none): only the written scores count.
+    assert event.data == {"scores": {"b": 2, "c": 9}, "expected_scores": {}}
     assert event.key == "s/t1/vote/0/a"
 
 
@@ -325,3 +326,108 @@ def test_voters_are_asked_in_rotated_orders_with_room_for_every_candidate() -> N
         listing = s.request.messages[1]["content"].split("\n\nYou are ")[0]
         assert listing.index("### agent-00") < listing.index("### agent-07")
     assert council.vote_slots(SPEC, _state(ALL))[0].request.max_tokens == SPEC.model.vote_max_tokens
+
+
+def _spelled(*parts: tuple[str, dict[str, float]]) -> tuple[tuple[str, tuple[tuple[str, float], ...]], ...]:
+    """Tokens with alternatives given as probabilities (the chosen one listed first)."""
+    import math
+
+    return tuple((text, tuple((t, math.log(p)) for t, p in alts.items())) for text, alts in parts)
+
+
+def _vote_tokens(score_alts: dict[str, float], after: dict[str, float] | None = None):  # type: ignore[no-untyped-def]
+    chosen = next(iter(score_alts))
+    parts = [('{"', {'{"': 1.0}), ("scores", {"scores": 1.0}), ('":', {'":': 1.0}), (' {"', {' {"': 1.0}),
+             ("b", {"b": 1.0}), ('":', {'":': 1.0}), (" ", {" ": 1.0}), (chosen, score_alts)]  # fmt: skip
+    if after is not None:
+        parts.append((next(iter(after)), after))
+    parts.append(("}}", {"}}": 1.0}))
+    tokens = _spelled(*parts)
+    return "".join(t for t, _ in tokens), tokens
+
+
+def test_expected_scores_weigh_the_judges_probabilities_over_score_tokens() -> None:
+    """G-Eval: 0.6 on 7 and 0.3 on 8 (0.1 on a non-score) give 7.33, renormalised over scores."""
+    from swe_fleet.council.ranking import expected_scores
+
+    text, tokens = _vote_tokens({"7": 0.6, "8": 0.3, "x": 0.1})
+    assert text == '{"scores": {"b": 7}}'
+    assert expected_scores(text, tokens, ["b"], 1, 10) == {"b": 7.3333}
+    # Too little of the mass on score tokens: left out (the written 7 counts).
+    _, weak = _vote_tokens({"7": 0.3, "x": 0.7})
+    assert expected_scores(text, weak, ["b"], 1, 10) == {}
+    # Tokens that do not spell the text (another tokenizer's view): nothing is guessed.
+    assert expected_scores(text + " ", tokens, ["b"], 1, 10) == {}
+
+
+def test_a_written_1_followed_by_0_splits_into_1_and_10() -> None:
+    """Tokenizers that write 10 as 1 + 0: P(10) = P(1) x P(0 next), the rest of P(1) stays 1."""
+    from swe_fleet.council.ranking import expected_scores
+
+    text, tokens = _vote_tokens({"1": 0.5, "9": 0.5}, after={"0": 0.8, "}}": 0.2})
+    assert text == '{"scores": {"b": 10}}'
+    assert expected_scores(text, tokens, ["b"], 1, 10) == {"b": round(0.1 * 1 + 0.4 * 10 + 0.5 * 9, 4)}
+
+
+def test_votes_count_their_expected_scores_so_equal_written_scores_need_not_tie() -> None:
+    """Both voters wrote 7; their probabilities differ, so the task is decided, and the event
+    keeps both the written and the expected scores."""
+    two = CouncilSpec.from_text("""
+tasks: [{id: t1, prompt: x}]
+agents: [{id: a, role: r}, {id: b, role: r}]
+""")
+    state = CouncilState.start(two)
+    state.tasks["t1"].proposals.update(a="A", b="B")
+    slots = {s.agent.id: s for s in council.vote_slots(two, state)}
+    assert all(
+        s.request is not None and s.request.top_logprobs == council.VOTE_TOP_LOGPROBS for s in slots.values()
+    )
+    text_b, tokens_b = _vote_tokens({"7": 0.5, "9": 0.5})  # a votes on b: 8.0
+    events = [
+        council.outcome_event(
+            slots["a"], Completion(text=text_b, tokens=tokens_b), submission_id="s", spec=two
+        )
+    ]
+    text_a = text_b.replace('"b"', '"a"')
+    tokens_a = tuple(("a", alts) if t == "b" else (t, alts) for t, alts in tokens_b)
+    tokens_a = tuple((t, (("7", -0.1), ("6", -2.4))) if t == "7" else (t, a) for t, a in tokens_a)
+    events.append(
+        council.outcome_event(
+            slots["b"], Completion(text=text_a, tokens=tokens_a), submission_id="s", spec=two
+        )
+    )
+    assert events[0].data == {"scores": {"b": 7}, "expected_scores": {"b": 8.0}}  # type: ignore[union-attr]
+    council.apply(two, state, "vote", 0, events)
+    (result,) = council.results(two, state, submission_id="s")
+    assert result.outcome == "decided" and result.winner == "b"
+    assert result.scores["a"] == {"b": 8.0} and result.scores["b"]["a"] < 7.0
+
+
+def test_expected_scores_ignore_the_end_of_sequence_token_and_an_unwritten_1() -> None:
+    """vLLM lists <|im_end|> after the text; a "1" alternative at a score the judge wrote as 8
+    may be a 1 or the start of a 10, so it is left out rather than counted as 1."""
+    from swe_fleet.council.ranking import expected_scores
+
+    text, tokens = _vote_tokens({"8": 0.5, "1": 0.35, "7": 0.15})
+    with_eos = (*tokens, ("<|im_end|>", (("<|im_end|>", 0.0),)))
+    assert expected_scores(text, with_eos, ["b"], 1, 10) == {"b": round((8 * 0.5 + 7 * 0.15) / 0.65, 4)}
+
+
+def test_equal_means_from_expected_scores_tie_despite_float_rounding() -> None:
+    """(0.1 + 0.2) + 0.3 and (0.3 + 0.2) + 0.1 differ in the last bit; the published means do
+    not, and neither do the ranks: a tie, not a winner by rounding error."""
+    four = CouncilSpec.from_text("""
+tasks: [{id: t1, prompt: x}]
+agents: [{id: a, role: r}, {id: b, role: r}, {id: c, role: r}, {id: d, role: r}]
+""")
+    votes = {
+        "a": {"b": 0.1, "c": 0.3, "d": 0.0},
+        "b": {"a": 0.0, "c": 0.2, "d": 0.0},
+        "c": {"a": 0.0, "b": 0.2, "d": 0.0},
+        "d": {"a": 0.0, "b": 0.3, "c": 0.1},
+    }
+    assert (0.1 + 0.2) + 0.3 != (0.3 + 0.2) + 0.1
+    proposals = {("t1", x): x for x in "abcd"}
+    res = rank_task(four, four.tasks[0], votes, votes_expected=4, proposals=proposals, submission_id="s")
+    assert res.outcome == "tied" and res.tied == ["b", "c"]
+    assert [r.rank for r in res.ranking if r.agent_id in ("b", "c")] == [1, 1]

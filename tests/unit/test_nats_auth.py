@@ -113,3 +113,26 @@ def test_refusals_are_told_apart_from_outages() -> None:
     said = _refusal(untrusted, "tls://h:4222", auth)
     assert said is not None and "not trusted" in said and "NATS_CA" in said
     assert _refusal(ConnectionRefusedError(111, "Connection refused"), "nats://h:4222", auth) is None
+
+
+def test_a_bad_nkey_seed_or_creds_file_is_refused_before_any_connection(tmp_path: Path) -> None:
+    """The nkeys library's own errors, and a creds file nats-py would loop on forever, become a
+    ConfigError naming the variable."""
+    seed = tmp_path / "user.nk"
+    seed.write_text("SUANOTASEED\n")
+    with pytest.raises(ConfigError) as info:
+        NatsAuth.from_env({"NATS_NKEY": str(seed)})
+    assert info.value.setting == "NATS_NKEY" and "does not hold an NKey seed" in str(info.value)
+    creds = tmp_path / "user.creds"
+    creds.write_text("just a token\n")
+    with pytest.raises(ConfigError) as info:
+        NatsAuth.from_env({"NATS_CREDS": str(creds)})
+    assert info.value.setting == "NATS_CREDS" and "BEGIN NATS USER JWT" in str(info.value)
+
+
+def test_dropped_tls_connections_and_slow_authentication_are_not_refusals() -> None:
+    """A server restarting mid-handshake (TLS EOF) or an authentication timeout may pass: they
+    are retried like an outage, not reported as a refusal."""
+    auth = NatsAuth()
+    assert _refusal(ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), "tls://h:4222", auth) is None
+    assert _refusal(Exception("nats: 'Authentication Timeout'"), "nats://h:4222", auth) is None

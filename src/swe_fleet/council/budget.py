@@ -41,7 +41,10 @@ def token_budget_problems(
     """
     where = f" ({source})" if source else ""
     problems: list[BudgetProblem] = []
-    vote_tokens = vote_token_budget([a.id for a in spec.agents[1:]], spec.model.vote_max_tokens)
+    ids = [a.id for a in spec.agents]
+    vote_tokens = max(
+        vote_token_budget([c for c in ids if c != voter], spec.model.vote_max_tokens) for voter in ids
+    )
     for field, tokens in (
         ("model.max_tokens", spec.model.max_tokens),
         ("model.vote_max_tokens", vote_tokens),

@@ -43,7 +43,14 @@ from swe_fleet.council.prompts import (
     shorten,
     task_context,
 )
-from swe_fleet.council.ranking import parse_vote, rank_task, rotated, vote_schema, vote_token_budget
+from swe_fleet.council.ranking import (
+    expected_scores,
+    parse_vote,
+    rank_task,
+    rotated,
+    vote_schema,
+    vote_token_budget,
+)
 from swe_fleet.council.routing import no_objections, route_critique
 from swe_fleet.council.state import CouncilState, TaskState
 from swe_fleet.errors import InvalidVote
@@ -207,13 +214,17 @@ def vote_slots(spec: CouncilSpec, state: CouncilState) -> list[Slot]:
                 f"Answer with JSON only, in this form: {example}"
             )
             budget = vote_token_budget(candidates, spec.model.vote_max_tokens)
+            top = VOTE_TOP_LOGPROBS if spec.protocol.scoring == "expected" else 0
             slots.append(
                 Slot(task=task, agent=voter, phase="vote", round=0, candidates=candidates,
                      request=chat_request(spec, voter, context, ask, max_tokens=budget,
-                                          json_schema=vote_schema(candidates, lo, hi)))
+                                          json_schema=vote_schema(candidates, lo, hi), top_logprobs=top))
             )  # fmt: skip
     return slots
 
+
+#: Alternatives per vote token for expected scores (vLLM's default cap on logprobs is 20).
+VOTE_TOP_LOGPROBS = 20
 
 NOTHING_TO_CRITIQUE = "nothing to critique: no other agent has a standing proposal for this task"
 NOTHING_TO_REVISE = "nothing to revise: this agent's proposal for this task failed"
@@ -270,6 +281,11 @@ def outcome_event(slot: Slot, completion: Completion, *, submission_id: str, spe
         except InvalidVote as exc:
             return AgentResponseFailed(**common, reason=f"unparseable vote: {exc}", content=completion.text)
         data = {"scores": scores}
+        if spec.protocol.scoring == "expected":
+            lo, hi = spec.protocol.min_score, spec.protocol.max_score
+            data["expected_scores"] = expected_scores(
+                completion.text, completion.tokens, slot.candidates, lo, hi
+            )
     elif slot.phase == "critique":
         data = {"targets": list(slot.candidates)}
     return AgentResponseCompleted(
@@ -299,7 +315,8 @@ def apply(
             for target, section in route_critique(e.content, targets).items():
                 ts.critiques.setdefault(round_, {}).setdefault(target, []).append((e.agent_id, section))
         elif phase == "vote" and e.data:
-            ts.votes[e.agent_id] = dict(e.data["scores"])
+            # Expected scores where the judge's probabilities were read, written ones otherwise.
+            ts.votes[e.agent_id] = {**e.data["scores"], **(e.data.get("expected_scores") or {})}
     if phase == "critique":
         by_task: dict[str, list[Outcome]] = {}
         for e in events:

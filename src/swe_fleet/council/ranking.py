@@ -17,6 +17,7 @@ says its mean, spread (population standard deviation) and number of votes.
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from typing import Any
 
 from swe_fleet.errors import InvalidVote
 from swe_fleet.events import DeliberationCompleted, RankedAgent, TaskOutcome
+from swe_fleet.llm.base import TokenChoice
 from swe_fleet.spec import CouncilSpec, TaskSpec
 
 
@@ -102,10 +104,68 @@ def task_quorum(spec: CouncilSpec, voters: int) -> int:
     return spec.protocol.quorum if spec.protocol.quorum is not None else voters // 2 + 1
 
 
+#: Alternatives at a score's position that must be scores for its expectation to count.
+MIN_SCORE_MASS = 0.5
+_SCORE_TOKEN = re.compile(r"[\s:\"]*(\d+)[\s,}\"]*")
+
+
+def _token_value(text: str) -> int | None:
+    match = _SCORE_TOKEN.fullmatch(text)
+    return int(match.group(1)) if match else None
+
+
+def expected_scores(
+    text: str, tokens: Sequence[TokenChoice], candidates: Sequence[str], lo: int, hi: int
+) -> dict[str, float]:
+    """The judge's expected score per candidate: the mean of its probability over the score
+    tokens at the position where it wrote that candidate's score (G-Eval, arXiv 2303.16634),
+    instead of the one score it happened to write.
+
+    ``tokens`` are the generated tokens with their most likely alternatives (they must spell
+    ``text``). At each score's first token, the alternatives that are scores in ``lo..hi`` are
+    renormalised; ``1`` is split into 1 and 10 by the probability of a ``0`` after it when the
+    judge wrote a ``1`` there (tokenizers that write 10 as ``1`` + ``0``), and left out when it
+    did not (a 1 or the start of a 10: nothing tells which). A candidate whose
+    position cannot be found, or whose alternatives hold less than :data:`MIN_SCORE_MASS` of
+    score tokens, is left out: the caller keeps its written score.
+    """
+    # vLLM lists the end-of-sequence token (``<|im_end|>``) that the text leaves out.
+    if not tokens or not "".join(t for t, _ in tokens).startswith(text):
+        return {}
+    starts, offset = [], 0
+    for token, _ in tokens:
+        starts.append(offset)
+        offset += len(token)
+    out: dict[str, float] = {}
+    for cand in candidates:
+        match = re.search(rf'"{re.escape(cand)}"\s*:\s*(\d+)', text)
+        if not match:
+            continue
+        at = max(i for i, start in enumerate(starts) if start <= match.start(1))
+        mass: dict[int, float] = {}
+        for alt, logprob in tokens[at][1]:
+            value = _token_value(alt)
+            if value is not None and lo <= value <= hi:
+                mass[value] = mass.get(value, 0.0) + math.exp(logprob)
+        wrote = _token_value(tokens[at][0])
+        if 1 in mass and hi >= 10 and 10 not in mass:
+            if wrote == 1 and at + 1 < len(tokens):
+                zero = sum(math.exp(lp) for alt, lp in tokens[at + 1][1] if alt == "0")
+                ten = mass[1] * min(zero, 1.0)
+                mass[1], mass[10] = mass[1] - ten, ten
+            elif wrote != 1:
+                # A "1" the judge did not write may start a 10 or be a 1: nothing tells which.
+                del mass[1]
+        total = sum(mass.values())
+        if total >= MIN_SCORE_MASS:
+            out[cand] = round(sum(v * p for v, p in mass.items()) / total, 4)
+    return out
+
+
 def rank_task(
     spec: CouncilSpec,
     task: TaskSpec,
-    votes: Mapping[str, Mapping[str, int]],
+    votes: Mapping[str, Mapping[str, float]],
     *,
     votes_expected: int,
     proposals: Mapping[tuple[str, str], str],
@@ -117,11 +177,12 @@ def rank_task(
     """Aggregate one task's votes into its outcome and ranking (rules in the module docstring).
 
     ``votes_expected`` is the number of the task's voters (vote slots that were called)."""
-    received: dict[str, list[int]] = {a.id: [] for a in spec.agents}
+    received: dict[str, list[float]] = {a.id: [] for a in spec.agents}
     for ballot in votes.values():
         for cand, score in ballot.items():
             received[cand].append(score)
-    means = {aid: sum(got) / len(got) for aid, got in received.items() if got}
+    # Rounded as published: sums of expected scores in another order differ in the last bit.
+    means = {aid: round(sum(got) / len(got), 4) for aid, got in received.items() if got}
     ordered = sorted(spec.agents, key=lambda a: (a.id not in means, -means.get(a.id, 0.0)))
     ranking = []
     for a in ordered:
@@ -132,7 +193,7 @@ def rank_task(
                 agent_id=a.id,
                 # Equal means share a rank (1 + the number of candidates with a better mean).
                 rank=1 + sum(m > mean for m in means.values()) if mean is not None else len(means) + 1,
-                mean_score=round(mean, 4) if mean is not None else None,
+                mean_score=mean,
                 spread=round(statistics.pstdev(got), 4) if got else None,
                 votes=len(got),
             )

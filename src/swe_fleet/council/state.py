@@ -16,8 +16,8 @@ class TaskState:
     proposals: dict[str, str] = field(default_factory=dict)
     #: round -> target agent_id -> [(critic, text)] addressed to that target.
     critiques: dict[int, dict[str, list[tuple[str, str]]]] = field(default_factory=dict)
-    #: voter -> candidate -> score, for votes that counted.
-    votes: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: voter -> candidate -> score (expected or written), for votes that counted.
+    votes: dict[str, dict[str, float]] = field(default_factory=dict)
     votes_expected: int = 0
     rounds_run: int = 0
     settled: bool = False

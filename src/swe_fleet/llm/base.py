@@ -21,6 +21,8 @@ class ChatRequest:
         temperature: 0 is greedy (deterministic on this vLLM build).
         seed: per-request seed, for reruns that give the same text when temperature > 0.
         json_schema: when set, the backend constrains the output to this JSON schema if it can.
+        top_logprobs: when above 0, the completion carries, for each generated token, the
+            probabilities of this many most likely tokens at that position (:attr:`Completion.tokens`).
     """
 
     messages: tuple[dict[str, str], ...]
@@ -28,6 +30,12 @@ class ChatRequest:
     temperature: float = 0.0
     seed: int | None = None
     json_schema: dict[str, Any] | None = None
+    top_logprobs: int = 0
+
+
+#: One generated token: its text, and the most likely tokens at its position as
+#: ``(text, logprob)`` (the generated one among them).
+TokenChoice = tuple[str, tuple[tuple[str, float], ...]]
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class Completion:
     output_tokens: int = 0
     finish_reason: str | None = None
     error: str | None = None
+    #: Per generated token, when the request asked for ``top_logprobs`` (else empty).
+    tokens: tuple[TokenChoice, ...] = ()
 
     @property
     def ok(self) -> bool:

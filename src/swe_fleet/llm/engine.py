@@ -16,7 +16,7 @@ import ray
 import structlog
 
 from swe_fleet.errors import LLMError, one_line
-from swe_fleet.llm.base import BatchStats, ChatRequest, Completion
+from swe_fleet.llm.base import BatchStats, ChatRequest, Completion, TokenChoice
 from swe_fleet.llm.cpu_threads import apply_env_defaults, cpu_engine_env
 from swe_fleet.spec import ModelSpec
 
@@ -117,6 +117,7 @@ class VLLMEngine:
                     structured_outputs=(
                         StructuredOutputsParams(json=req.json_schema) if req.json_schema else None
                     ),
+                    logprobs=req.top_logprobs or None,
                 )
             )
             positions.append(i)
@@ -129,6 +130,7 @@ class VLLMEngine:
                     prompt_tokens=len(out.prompt_token_ids or []),
                     output_tokens=len(first.token_ids),
                     finish_reason=first.finish_reason,
+                    tokens=_token_choices(first.token_ids, first.logprobs),
                 )
         return [r for r in results if r is not None]
 
@@ -328,3 +330,16 @@ class EngineGenerator:
                 log.warning("engine.call_counts_unavailable", error=str(exc))
         for r in self.replicas:
             ray.kill(r)
+
+
+def _token_choices(token_ids: Sequence[int], logprobs: Any) -> tuple[TokenChoice, ...]:
+    """vLLM's per-position ``{token_id: Logprob}`` (top-k plus the sampled token) as
+    :data:`~swe_fleet.llm.base.TokenChoice` s; empty when none were asked for."""
+    if not logprobs:
+        return ()
+    out = []
+    for token_id, position in zip(token_ids, logprobs, strict=False):
+        chosen = position.get(token_id)
+        alternatives = tuple((lp.decoded_token or "", float(lp.logprob)) for lp in position.values())
+        out.append(((chosen.decoded_token or "") if chosen is not None else "", alternatives))
+    return tuple(out)

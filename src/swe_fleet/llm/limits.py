@@ -71,7 +71,8 @@ def model_limits(spec: CouncilSpec) -> ModelLimits:
     if folder is not None:
         try:
             config = json.loads((folder / "config.json").read_text())
-            model_max = int(config["max_position_embeddings"])
+            # vLLM stretches a rope-scaled model past max_position_embeddings: no limit to check.
+            model_max = None if config.get("rope_scaling") else int(config["max_position_embeddings"])
         except (OSError, ValueError, KeyError, TypeError):
             model_max = None
     return ModelLimits(spec.model.max_model_len, "model.max_model_len", count, model_max)

@@ -119,6 +119,9 @@ def chat_body(model: str, request: ChatRequest) -> dict[str, Any]:
             "type": "json_schema",
             "json_schema": {"name": SCHEMA_NAME, "schema": request.json_schema},
         }
+    if request.top_logprobs:
+        body["logprobs"] = True
+        body["top_logprobs"] = request.top_logprobs
     return body
 
 
@@ -130,11 +133,20 @@ def completion_from_response(data: dict[str, Any]) -> Completion:
     """
     choice = data["choices"][0]
     usage = data.get("usage") or {}
+    content = (choice.get("logprobs") or {}).get("content") or []
+    tokens = tuple(
+        (
+            str(item["token"]),
+            tuple((str(t["token"]), float(t["logprob"])) for t in item.get("top_logprobs") or ()),
+        )
+        for item in content
+    )
     return Completion(
         text=choice["message"].get("content") or "",
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         output_tokens=int(usage.get("completion_tokens") or 0),
         finish_reason=choice.get("finish_reason"),
+        tokens=tokens,
     )
 
 

@@ -68,6 +68,42 @@ def _read_secret(env: Mapping[str, str], value_var: str, file_var: str) -> str |
     return secret
 
 
+def _nkey_seed(env: Mapping[str, str]) -> Path | None:
+    """``NATS_NKEY``: a file holding a user seed the nkeys library accepts."""
+    path = _existing_file(env, "NATS_NKEY")
+    if path is None:
+        return None
+    try:
+        import nkeys  # type: ignore[import-untyped]
+
+        nkeys.from_seed(bytearray(path.read_bytes().strip()))
+    except ImportError:
+        raise ConfigError(
+            "NATS_NKEY needs the nkeys package (pip install nkeys)", setting="NATS_NKEY"
+        ) from None
+    except Exception as exc:  # the library's own errors (ErrInvalidSeed, ...) and unreadable files
+        raise ConfigError(
+            f"NATS_NKEY={path} does not hold an NKey seed ({type(exc).__name__})", setting="NATS_NKEY"
+        ) from None
+    return path
+
+
+def _creds_file(env: Mapping[str, str]) -> Path | None:
+    """``NATS_CREDS``: a credentials file with its JWT and seed sections (nats-py loops forever
+    on a file without them)."""
+    path = _existing_file(env, "NATS_CREDS")
+    if path is None:
+        return None
+    text = path.read_text(errors="replace")
+    for marker in ("BEGIN NATS USER JWT", "BEGIN USER NKEY SEED"):
+        if marker not in text:
+            raise ConfigError(
+                f"NATS_CREDS={path} is not a NATS credentials file (no '{marker}' section)",
+                setting="NATS_CREDS",
+            )
+    return path
+
+
 def _existing_file(env: Mapping[str, str], var: str) -> Path | None:
     raw = env.get(var, "").strip()
     if not raw:
@@ -104,8 +140,8 @@ class NatsAuth:
             user=env.get("NATS_USER", "").strip() or None,
             password=_read_secret(env, "NATS_PASSWORD", "NATS_PASSWORD_FILE"),
             token=_read_secret(env, "NATS_TOKEN", "NATS_TOKEN_FILE"),
-            nkey_seed_file=_existing_file(env, "NATS_NKEY"),
-            creds_file=_existing_file(env, "NATS_CREDS"),
+            nkey_seed_file=_nkey_seed(env),
+            creds_file=_creds_file(env),
             ca_file=_existing_file(env, "NATS_CA"),
             cert_file=_existing_file(env, "NATS_CERT"),
             key_file=_existing_file(env, "NATS_KEY"),

@@ -34,8 +34,11 @@ _NO_JETSTREAM = (TimeoutError, nats.errors.NoRespondersError, nats.js.errors.Ser
 _CLOSE_ERRORS = (TimeoutError, OSError, nats.errors.Error)
 
 
-#: How nats-server words a refusal (``-ERR 'Authorization Violation'``, ``'Authentication Timeout'``).
-_REFUSALS = ("authorization violation", "authentication", "user authentication revoked")
+#: How nats-server words a refusal (``-ERR 'Authorization Violation'``); not "Authentication
+#: Timeout", which a slow client gets and a retry may cure.
+_REFUSALS = ("authorization violation", "user authentication revoked", "authentication expired")
+#: TLS errors of a connection that went away (a restarting server), not a refusal.
+_TLS_DROPS = (ssl.SSLEOFError, ssl.SSLZeroReturnError)
 
 
 def _refusal(exc: BaseException, url: str, auth: NatsAuth) -> str | None:
@@ -45,7 +48,7 @@ def _refusal(exc: BaseException, url: str, auth: NatsAuth) -> str | None:
             f"the certificate of NATS at {url} is not trusted ({exc.verify_message}); set NATS_CA "
             "(--nats-ca) to the CA bundle that signed it"
         )
-    if isinstance(exc, ssl.SSLError):
+    if isinstance(exc, ssl.SSLError) and not isinstance(exc, _TLS_DROPS):
         return (
             f"TLS with NATS at {url} failed ({exc.reason or exc}); check NATS_CA, NATS_CERT and "
             "NATS_KEY (--nats-ca, --nats-cert, --nats-key)"
@@ -123,14 +126,26 @@ async def connect_nats(
             "check the URL (publish.nats_url / --nats-url) and that nats-server runs with -js",
             url=url,
         ) from None
+    except Exception as exc:  # e.g. the nkeys library refusing a seed: still one line, no socket left
+        await _abandon(connecting, nc)
+        raise NatsUnreachable(
+            f"connecting to NATS at {url} failed ({type(exc).__name__}: {exc}); this client used "
+            f"{auth.describe(url)}",
+            url=url,
+        ) from None
+    except BaseException:  # cancelled: stop the attempt too, then let the cancellation through
+        await _abandon(connecting, nc)
+        raise
 
 
 async def _abandon(connecting: asyncio.Future[Any], nc: Any) -> None:
-    """Stop a connection attempt and close its client (bounded, never raises)."""
+    """Stop a connection attempt and close its client (bounded; raises nothing of its own, and
+    never swallows a cancellation of the caller)."""
     connecting.cancel()
-    with contextlib.suppress(BaseException):
-        await connecting
-    with contextlib.suppress(BaseException):
+    await asyncio.wait({connecting}, timeout=2.0)  # its own CancelledError stays in the task
+    if connecting.done() and not connecting.cancelled():
+        connecting.exception()  # retrieved: no "exception was never retrieved" at exit
+    with contextlib.suppress(Exception):
         await asyncio.wait_for(nc.close(), 2.0)
 
 
