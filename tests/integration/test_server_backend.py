@@ -226,10 +226,12 @@ async def test_real_vllm_server_completes_a_batch_with_structured_output(vllm_se
     assert all(1 <= v <= 10 for v in vote["scores"].values())
     assert all(c.prompt_tokens > 0 and c.output_tokens > 0 for c in out)
     assert gen.stats.output_tokens == sum(c.output_tokens for c in out)
-    # The vote asked for token probabilities: one entry per generated token, spelling the text,
+    # The vote asked for token probabilities: one entry per generated token, spelling the text
+    # (and the end-of-sequence token after it),
     # each with up to 20 alternatives; they give an expected score for both candidates.
     assert len(out[2].tokens) == out[2].output_tokens
-    assert "".join(t for t, _ in out[2].tokens) == out[2].text
+    spelled = "".join(t for t, _ in out[2].tokens)
+    assert spelled.startswith(out[2].text) and spelled[len(out[2].text) :] in ("", "<|im_end|>")
     assert all(1 <= len(alts) <= 20 for _, alts in out[2].tokens)
     judged = expected_scores(out[2].text, out[2].tokens, ["a", "b"], 1, 10)
     assert set(judged) == {"a", "b"} and all(1 <= v <= 10 for v in judged.values()), judged
