@@ -142,12 +142,15 @@ class RankedAgent(BaseModel):
     rank: int
     #: Mean of the scores it received (None: no vote counted for it).
     mean_score: float | None
+    #: Mean of those scores each minus its voter's mean over that ballot (None: no ballot of two
+    #: or more candidates scored it).
+    centred_score: float | None = None
     #: Their population standard deviation (0.0 for a single vote; None without votes).
     spread: float | None = None
     votes: int
 
 
-#: ``decided``: a unique winner from at least a quorum of counted votes; ``tied``: the best mean
+#: ``decided``: a unique winner from at least a quorum of counted votes; ``tied``: the best score
 #: shared by several candidates (``tied`` names them, ``winner`` is None); ``failed``: no
 #: proposal, or fewer counted votes than the quorum (``reason`` says which).
 TaskOutcome = Literal["decided", "tied", "failed"]
@@ -159,12 +162,14 @@ class DeliberationCompleted(_Event):
     event: Literal["council.deliberation.completed"] = "council.deliberation.completed"
     outcome: TaskOutcome
     winner: str | None
-    #: The candidates sharing the best mean when ``outcome`` is ``tied`` (spec order).
+    #: The candidates sharing the best score when ``outcome`` is ``tied`` (spec order).
     tied: list[str] = Field(default_factory=list)
     #: Why the outcome is ``failed`` (None otherwise).
     reason: str | None = None
     #: Counted votes the task needed for an outcome.
     quorum: int = 1
+    #: Which score ranked the candidates: ``centred`` (each voter's offset removed) or ``mean``.
+    ranked_by: Literal["centred", "mean"] = "mean"
     ranking: list[RankedAgent]
     #: scores[voter][candidate] for every vote that counted (expected scores under
     #: ``protocol.scoring: expected``, else the written integers).

@@ -242,17 +242,38 @@ def test_ranking_orders_by_mean_score() -> None:
     assert res.votes_counted == 3 and res.scores == votes
 
 
-def test_equal_best_means_are_a_tie_never_broken() -> None:
-    """Equal best means: ``tied`` names them (spec order), no winner, neither vote count nor spec
-    order breaks it; equal means share a rank."""
-    res = _rank({"a": {"b": 6, "c": 6}, "b": {"a": 6, "c": 6}, "c": {"a": 2, "b": 6}}, ALL)
+def test_equal_best_scores_are_a_tie_never_broken() -> None:
+    """Equal best (centred) scores: ``tied`` names them (spec order), no winner; neither vote
+    count nor spec order breaks it; equal scores share a rank."""
+    res = _rank({"a": {"b": 7, "c": 7}, "b": {"a": 5, "c": 6}, "c": {"a": 5, "b": 6}}, ALL)
     assert (res.outcome, res.winner, res.tied, res.winning_proposal) == ("tied", None, ["b", "c"], None)
-    assert [(r.agent_id, r.rank, r.mean_score, r.votes) for r in res.ranking] == [
-        ("b", 1, 6.0, 2),
-        ("c", 1, 6.0, 2),
-        ("a", 3, 4.0, 2),
+    assert res.ranked_by == "centred"
+    assert [(r.agent_id, r.rank, r.mean_score, r.centred_score, r.votes) for r in res.ranking] == [
+        ("b", 1, 6.5, 0.25, 2),
+        ("c", 1, 6.5, 0.25, 2),
+        ("a", 3, 5.0, -0.5, 2),
     ]
-    assert res.ranking[2].spread == 2.0 and res.ranking[0].spread == 0.0
+    assert res.ranking[0].spread == 0.5
+
+
+def test_a_judges_own_offset_does_not_decide_but_its_preference_does() -> None:
+    """b and c both average 6, but c's ballot put b 4 points above a while a's and b's ballots
+    were flat: centred on each voter's own mean, b leads. The means are still reported."""
+    res = _rank({"a": {"b": 6, "c": 6}, "b": {"a": 6, "c": 6}, "c": {"a": 2, "b": 6}}, ALL)
+    assert (res.outcome, res.winner, res.ranked_by) == ("decided", "b", "centred")
+    rows = {r.agent_id: r for r in res.ranking}
+    assert (rows["b"].mean_score, rows["c"].mean_score) == (6.0, 6.0)
+    assert (rows["b"].centred_score, rows["c"].centred_score, rows["a"].centred_score) == (1.0, 0.0, -1.0)
+
+
+def test_two_agent_councils_rank_by_mean_as_one_candidate_ballots_have_no_centre() -> None:
+    two = CouncilSpec.from_text(
+        "tasks: [{id: t1, prompt: x}]\nagents: [{id: a, role: r}, {id: b, role: r}]\n"
+    )
+    res = rank_task(two, two.tasks[0], {"a": {"b": 7.5}, "b": {"a": 6.0}}, votes_expected=2,
+                    proposals={("t1", "a"): "A", ("t1", "b"): "B"}, submission_id="s")  # fmt: skip
+    assert (res.outcome, res.winner, res.ranked_by) == ("decided", "b", "mean")
+    assert all(r.centred_score is None for r in res.ranking)
 
 
 def test_a_unique_best_mean_from_a_quorum_is_decided() -> None:

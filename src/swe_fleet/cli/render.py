@@ -71,17 +71,20 @@ def print_lines(lines: list[str]) -> None:
 
 
 def print_rankings(results: Sequence[DeliberationCompleted]) -> None:
-    """One table per task, titled with its outcome: rank, agent, mean score, spread, votes."""
+    """One table per task, titled with its outcome: rank, agent, mean and centred score, spread,
+    votes (ranked by the centred score when the result says so)."""
     for res in results:
         table = Table(  # Text, not markup: a failed task's reason may hold brackets
             title=Text(
                 f"task {res.task_id}: {task_outcome(res)} "
-                f"({res.votes_counted}/{res.votes_expected} votes counted, quorum {res.quorum})"
+                f"({res.votes_counted}/{res.votes_expected} votes counted, quorum {res.quorum}, "
+                f"ranked by {res.ranked_by} score)"
             )
         )
         table.add_column("rank", justify="right")
         table.add_column("agent")
         table.add_column("mean score", justify="right")
+        table.add_column("centred", justify="right")
         table.add_column("spread", justify="right")
         table.add_column("votes", justify="right")
         for r in res.ranking:
@@ -89,6 +92,7 @@ def print_rankings(results: Sequence[DeliberationCompleted]) -> None:
                 str(r.rank),
                 r.agent_id,
                 "-" if r.mean_score is None else f"{r.mean_score:.2f}",
+                "-" if r.centred_score is None else f"{r.centred_score:+.2f}",
                 "-" if r.spread is None else f"{r.spread:.2f}",
                 str(r.votes),
             )

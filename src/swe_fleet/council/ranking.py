@@ -5,13 +5,18 @@ Outcome of a task (``council.deliberation.completed``):
 - ``failed`` when no proposal stands, or when fewer votes counted than the quorum
   (``protocol.quorum``; default a majority of the task's voters, the agents that had another
   proposal to score); ``reason`` says which.
-- otherwise ``decided`` when one candidate has the best mean score, ``tied`` when several share
+- otherwise ``decided`` when one candidate has the best score (below), ``tied`` when several share
   it (``tied`` names them, ``winner`` is None). Ties are never broken: not by vote count, not by
   spec order.
 
-Ranking: by mean score received (higher first); equal means share a rank; candidates without a
+Ranking: by centred score when every scored candidate has one, else by mean score received
+(higher first). A centred score is the mean of the scores a candidate received, each minus its
+voter's own mean over the candidates of that ballot: a lenient or harsh judge's offset cancels
+out, how strongly it prefers stays (ballots of one candidate, in two-agent councils, have no
+centred scores: those councils rank by mean). Equal scores share a rank; candidates without a
 counted vote (a failed proposal, or no valid vote) come last with ``mean_score=None``. Each row
-says its mean, spread (population standard deviation) and number of votes.
+says its mean, centred score, spread (population standard deviation) and number of votes; the
+result says which score ranked (``ranked_by``).
 """
 
 from __future__ import annotations
@@ -178,30 +183,41 @@ def rank_task(
 
     ``votes_expected`` is the number of the task's voters (vote slots that were called)."""
     received: dict[str, list[float]] = {a.id: [] for a in spec.agents}
+    centred: dict[str, list[float]] = {a.id: [] for a in spec.agents}
     for ballot in votes.values():
         for cand, score in ballot.items():
             received[cand].append(score)
+        if len(ballot) >= 2:  # a ballot of one candidate says nothing relative
+            offset = sum(ballot.values()) / len(ballot)
+            for cand, score in ballot.items():
+                centred[cand].append(score - offset)
     # Rounded as published: sums of expected scores in another order differ in the last bit.
     means = {aid: round(sum(got) / len(got), 4) for aid, got in received.items() if got}
-    ordered = sorted(spec.agents, key=lambda a: (a.id not in means, -means.get(a.id, 0.0)))
+    centred_means = {aid: round(sum(got) / len(got), 4) for aid, got in centred.items() if got}
+    # Centred on each voter's own mean when every scored candidate has such scores (ballots of two
+    # or more): a lenient or harsh judge's offset no longer decides; else the plain means.
+    by_centred = bool(centred_means) and set(centred_means) == set(means)
+    key = centred_means if by_centred else means
+    ordered = sorted(spec.agents, key=lambda a: (a.id not in key, -key.get(a.id, 0.0)))
     ranking = []
     for a in ordered:
         got = received[a.id]
-        mean = means.get(a.id)
+        mine = key.get(a.id)
         ranking.append(
             RankedAgent(
                 agent_id=a.id,
-                # Equal means share a rank (1 + the number of candidates with a better mean).
-                rank=1 + sum(m > mean for m in means.values()) if mean is not None else len(means) + 1,
-                mean_score=mean,
+                # Equal scores share a rank (1 + the number of candidates with a better one).
+                rank=1 + sum(m > mine for m in key.values()) if mine is not None else len(key) + 1,
+                mean_score=means.get(a.id),
+                centred_score=centred_means.get(a.id),
                 spread=round(statistics.pstdev(got), 4) if got else None,
                 votes=len(got),
             )
         )
     quorum = task_quorum(spec, votes_expected)
     standing = [a.id for a in spec.agents if (task.id, a.id) in proposals]
-    best = max(means.values(), default=None)
-    leaders = [a.id for a in spec.agents if a.id in means and means[a.id] == best]
+    best = max(key.values(), default=None)
+    leaders = [a.id for a in spec.agents if a.id in key and key[a.id] == best]
     reason = None
     outcome: TaskOutcome
     if not standing:
@@ -223,6 +239,7 @@ def rank_task(
         tied=leaders if outcome == "tied" else [],
         reason=reason,
         quorum=quorum,
+        ranked_by="centred" if by_centred else "mean",
         ranking=ranking,
         scores={voter: dict(ballot) for voter, ballot in votes.items()},
         votes_counted=len(votes),
