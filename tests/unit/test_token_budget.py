@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from swe_fleet.council.budget import TEMPLATE_TOKENS, token_budget_problems
+from swe_fleet.council.budget import TEMPLATE_TOKENS, check_token_budget, token_budget_problems
 from swe_fleet.errors import SpecError
-from swe_fleet.llm.limits import ModelLimits, model_limits
-from swe_fleet.preflight.budget import check_token_budget
+from swe_fleet.llm.base import ModelLimits
+from swe_fleet.llm.limits import model_limits
 from swe_fleet.spec import CouncilSpec
 
 BASE = {

@@ -105,6 +105,15 @@ def load_spec(path: str) -> CouncilSpec:
     return CouncilSpec.from_file(Path(path))
 
 
+def check_budget(spec: CouncilSpec, spec_path: str) -> None:
+    """Refuse a spec whose requests cannot fit the model's context (SpecError naming the field:
+    exit 3); say what was checked."""
+    from swe_fleet.council.budget import check_token_budget
+    from swe_fleet.llm.limits import model_limits
+
+    info(check_token_budget(spec, model_limits(spec), source=spec_path))
+
+
 def info(message: str) -> None:
     """A progress line on stderr (no markup: messages quote URLs and brackets)."""
     err.print(message, markup=False)

@@ -11,6 +11,7 @@ from swe_fleet.cli._common import (
     ENV_OPTION,
     PREFLIGHT_TIMEOUT_OPTION,
     SPEC_ARGUMENT,
+    check_budget,
     guard,
     info,
     load_spec,
@@ -77,14 +78,13 @@ def doctor(
     check and the fix). A passing cluster result is cached for `submit`.
     """
     from swe_fleet.addresses import auth_token_from_env, client_jobs_api_url
-    from swe_fleet.preflight.budget import check_token_budget
     from swe_fleet.preflight.cache import PreflightCache
     from swe_fleet.preflight.orchestration import checks_as_json, run_doctor
     from swe_fleet.submit.request import CouncilSubmission
 
     def body() -> int:
         spec = load_spec(spec_path)
-        info(check_token_budget(spec, source=spec_path))  # a spec that cannot fit: exit 3
+        check_budget(spec, spec_path)  # a spec that cannot fit: exit 3
         url = address or client_jobs_api_url()
         checks = run_doctor(
             CouncilSubmission(spec=spec, env_kind=env_kind, nats_url=nats_url),

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from swe_fleet.cli._common import SPEC_ARGUMENT, TIMEOUT_OPTION, guard, info, load_spec
+from swe_fleet.cli._common import SPEC_ARGUMENT, TIMEOUT_OPTION, check_budget, guard, info, load_spec
 from swe_fleet.cli.render import print_event, print_rankings
 from swe_fleet.exit_codes import for_job_status
 from swe_fleet.local import LOCAL_ENV_KIND
@@ -46,7 +46,6 @@ def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir:
     """
     from swe_fleet._processes import stop_on_signals
     from swe_fleet.local.run import run_locally
-    from swe_fleet.preflight.budget import check_token_budget
 
     def say_why(jobs: JobsApi, submitted: SubmittedJob, status: str, nats_url: str) -> None:
         from swe_fleet.cli.outcome import failure_lines
@@ -60,7 +59,7 @@ def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir:
 
     def body() -> int:
         spec = load_spec(spec_path)
-        info(check_token_budget(spec, source=spec_path))  # before any process starts: exit 3
+        check_budget(spec, spec_path)  # before any process starts: exit 3
         with stop_on_signals():
             status = run_locally(
                 spec,

@@ -10,6 +10,7 @@ from swe_fleet.cli._common import (
     PREFLIGHT_TIMEOUT_OPTION,
     SPEC_ARGUMENT,
     TIMEOUT_OPTION,
+    check_budget,
     err,
     guard,
     info,
@@ -83,7 +84,6 @@ def submit(
     from swe_fleet.addresses import auth_token_from_env, client_jobs_api_url
     from swe_fleet.cli.outcome import RETRY_HINT
     from swe_fleet.errors import SweFleetError
-    from swe_fleet.preflight.budget import check_token_budget
     from swe_fleet.preflight.cache import PreflightCache
     from swe_fleet.preflight.orchestration import preflight_hook
     from swe_fleet.submit.jobs_api import JobsApi
@@ -94,7 +94,7 @@ def submit(
     def body() -> int:
         spec = load_spec(spec_path)
         if not skip_preflight:
-            info(check_token_budget(spec, source=spec_path))  # a spec that cannot fit: exit 3
+            check_budget(spec, spec_path)  # a spec that cannot fit: exit 3
         url = address or client_jobs_api_url()
         jobs = JobsApi(url, auth_token=auth_token_from_env(), request_timeout_s=request_timeout)
         hook = (

@@ -1,7 +1,9 @@
 """Token budgets: does every request a council plans fit the model's context?
 
 Pure: the context length and a token counter come from the caller
-(:func:`swe_fleet.llm.limits.model_limits` reads them from the model's files or the server).
+(:func:`swe_fleet.llm.limits.model_limits` reads them from the model's files or the server);
+:func:`check_token_budget` refuses a spec that cannot fit, naming the field (``submit``, ``run``,
+``doctor`` exit 3; the dispatcher dead-letters the request).
 A request's prompt plus its output limit must fit the context; the fixed part of each prompt
 (the council prompt, the task, the agent's role and what it is asked) is known before the
 council runs. Quoted proposals and critiques are cut to ``protocol.max_proposal_chars`` and
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 
 from swe_fleet.council.prompts import chat_request, task_context
 from swe_fleet.council.ranking import vote_token_budget
+from swe_fleet.errors import SpecError
+from swe_fleet.llm.base import ModelLimits
 from swe_fleet.spec import CouncilSpec
 
 #: Tokens a chat template adds around two messages (role markers, turn separators; SmolLM2's
@@ -74,3 +78,29 @@ def token_budget_problems(
                 )
                 break  # one problem per task is enough to act on
     return problems
+
+
+def check_token_budget(spec: CouncilSpec, limits: ModelLimits, *, source: str = "<spec>") -> str:
+    """One line saying what was checked; a spec whose budgets cannot fit raises.
+
+    Raises:
+        SpecError: naming the first field to change (and how many more problems there are).
+    """
+    problems: list[BudgetProblem] = []
+    if spec.backend == "engine" and limits.model_max and spec.model.max_model_len > limits.model_max:
+        problems.append(
+            BudgetProblem(
+                "model.max_model_len",
+                f"{spec.model.max_model_len} is more than the model takes ({limits.model_max} tokens, "
+                "max_position_embeddings in its config.json); vLLM would refuse to start",
+            )
+        )
+    if limits.context is not None:
+        problems += token_budget_problems(spec, limits.context, limits.count_tokens, source=limits.source)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise SpecError(problems[0].message + more, source=source, field=problems[0].field)
+    if limits.context is None:
+        return f"token budget not checked: the context is unknown here ({limits.source})"
+    counted = "prompts counted" if limits.count_tokens else "prompts not counted: no tokenizer here"
+    return f"token budget fits the context of {limits.context} tokens ({limits.source}; {counted})"

@@ -45,6 +45,7 @@ from typing import Any
 
 import structlog
 
+from swe_fleet.council.budget import check_token_budget
 from swe_fleet.dispatch.config import DispatcherConfig
 from swe_fleet.dispatch.follower import RETRYABLE_ERRORS, JobFollower, first_job_id
 from swe_fleet.dispatch.ledger import Ledger
@@ -55,9 +56,11 @@ from swe_fleet.errors import (
     DispatchError,
     InvalidRequest,
     PublishError,
+    SpecError,
     SubmissionConflict,
 )
 from swe_fleet.events import AGENT_RESPONSES_SUBJECTS, COUNCIL_REQUEST, COUNCIL_REQUESTS_SUBJECTS
+from swe_fleet.llm.limits import model_limits
 from swe_fleet.nats.connection import open_jetstream
 from swe_fleet.nats.policy import TRANSIENT_ERRORS, PublishPolicy
 from swe_fleet.nats.publisher import JetStreamPublisher
@@ -80,6 +83,15 @@ class DispatchStats:
     retried: int = 0
     in_flight_at_start: int = 0
     forgotten: int = 0
+
+
+def fits_its_model(spec: CouncilSpec, request_id: str) -> None:
+    """The token budget check of ``swe-fleet submit``, as an :class:`InvalidRequest` (its limits
+    read from here: the model's files or the server, when this host has them)."""
+    try:
+        check_token_budget(spec, model_limits(spec), source=f"request {request_id}")
+    except SpecError as exc:
+        raise InvalidRequest(str(exc), request_id=request_id) from None
 
 
 def retry_delay_s(deliveries: int, cap_s: float = 60.0) -> float:
@@ -232,6 +244,8 @@ class Dispatcher:
         try:
             request = decode_request(msg.data)
             spec = resolve_spec(request, self.config.spec_dir)
+            # A council whose requests cannot fit its model's context would only fail as a job.
+            await asyncio.to_thread(fits_its_model, spec, request.request_id)
         except InvalidRequest as exc:
             await self._dead_letter(msg, exc.reason, exc.request_id)
             return

@@ -6,7 +6,7 @@ it has (:mod:`~swe_fleet.llm.engine`, :mod:`~swe_fleet.llm.server`, or :class:`U
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,6 +57,19 @@ class Completion:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """The context a council's requests must fit, where that figure came from, and (when the
+    model's files are at hand) a token counter and the model's own limit; read by
+    :func:`swe_fleet.llm.limits.model_limits`, checked by :mod:`swe_fleet.council.budget`."""
+
+    context: int | None
+    source: str
+    count_tokens: Callable[[str], int] | None = None
+    #: Known limit of the model itself (``max_position_embeddings``), when readable.
+    model_max: int | None = None
 
 
 @dataclass

@@ -9,25 +9,14 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from swe_fleet.llm.base import ModelLimits
 from swe_fleet.llm.model import prepared_model_dir
 from swe_fleet.spec import LOCAL_MODEL_ALIAS, CouncilSpec
 
 #: Bound on asking a vLLM server for its models (it may not be reachable from the client).
 SERVER_TIMEOUT_S = 3.0
-
-
-@dataclass(frozen=True)
-class ModelLimits:
-    """The context a council's requests must fit, and where that figure came from."""
-
-    context: int | None
-    source: str
-    count_tokens: Callable[[str], int] | None = None
-    #: Known limit of the model itself (``max_position_embeddings``), when readable.
-    model_max: int | None = None
 
 
 def _local_folder(name: str) -> Path | None:
