@@ -64,6 +64,21 @@ def test_a_spec_whose_budget_cannot_fit_exits_3_before_anything_starts(tmp_path:
     assert "local.started" not in proc.stderr  # `run` started nothing
 
 
+def test_run_with_a_model_this_host_does_not_have_exits_3_before_anything_starts(tmp_path: Path) -> None:
+    """`run` is its own node: a model folder that is not there is refused up front (exit 3,
+    model.name and the path named), no stack started. On a cluster the preflight says it per node
+    (exit 8: tests/integration/test_preflight.py)."""
+    spec = tmp_path / "missing-model.yaml"
+    spec.write_text(
+        "tasks: [{id: t1, prompt: do it}]\nagents: [{id: a, role: x}, {id: b, role: y}]\n"
+        f"model: {{name: {tmp_path / 'no-such-model'}}}\n"
+    )
+    proc = _run(["run", str(spec)], timeout=60)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert f"{spec}: model.name: " in proc.stderr and str(tmp_path / "no-such-model") in proc.stderr
+    assert "local.started" not in proc.stderr
+
+
 def test_unreadable_spec_exits_3(tmp_path: Path) -> None:
     """A missing spec file: exit 3, naming it."""
     proc = _run(["run", str(tmp_path / "missing.yaml")])

@@ -114,6 +114,18 @@ def check_budget(spec: CouncilSpec, spec_path: str) -> None:
     info(check_token_budget(spec, model_limits(spec), source=spec_path))
 
 
+def check_local_model(spec: CouncilSpec, spec_path: str) -> None:
+    """On this host's own stack (``run``) the client is the node: a model that cannot load here
+    without a download is refused before anything starts (SpecError on ``model.name``: exit 3)."""
+    from swe_fleet.preflight.node_check import FAIL, check_model
+
+    if spec.backend != "engine":
+        return
+    row = check_model(spec.model.name)
+    if row.status == FAIL:
+        raise SpecError(f"{row.detail}; {row.fix}", source=spec_path, field="model.name")
+
+
 def info(message: str) -> None:
     """A progress line on stderr (no markup: messages quote URLs and brackets)."""
     err.print(message, markup=False)

@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from swe_fleet.cli._common import SPEC_ARGUMENT, TIMEOUT_OPTION, check_budget, guard, info, load_spec
+from swe_fleet.cli._common import (
+    SPEC_ARGUMENT,
+    TIMEOUT_OPTION,
+    check_budget,
+    check_local_model,
+    guard,
+    info,
+    load_spec,
+)
 from swe_fleet.cli.render import print_event, print_rankings
 from swe_fleet.exit_codes import for_job_status
 from swe_fleet.local import LOCAL_ENV_KIND
@@ -60,6 +68,7 @@ def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir:
     def body() -> int:
         spec = load_spec(spec_path)
         check_budget(spec, spec_path)  # before any process starts: exit 3
+        check_local_model(spec, spec_path)
         with stop_on_signals():
             status = run_locally(
                 spec,
