@@ -267,3 +267,59 @@ def test_a_restarted_vllm_server_loses_no_slot(
     events = consume_all(session_nats.url, "it-killserver", sid)
     assert_complete_council(events, spec)
     assert not [e for e in events if e["event"] == "agent.response.failed"], logs[-3000:]
+
+
+def test_nats_paused_within_then_beyond_the_budget_loses_and_duplicates_nothing(
+    client: JobsApi, nats_server: NatsServer, tiny_spec: CouncilSpec, vllm_server: VLLMServer
+) -> None:
+    """A real council (server backend) on its own nats-server, with a 12 s publish budget:
+    SIGSTOP after its first phase for 8 s (longer than one 5 s acknowledgement wait, within the
+    budget): it carries on. SIGSTOP after its second phase for 30 s (beyond the budget): the
+    attempt fails naming what it could not do; ``--retry-failed`` resumes after the last saved
+    phase and completes it. Every planned slot is stored exactly once."""
+    import signal
+
+    doc = on_server_backend(tiny_spec, vllm_server.base_url, max_tokens=64).model_dump(mode="json")
+    doc["name"] = "natspause"
+    doc["protocol"]["early_stop"] = False
+    doc["publish"]["retry_budget_s"] = 12
+    request = CouncilSubmission(spec=CouncilSpec.from_dict(doc), nats_url=nats_server.url)
+    first = submit_council(client, request)
+    sid = first.submission_id
+    assert nats_server.process is not None
+    pid = nats_server.process.pid
+
+    def wait_for_done(phase: str) -> None:
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while phase not in ((saved := saved_checkpoint(nats_server.url, sid)) or {}).get("done", []):
+            assert time.monotonic() < deadline, f"no checkpoint after {phase}: {saved}"
+            assert not client.status(first.job_id).is_terminal(), client.logs(first.job_id)[-3000:]
+            time.sleep(0.1)
+
+    def paused(seconds: float) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    wait_for_done("propose")
+    paused(8)  # within the budget: only delays the next publishes
+    wait_for_done("critique.1")
+    # Beyond it: the revise events' publish gives up after 12 s (they go to the outbox), and the
+    # attempt's council.job.failed cannot reach the stopped server either (5 s bound): the job
+    # fails saying so in its log, all before the server is back.
+    paused(40)
+    status = wait_until_terminal(client, first.job_id, timeout_s=JOB_TIMEOUT_S)
+    logs = client.logs(first.job_id)
+    assert status.value == "FAILED", logs[-3000:]
+    assert '"publish.outbox"' in logs and '"job_failed.unpublished"' in logs, logs[-3000:]
+
+    again = submit_council(client, request, retry_failed=True)
+    assert (again.submission_id, again.job_id) == (sid, f"{sid}-retry1")
+    retry_status = wait_until_terminal(client, again.job_id, timeout_s=JOB_TIMEOUT_S)
+    retry_logs = client.logs(again.job_id)
+    assert retry_status.value == "SUCCEEDED", retry_logs[-3000:]
+    assert '"council.resumed"' in retry_logs and '"after": "critique.1"' in retry_logs, retry_logs[-3000:]
+    events = consume_all(nats_server.url, "it-natspause", sid)
+    assert_complete_council(events, request.spec)  # no council.job.failed came through, no key twice
