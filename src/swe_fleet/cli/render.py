@@ -17,6 +17,7 @@ from swe_fleet.events import (
     CouncilJobFailed,
     CouncilJobStatus,
     DeliberationCompleted,
+    RankedAgent,
 )
 
 
@@ -37,10 +38,13 @@ def format_event(event: AnyEvent) -> str:
     if isinstance(event, CouncilJobStatus):
         why = f": {' '.join(event.message.split())[:120]}" if event.message else ""
         return f"{'JOB':<8} {event.submission_id} {event.state.upper()} (request {event.request_id}){why}"
-    ranking = ", ".join(
-        f"{r.rank}. {r.agent_id} ({r.mean_score if r.mean_score is not None else '-'})" for r in event.ranking
-    )
-    votes = f"{event.votes_counted}/{event.votes_expected}"
+
+    def score(r: RankedAgent) -> str:  # the score it was ranked by
+        value = r.centred_score if event.ranked_by == "centred" else r.mean_score
+        return "-" if value is None else (f"{value:+.2f}" if event.ranked_by == "centred" else f"{value:.2f}")
+
+    ranking = ", ".join(f"{r.rank}. {r.agent_id} ({score(r)})" for r in event.ranking)
+    votes = f"{event.votes_counted}/{event.votes_expected} by {event.ranked_by}"
     return f"{'result':<8} {event.task_id:<14} {task_outcome(event)} votes={votes}  {ranking}"
 
 
