@@ -314,6 +314,7 @@ def test_nats_paused_within_then_beyond_the_budget_loses_and_duplicates_nothing(
     logs = client.logs(first.job_id)
     assert status.value == "FAILED", logs[-3000:]
     assert '"publish.outbox"' in logs, logs[-3000:]
+    assert "was never retrieved" not in logs and "Traceback" not in logs, logs[-3000:]  # no asyncio noise
 
     again = submit_council(client, request, retry_failed=True)
     assert (again.submission_id, again.job_id) == (sid, f"{sid}-retry1")
@@ -321,6 +322,7 @@ def test_nats_paused_within_then_beyond_the_budget_loses_and_duplicates_nothing(
     retry_logs = client.logs(again.job_id)
     assert retry_status.value == "SUCCEEDED", retry_logs[-3000:]
     assert '"council.resumed"' in retry_logs and '"after": "critique.1"' in retry_logs, retry_logs[-3000:]
+    assert "was never retrieved" not in retry_logs, retry_logs[-3000:]
     events = consume_all(nats_server.url, "it-natspause", sid)
     # The first attempt said why it failed (its event landed once the server continued) ...
     failed = [e for e in events if e["event"] == "council.job.failed"]

@@ -90,8 +90,10 @@ async def _run(spec: CouncilSpec, submission_id: str, job_id: str) -> int:
     loop = asyncio.get_running_loop()
     if main is not None:
         loop.add_signal_handler(signal.SIGTERM, main.cancel)
+    drain = True
     try:
         code, reason = await _run_council(spec, submission_id, publisher)
+        drain = code != ExitCode.PUBLISH_FAILED
         if code == ExitCode.PUBLISH_FAILED:
             # Short bound: NATS just failed us; the reason is in the job log either way.
             await _publish_job_failed(publisher, spec, submission_id, job_id, reason, 5)
@@ -114,7 +116,7 @@ async def _run(spec: CouncilSpec, submission_id: str, job_id: str) -> int:
         return ExitCode.JOB_FAILED
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
-        await publisher.close()
+        await publisher.close(drain=drain)
 
 
 async def _publish_job_failed(
@@ -157,6 +159,7 @@ async def _run_council(
         await close_nats(ckpt_nc)
         raise
     start_error: str | None = None
+    nats_failed = False
     try:
         try:
             await generator.start()
@@ -169,6 +172,7 @@ async def _run_council(
         )
     except OutboxWritten as exc:
         # Nothing is lost: the unacknowledged events wait in the outbox for `swe-fleet outbox replay`.
+        nats_failed = True
         log.error("publish.outbox", outbox=str(exc.path), count=exc.count, error=str(exc))
         return ExitCode.PUBLISH_FAILED, (
             f"{exc.count} events were not acknowledged by NATS; they are in the outbox {exc.path} "
@@ -176,11 +180,12 @@ async def _run_council(
         )
     except PublishError as exc:
         # Checkpoint saves and loads (retried like every publish): the message names the operation.
+        nats_failed = True
         log.error("publish.failed", error=str(exc), subject=exc.subject, key=exc.key)
         return ExitCode.PUBLISH_FAILED, str(exc)
     finally:
         await generator.close()
-        await close_nats(ckpt_nc)
+        await close_nats(ckpt_nc, drain=not nats_failed)
     log.info(
         "council.done",
         backend=spec.backend,

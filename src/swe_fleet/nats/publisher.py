@@ -318,7 +318,9 @@ class JetStreamPublisher:
         append_to_outbox(path, entries_of(events))
         return path
 
-    async def close(self) -> None:
-        """Flush and close (bounded); later publishes raise :class:`PublishError`."""
+    async def close(self, *, drain: bool = True) -> None:
+        """Flush and close (bounded); later publishes raise :class:`PublishError`. ``drain=False``
+        after NATS failed us: draining a server that does not answer only times out (and leaves
+        nats-py's drain futures unretrieved)."""
         self._closed = True
-        await close_nats(self._nc)
+        await close_nats(self._nc, drain=drain)
