@@ -78,6 +78,22 @@ def test_dry_run_with_a_reachable_head_prints_the_worker_decision_as_json(
     assert "tok-123-secret" not in proc.stdout + proc.stderr
 
 
+def test_a_head_without_token_auth_is_refused_unless_an_open_dashboard_is_allowed(tmp_path: Path) -> None:
+    """A head's dashboard listens on every interface: without RAY_AUTH_MODE=token the entrypoint
+    refuses (exit 3, naming the variable and the way out) and starts nothing;
+    SWE_FLEET_ALLOW_OPEN_DASHBOARD=1 or token auth lets the same node decide to be the head."""
+    port = _closed_port()
+    head = {"SWE_FLEET_HEAD_HOSTS": f"127.0.0.1:{port}", "SWE_FLEET_HOSTNAME": "127.0.0.1"}
+    refused = _node_start(head, tmp_path, "--dry-run")
+    assert refused.returncode == 3, refused.stderr
+    assert "RAY_AUTH_MODE" in refused.stderr and "without token auth" in refused.stderr
+    assert "SWE_FLEET_ALLOW_OPEN_DASHBOARD=1" in refused.stderr and "Traceback" not in refused.stderr
+    for extra in ({"SWE_FLEET_ALLOW_OPEN_DASHBOARD": "1"}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "t"}):
+        allowed = _node_start(head | extra, tmp_path, "--dry-run")
+        assert allowed.returncode == 0, allowed.stderr
+        assert "decision: head" in allowed.stdout
+
+
 def test_dry_run_without_a_live_head_exits_5_with_the_decision(tmp_path: Path) -> None:
     """--dry-run and nothing on HEAD_ADDRESS: exit 5; the decision (wait) and the probe are shown."""
     port = _closed_port()

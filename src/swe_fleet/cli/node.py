@@ -36,7 +36,9 @@ def node_start(dry_run: bool, as_json: bool) -> None:
     Ports RAY_PORT (6379), RAY_DASHBOARD_PORT (8265), RAY_CLIENT_PORT (10001); resources
     SWE_FLEET_NUM_CPUS, SWE_FLEET_NUM_GPUS, SWE_FLEET_MEMORY, SWE_FLEET_OBJECT_STORE_MEMORY,
     SWE_FLEET_RESOURCES (JSON); SWE_FLEET_NODE_IP, SWE_FLEET_TEMP_DIR; token auth
-    RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH (passed to Ray as they are).
+    RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH (passed to Ray as they are);
+    a head without it is refused (its dashboard listens on every interface) unless
+    SWE_FLEET_ALLOW_OPEN_DASHBOARD=1.
     Waits for a head at most SWE_FLEET_HEAD_WAIT_S (300). Runs `ray start --block`, which must
     report its node running within SWE_FLEET_START_TIMEOUT_S (300); SIGTERM stops that node
     (bounded by SWE_FLEET_STOP_TIMEOUT_S, 60) and exits 0.

@@ -3,11 +3,16 @@ in-flight view, published once per state (``submitted``, ``running``, then one t
 
 A reservation that a crashed dispatcher left between submitting and recording the job is
 completed here when the job exists, and freed after ``reservation_timeout_s`` when it does not.
+
+Ray's message for a failed job carries the tail of the driver's log (up to 20,000 characters),
+which may hold anything the job printed: a terminal event republishes only its status line
+(:func:`job_status_line`); the log stays on the cluster (``ray job logs``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import nats.errors
@@ -17,7 +22,7 @@ from ray.job_submission import JobStatus
 from swe_fleet.dispatch.config import DispatcherConfig
 from swe_fleet.dispatch.ledger import DispatchRecord, Ledger
 from swe_fleet.dispatch.status import StatusPublisher
-from swe_fleet.errors import DispatchError, PublishError, SubmissionError
+from swe_fleet.errors import DispatchError, PublishError, SubmissionError, one_line
 from swe_fleet.events import JobState
 from swe_fleet.nats.pull import sleep_unless
 from swe_fleet.submit.jobs_api import JobsApi
@@ -33,6 +38,22 @@ _TERMINAL_STATES: dict[JobStatus, JobState] = {
     JobStatus.FAILED: "failed",
     JobStatus.STOPPED: "stopped",
 }
+
+
+#: Where Ray's message for a failed entrypoint turns into the log tail it appends.
+_LOG_TAIL = re.compile(r",?\s*last available logs\b.*$", re.IGNORECASE)
+
+
+def job_status_line(message: str | None) -> str | None:
+    """Ray's job message cut to its status line: never the driver's log tail or a traceback."""
+    if not message or not message.strip():
+        return None
+    first = next(line.strip() for line in message.splitlines() if line.strip())
+    if first.startswith("Traceback"):
+        return "the job's supervisor failed; its traceback is in the job's log (ray job logs)"
+    first = _LOG_TAIL.sub("", first)
+    tail = " (its log: ray job logs)" if first != message.strip() else ""
+    return one_line(first) + tail
 
 
 def first_job_id(record: DispatchRecord) -> str:
@@ -101,4 +122,5 @@ class JobFollower:
             record = await self._status.publish_once(record, record.status_event("running"))
         terminal = _TERMINAL_STATES.get(job.status)
         if terminal is not None:
-            await self._status.publish_once(record, record.status_event(terminal, job.message))
+            event = record.status_event(terminal, job_status_line(job.message))
+            await self._status.publish_once(record, event)

@@ -21,6 +21,9 @@ for ports and auth, in :mod:`swe_fleet.addresses`):
   for Ray to stop before the node's processes are killed).
 - ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``: passed through to Ray
   unchanged (never generated here); ``RAY_AUTH_MODE=token`` without a token is an error.
+  A head's dashboard (the Jobs API: whoever reaches it runs code on the cluster) listens on
+  every interface, so a head without ``RAY_AUTH_MODE=token`` is refused unless
+  ``SWE_FLEET_ALLOW_OPEN_DASHBOARD=1`` says it is meant (a network of its own, a test).
 - ``RAY_ADDRESS`` must be unset or ``auto`` on a node; the node's processes get it unset.
 """
 
@@ -83,6 +86,7 @@ class NodeConfig:
     start_timeout_s: float = DEFAULT_START_TIMEOUT_S
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
     auth: AuthSettings = field(default_factory=AuthSettings)
+    allow_open_dashboard: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, hostname: str = "") -> NodeConfig:
@@ -159,6 +163,7 @@ class NodeConfig:
             ),
             stop_timeout_s=_seconds(env, "SWE_FLEET_STOP_TIMEOUT_S", DEFAULT_STOP_TIMEOUT_S),
             auth=auth,
+            allow_open_dashboard=_flag(env, "SWE_FLEET_ALLOW_OPEN_DASHBOARD"),
         )
 
     def check_auth(self, token_available: bool) -> None:
@@ -178,12 +183,39 @@ class NodeConfig:
                 variable="RAY_AUTH_TOKEN",
             )
 
+    def check_head_auth(self) -> None:
+        """A head's dashboard listens beyond loopback: it must ask for Ray's token.
+
+        Raises:
+            NodeConfigError: this node would be a head without ``RAY_AUTH_MODE=token`` and
+                ``SWE_FLEET_ALLOW_OPEN_DASHBOARD`` is not set.
+        """
+        if self.auth.mode == "token" or self.allow_open_dashboard:
+            return
+        raise NodeConfigError(
+            f"this node would start a Ray head whose dashboard (port {self.ports.dashboard}, the Jobs "
+            f"API) listens on every interface without token auth ({self.auth.describe()}): anyone "
+            "who reaches it can run code on the cluster. Set RAY_AUTH_MODE=token with RAY_AUTH_TOKEN "
+            "or RAY_AUTH_TOKEN_PATH from the cluster's secret, or SWE_FLEET_ALLOW_OPEN_DASHBOARD=1 "
+            "if the network is yours alone",
+            variable="RAY_AUTH_MODE",
+        )
+
     def claim_position(self) -> int | None:
         """This host's position in ``SWE_FLEET_HEAD_HOSTS`` (0-based), None when not listed."""
         for i, (host, _) in enumerate(self.head_hosts):
             if same_host(host, self.hostname):
                 return i
         return None
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise NodeConfigError(f"{name}={env[name]!r}: use 1 or 0", variable=name)
 
 
 def same_host(a: str, b: str) -> bool:

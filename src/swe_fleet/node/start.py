@@ -120,13 +120,17 @@ def decide_from_env(env: Mapping[str, str], *, wait: bool) -> tuple[NodeConfig, 
 
     ray = (venv_binary("ray"),)
     if not wait:
-        return config, decide(config, probe, ray_command=ray)
+        decision = decide(config, probe, ray_command=ray)
+    else:
 
-    def on_wait(decision: NodeDecision, waited: float) -> None:
-        log.info("node.waiting_for_head", waited_s=round(waited, 1), bound_s=config.head_wait_s,
-                 reasons=list(decision.reasons[1:]))  # fmt: skip
+        def on_wait(decision: NodeDecision, waited: float) -> None:
+            log.info("node.waiting_for_head", waited_s=round(waited, 1), bound_s=config.head_wait_s,
+                     reasons=list(decision.reasons[1:]))  # fmt: skip
 
-    return config, wait_for_decision(config, probe, ray_command=ray, on_wait=on_wait)
+        decision = wait_for_decision(config, probe, ray_command=ray, on_wait=on_wait)
+    if decision.action is NodeAction.HEAD:
+        config.check_head_auth()
+    return config, decision
 
 
 #: What ``ray start`` prints once its node runs (head and worker alike).
