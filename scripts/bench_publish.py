@@ -13,7 +13,12 @@ serialized once up front so every variant sends the same bytes), CONCURRENCY in 
 Each run gets a fresh stream (deleted and created again: keys repeat across runs). The variants
 are interleaved, REPS times. Reported: throughput (msg/s) and publish latency p50/p99 (ms), the
 median over the repetitions; ``ratio_vs_raw`` = (c) / (a) median throughput (target >= 0.8).
-Prints a table, writes benchmarks/results/publish.json.
+
+Both modes run in the same run of the script, each on its own nats-server: ``plain`` (no auth,
+no TLS) and ``tls_auth``, a server that requires a token over TLS (the local stack's, made by
+:class:`~swe_fleet.local.stack.LocalNatsSecurity`); there raw nats-py gets the same TLS context
+and token as our publisher (which reads them from NATS_TOKEN_FILE and NATS_CA, like every client):
+``ratio_vs_raw_tls`` (target >= 0.8). Prints a table per mode, writes benchmarks/results/publish.json.
 
     python scripts/bench_publish.py [--events 5000] [--concurrency 100] [--reps 3]
 """
@@ -40,7 +45,8 @@ import nats
 from nats.js import api
 
 from swe_fleet.events import AGENT_RESPONSES_STREAM, AGENT_RESPONSES_SUBJECTS, AgentResponseCompleted
-from swe_fleet.local.stack import NatsServer
+from swe_fleet.local.stack import LocalNatsSecurity, NatsServer
+from swe_fleet.nats.auth import NatsAuth
 from swe_fleet.nats.outbox import OutboxEntry
 from swe_fleet.nats.policy import PublishPolicy
 from swe_fleet.nats.publisher import JetStreamPublisher
@@ -49,6 +55,8 @@ from swe_fleet.nats.streams import default_duplicate_window_s
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 VARIANTS = ("raw", "publish", "publish_all")
+#: Servers: no auth, no TLS; a token over TLS.
+MODES = ("plain", "tls_auth")
 
 
 @dataclass
@@ -128,14 +136,19 @@ async def timed_harness(
     return time.perf_counter() - started, latencies
 
 
+def connect_options(url: str) -> dict[str, Any]:
+    """What raw nats-py gets: the TLS context and credentials our clients read from NATS_*."""
+    return NatsAuth.from_env().connect_options(url)
+
+
 async def run_variant(variant: str, url: str, events: list[OutboxEntry], concurrency: int, rep: int) -> Run:
-    admin = await nats.connect(url)
+    admin = await nats.connect(url, **connect_options(url))
     try:
         await fresh_stream(admin.jetstream())
     finally:
         await admin.close()
     if variant == "raw":
-        nc = await nats.connect(url)
+        nc = await nats.connect(url, **connect_options(url))
         js = nc.jetstream(timeout=5)
         try:
 
@@ -226,14 +239,33 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "publish.json")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="swf-bench-nats-") as d:
-        server = NatsServer(Path(d)).start()
-        try:
-            runs = asyncio.run(bench(server.url, args.events, args.concurrency, args.reps))
-        finally:
-            server.stop()
-    result = report(runs, args.events, args.concurrency, args.reps)
-    print_table(result)
+    results = {}
+    for mode in MODES:
+        with tempfile.TemporaryDirectory(prefix="swf-bench-nats-") as d:
+            server_args: list[str] = []
+            if mode == "tls_auth":
+                security = LocalNatsSecurity.make(Path(d) / "tls")
+                server_args = ["-c", str(security.config)]
+                os.environ.update(security.client_env())
+            server = NatsServer(Path(d), args=server_args).start()
+            try:
+                print(f"mode {mode}: {server.url}", file=sys.stderr)
+                runs = asyncio.run(bench(server.url, args.events, args.concurrency, args.reps))
+            finally:
+                server.stop()
+                for key in ("NATS_TOKEN_FILE", "NATS_CA"):
+                    os.environ.pop(key, None)
+        results[mode] = report(runs, args.events, args.concurrency, args.reps)
+        print(f"\n== {mode}")
+        print_table(results[mode])
+    result = {
+        **results["plain"],
+        "ratio_vs_raw_tls": results["tls_auth"]["ratio_vs_raw"],
+        "tls_auth": results["tls_auth"],
+    }
+    print(
+        f"\nratio_vs_raw = {result['ratio_vs_raw']:.3f}   ratio_vs_raw_tls = {result['ratio_vs_raw_tls']:.3f}"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

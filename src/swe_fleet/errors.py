@@ -146,6 +146,19 @@ class NatsRefused(NatsUnreachable):
     certificate, TLS required or not offered). The message names the variable that sets it."""
 
 
+class NatsPermissionDenied(NatsRefused):
+    """NATS let this client in but denied it a subject: its role may not publish or read there
+    (docs/security.md has the roles). The message names the subject and the credentials used.
+
+    Attributes:
+        denied_subject: the subject the server named.
+    """
+
+    def __init__(self, message: str, *, url: str, denied_subject: str):
+        self.denied_subject = denied_subject
+        super().__init__(message, url=url)
+
+
 class OutboxWritten(PublishError):
     """Publishing failed, and every event not acknowledged was appended to an outbox file.
 

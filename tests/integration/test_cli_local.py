@@ -1,4 +1,5 @@
-"""``swe-fleet local up`` stops everything it started on a stop signal, also in the background.
+"""``swe-fleet local up`` stops everything it started on a stop signal, also in the background,
+and its NATS requires a token over TLS, which it gives to clients by reference.
 
 Each test starts it the way scripts, CI, ``timeout`` and service managers do: in the background,
 with SIGINT ignored (as a non-interactive shell's ``cmd &`` does), output to a pipe.
@@ -6,6 +7,8 @@ with SIGINT ignored (as a non-interactive shell's ``cmd &`` does), output to a p
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +18,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from swe_fleet.errors import NatsRefused
+from swe_fleet.nats.auth import NatsAuth
+from swe_fleet.nats.connection import close_nats, connect_nats
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +44,10 @@ def _alive(pids: list[int]) -> list[int]:
         except psutil.NoSuchProcess:
             continue
     return found
+
+
+#: What each ``local up`` (by PID) printed: ``export KEY=VALUE`` lines.
+EXPORTS: dict[int, dict[str, str]] = {}
 
 
 @pytest.fixture
@@ -63,6 +74,9 @@ def local_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], list[int]]
             lines.append(line)
         pids = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
         assert len(pids) >= 2, "expected nats-server and a Ray head under local up"
+        EXPORTS[proc.pid] = dict(
+            line.strip().removeprefix("export ").split("=", 1) for line in lines if line.startswith("export ")
+        )
         yield proc, pids
     finally:
         if proc.poll() is None:
@@ -100,3 +114,28 @@ def test_a_second_signal_while_stopping_kills_what_is_left(
     while _alive(pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _alive(pids) == []
+
+
+def test_local_ups_nats_requires_its_token_over_tls_and_the_printed_variables_give_both(
+    local_up: tuple[subprocess.Popen[str], list[int]],
+) -> None:
+    """Secure by default, like Ray's token: an anonymous client (no CA, no token) is refused at
+    once; the printed NATS_TOKEN_FILE and NATS_CA (files, mode 0600 for the secret) connect."""
+    proc, _ = local_up
+    env = EXPORTS[proc.pid]
+    assert {"NATS_URL", "NATS_TOKEN_FILE", "NATS_CA", "RAY_ADDRESS"} <= set(env)
+    assert os.stat(env["NATS_TOKEN_FILE"]).st_mode & 0o077 == 0
+    token = Path(env["NATS_TOKEN_FILE"]).read_text().strip()
+    assert token not in "\n".join(f"{k}={v}" for k, v in env.items())  # by reference only
+
+    async def attempt(auth: NatsAuth) -> str:
+        try:
+            nc = await connect_nats(env["NATS_URL"], timeout_s=10, auth=auth)
+        except NatsRefused as exc:
+            return str(exc)
+        await close_nats(nc)
+        return "connected"
+
+    assert "not trusted" in asyncio.run(attempt(NatsAuth()))
+    assert "refused the credentials" in asyncio.run(attempt(NatsAuth(ca_file=Path(env["NATS_CA"]))))
+    assert asyncio.run(attempt(NatsAuth.from_env(env))) == "connected"

@@ -49,10 +49,20 @@ def _assert_fails(problems: list[Problem], *needles: str) -> None:
 # ---- the real file ----------------------------------------------------------------------------
 
 
-def test_compose_file_passes_with_no_variables_set():
-    """Defaults make the file complete; Docker Compose and the project rules accept it."""
+def test_compose_file_passes_with_only_the_nats_role_keys_set():
+    """Defaults make the file complete but for the NATS roles' public keys (per deployment, made
+    by `swe-fleet nats keys`); Docker Compose and the project rules accept it."""
     problems = validate_compose_file()
     assert not problems, describe(problems)
+
+
+def test_without_the_nats_role_keys_docker_compose_names_them_and_the_command():
+    """No public keys: `docker compose` refuses, naming the variable and how to make the keys."""
+    data, problems = load_compose(COMPOSE_FILE.read_text(), role_keys=False)
+    assert data is None
+    _assert_fails(
+        problems, "SWE_FLEET_", "_NKEY", "swe-fleet nats keys DIR", "--env-file DIR/nats-server.env"
+    )
 
 
 def test_compose_file_passes_with_every_variable_set():
@@ -271,3 +281,18 @@ def test_missing_docker_compose_fails_naming_what_to_install(monkeypatch, tmp_pa
             validate_compose_file()
     finally:
         tools.docker_compose.cache_clear()
+
+
+def test_nats_without_a_role_key_tls_secret_or_the_shipped_config_fails(copy_of):
+    """The permission model's server: each variable its config reads, TLS files from secrets,
+    and the shipped config itself mounted."""
+    nats = copy_of["services"]["nats"]
+    del nats["environment"]["SWE_FLEET_JOB_NKEY"]
+    nats["secrets"] = [s for s in nats["secrets"] if s["source"] != "nats_tls_key"]
+    nats["volumes"] = [v for v in nats["volumes"] if not str(v.get("target", "")).endswith(".conf")]
+    _assert_fails(
+        check_compose(copy_of),
+        "services.nats.environment.SWE_FLEET_JOB_NKEY: unset",
+        "services.nats.environment.NATS_TLS_KEY: must name one of the service's secrets",
+        "must be images/nats/nats-server.conf",
+    )

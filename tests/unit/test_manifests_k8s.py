@@ -456,6 +456,7 @@ def test_patch_whose_target_matches_nothing_fails(tmp_path):
     """kustomize skips a patch whose target names no resource; the check reports that patch."""
     root = tmp_path / "k8s"
     shutil.copytree(K8S_DIR, root, ignore=shutil.ignore_patterns("crds"))
+    shutil.copytree(K8S_DIR.parent / "nats", tmp_path / "nats")  # the base includes ../../nats
     kfile = root / "overlays/cpu-local/kustomization.yaml"
     kfile.write_text(kfile.read_text().replace("name: swe-fleet-models", "name: swe-fleet-model", 1))
     _assert_fails(

@@ -13,7 +13,7 @@ import nats.js.errors
 import pytest
 from structlog.testing import capture_logs
 
-from swe_fleet.errors import NatsUnreachable
+from swe_fleet.errors import NatsPermissionDenied, NatsUnreachable
 from swe_fleet.nats.pull import FETCH_ERRORS, OutagePolicy, PullLoop, sleep_unless
 
 URL = "nats://nats.example:4222"
@@ -56,6 +56,7 @@ class ScriptedSource:
         self.fetches = 0
         self.reopens = 0
         self.reopen_error: BaseException | None = None
+        self.denial: NatsPermissionDenied | None = None
 
     @property
     def connected(self) -> bool:
@@ -78,6 +79,9 @@ class ScriptedSource:
         self.reopens += 1
         if self.reopen_error is not None:
             raise self.reopen_error
+
+    def denied(self, url: str) -> NatsPermissionDenied | None:
+        return self.denial
 
 
 def _loop(source: ScriptedSource, policy: OutagePolicy, clock: Clock) -> PullLoop:
@@ -293,3 +297,18 @@ async def test_sleep_unless_wakes_early_when_stop_or_the_other_event_is_set() ->
     loop.call_later(0.05, stop.set)
     await sleep_unless(stop, 30)
     assert loop.time() - started < 5
+
+
+def test_a_fetch_the_server_denied_raises_instead_of_passing_for_a_quiet_stream() -> None:
+    """A denied MSG.NEXT only times out on a live connection: with a denial on record it is
+    NatsPermissionDenied at once, not a quiet stream waited on for ever."""
+    clock = Clock()
+    source = ScriptedSource(clock, [Step(error=nats.errors.TimeoutError(), connected=True)])
+    loop = PullLoop(
+        source, batch=1, fetch_wait_s=1.0, policy=OutagePolicy(), url="nats://x", doing="consuming",
+        hint="", log_as="t", sleep=clock.sleep, clock=clock,
+    )  # fmt: skip
+    assert asyncio.run(loop.next_batch()) == []  # quiet
+    source.denial = NatsPermissionDenied("no", url="nats://x", denied_subject="$JS.API.CONSUMER.MSG.NEXT.S.c")
+    with pytest.raises(NatsPermissionDenied):
+        asyncio.run(loop.next_batch())

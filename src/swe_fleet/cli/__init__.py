@@ -1,5 +1,5 @@
 """``swe-fleet``: run, submit, doctor, consume, dispatch, outbox replay, model prepare, local up,
-node start. One module per command group; exit codes are :mod:`swe_fleet.exit_codes`.
+node start, nats keys. One module per command group; exit codes are :mod:`swe_fleet.exit_codes`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from swe_fleet.cli.dispatch import dispatch
 from swe_fleet.cli.doctor import doctor
 from swe_fleet.cli.local import local
 from swe_fleet.cli.model import model
+from swe_fleet.cli.nats import nats_group
 from swe_fleet.cli.node import node
 from swe_fleet.cli.outbox import outbox
 from swe_fleet.cli.render import format_event
@@ -39,7 +40,7 @@ def cli() -> None:
     configure_logging(json=False)
 
 
-for _command in (run, submit, consume, doctor, dispatch, outbox, model, local, node):
+for _command in (run, submit, consume, doctor, dispatch, outbox, model, local, node, nats_group):
     cli.add_command(_command)
 
 

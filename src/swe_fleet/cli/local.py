@@ -17,7 +17,7 @@ DEFAULT_NUM_CPUS = 2
 
 @click.group()
 def local() -> None:
-    """The embedded local stack (nats-server with JetStream + a Ray head)."""
+    """The embedded local stack (nats-server with JetStream, token and TLS + a Ray head)."""
 
 
 @local.command("up")
@@ -29,7 +29,8 @@ def local() -> None:
 )
 @click.option("--num-cpus", type=int, default=DEFAULT_NUM_CPUS, show_default=True)
 def local_up(workdir: str | None, num_cpus: int) -> None:
-    """Start the local stack in the foreground; print its addresses; stop it with Ctrl-C,
+    """Start the local stack in the foreground; print its addresses and the variables a client
+    sets (Ray's token, NATS's token file and CA: NATS requires both); stop it with Ctrl-C,
     SIGTERM or SIGHUP (also when started in the background; a second signal while stopping
     kills what is left). Exit 0 when stopped by a signal."""
     from swe_fleet._processes import stop_on_signals
@@ -38,7 +39,8 @@ def local_up(workdir: str | None, num_cpus: int) -> None:
     def body() -> int:
         root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="swe-fleet-local-"))
         with stop_on_signals(), local_stack(root, num_cpus=num_cpus) as stack:
-            env = {**stack.ray.client_env(), "NATS_URL": stack.nats.url}
+            # NATS_URL last: a script reading the exports knows they are complete once it came.
+            env = {**stack.ray.client_env(), **stack.client_env, "NATS_URL": stack.nats.url}
             for k, v in env.items():
                 out.print(f"export {k}={v}", markup=False)
             err.print(f"Ray Client: {stack.ray.client_url}   logs: {root}   (Ctrl-C stops the stack)")

@@ -1,7 +1,7 @@
 """``swe-fleet run``: one council on the embedded local stack, end to end.
 
-Start nats-server and a Ray head, prepare the model, submit through the Jobs API (exactly as
-to a remote cluster), stream the events while the job runs (:mod:`swe_fleet.submit.wait`
+Start nats-server (token and TLS on) and a Ray head, prepare the model, submit through the
+Jobs API (exactly as to a remote cluster), stream the events while the job runs (:mod:`swe_fleet.submit.wait`
 follows the job meanwhile), and tear everything down.
 """
 
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from swe_fleet.events import DeliberationCompleted
@@ -51,7 +52,7 @@ def run_locally(
         on_info(
             f"model {LOCAL_MODEL_ALIAS}: {'cached' if cached else 'prepared'} ({time.monotonic() - t:.1f} s)"
         )
-    with local_stack(workdir) as stack:
+    with local_stack(workdir) as stack, _nats_env(stack.client_env):
         on_info(
             f"local stack up in {time.monotonic() - started:.1f} s: dashboard {stack.ray.dashboard_url}, "
             f"NATS {stack.nats.url}"
@@ -76,6 +77,22 @@ def run_locally(
         on_results(results)
         on_info(f"done in {time.monotonic() - started:.1f} s: {status}")
         return status
+
+
+@contextlib.contextmanager
+def _nats_env(env: Mapping[str, str]) -> Iterator[None]:
+    """This process's NATS variables are the local stack's while it runs (its consumer, and
+    whatever ``on_failure`` reads); the caller's own come back afterwards."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("NATS_")}
+    for key in saved:
+        del os.environ[key]
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key in [k for k in os.environ if k.startswith("NATS_")]:
+            del os.environ[key]
+        os.environ.update(saved)
 
 
 async def _follow(

@@ -5,6 +5,12 @@ Each process is a child of this one, started in its own process group
 bounded wait, then SIGKILL) and nothing else on the machine. Ray's own stop command is never
 used: it would end every Ray on the machine, not just ours.
 
+Like Ray's token auth, NATS's authentication and TLS are on by default in the stack
+(:class:`LocalNatsSecurity`): a token and a CA with a certificate for the loopback address are
+made at start in the stack's directory (files of mode 0600), nats-server requires both, the Ray
+head's environment names the files (its jobs find their credentials on their node) and
+:attr:`LocalStack.client_env` gives them to clients, by reference.
+
 The vLLM server of the stack is :mod:`swe_fleet.local.vllm_server`; ``swe-fleet run`` on this
 stack is :mod:`swe_fleet.local.run`. Test-only helpers (waiting for nodes) live in
 ``tests/support/servers.py``.
@@ -13,6 +19,7 @@ stack is :mod:`swe_fleet.local.run`. Test-only helpers (waiting for nodes) live 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -51,8 +58,11 @@ class NatsServer:
     workdir: Path
     #: Listen address: loopback, or an address of a network namespace the caller created.
     host: str = "127.0.0.1"
-    #: More ``nats-server`` flags (``--auth``, ``--tls ...``, ``-c FILE``).
+    #: More ``nats-server`` flags (``--auth``, ``--tls ...``, ``-c FILE``: a config file that
+    #: turns JetStream on itself, with its store at ``$NATS_STORE_DIR`` as in images/nats).
     args: Sequence[str] = ()
+    #: Variables on top of this process's environment (a config file's ``$VARS``).
+    env: Mapping[str, str] = field(default_factory=dict)
     url: str = ""
     port: int = 0
     process: ManagedProcess | None = None
@@ -61,15 +71,23 @@ class NatsServer:
         """Start and wait for the ready line (bounded). ``store_dir`` lets a restart keep the store."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         store = store_dir or self.workdir / "jetstream"
+        env = dict(self.env)
+        if "-c" in self.args:  # a config file sets JetStream and its store (NATS_STORE_DIR in ours)
+            jetstream, env["NATS_STORE_DIR"] = [], str(store)
+        else:
+            jetstream = ["-js", "-sd", str(store)]
         argv = [
             venv_binary("nats-server"),
-            "-js", "-sd", str(store),
+            *jetstream,
             "-a", self.host, "-p", str(port if port else -1),
             "--http_port", "0",
             *self.args,
         ]  # fmt: skip
         self.process = start_process(
-            "nats-server", argv, self.workdir / f"nats-{int(time.time() * 1000)}.log"
+            "nats-server",
+            argv,
+            self.workdir / f"nats-{int(time.time() * 1000)}.log",
+            env={**os.environ, **env} if env else None,
         )
         wait_for_line(self.process, re.compile(r"Server is ready"), NATS_READY_TIMEOUT_S)
         match = wait_for_line(
@@ -225,19 +243,85 @@ class RayHead:
         stop_ray_node(self.process, self.temp_dir)
 
 
+@dataclass(frozen=True)
+class LocalNatsSecurity:
+    """A token and TLS for the stack's nats-server, made in ``directory``: ``ca.pem``, the
+    server's certificate for ``127.0.0.1`` and ``localhost`` and its key, the token, and the
+    server's config file naming them (every secret file of mode 0600)."""
+
+    directory: Path
+
+    @classmethod
+    def make(cls, directory: Path) -> LocalNatsSecurity:
+        import trustme
+
+        directory.mkdir(parents=True, exist_ok=True)
+        ca = trustme.CA(organization_name="swe-fleet local stack")
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        made = cls(directory)
+        ca.cert_pem.write_to_path(str(made.ca))
+        cert.cert_chain_pems[0].write_to_path(str(directory / "nats-server.pem"))
+        _write_secret(directory / "nats-server.key", cert.private_key_pem.bytes())
+        _write_secret(made.token_file, secrets.token_urlsafe(32).encode())
+        _write_secret(
+            made.config,
+            (
+                "jetstream { store_dir: $NATS_STORE_DIR }\n"
+                f"authorization {{ token: {json.dumps(made.token_file.read_text())} }}\n"
+                f"tls {{ cert_file: {json.dumps(str(directory / 'nats-server.pem'))}, "
+                f"key_file: {json.dumps(str(directory / 'nats-server.key'))}, timeout: 5 }}\n"
+            ).encode(),
+        )
+        return made
+
+    @property
+    def ca(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def token_file(self) -> Path:
+        return self.directory / "nats-token"
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "nats-server.conf"
+
+    def client_env(self) -> dict[str, str]:
+        """The NATS CLI's variables a client of this server sets (files, never values)."""
+        return {"NATS_TOKEN_FILE": str(self.token_file), "NATS_CA": str(self.ca)}
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 @dataclass
 class LocalStack:
-    """nats-server + Ray head, started together (in parallel) and stopped together."""
+    """nats-server + Ray head, started together (in parallel) and stopped together.
+
+    With ``secure`` (the default) nats-server requires a token over TLS
+    (:class:`LocalNatsSecurity`); :attr:`client_env` holds what a client sets to use it."""
 
     workdir: Path
     nats: NatsServer = field(init=False)
     ray: RayHead = field(init=False)
     head_env: Mapping[str, str] = field(default_factory=dict)
     num_cpus: int = 2
+    secure: bool = True
+    #: The NATS variables of this stack's clients (the Ray head has them too).
+    client_env: dict[str, str] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.nats = NatsServer(self.workdir / "nats")
-        self.ray = RayHead(self.workdir / "ray", env=self.head_env, num_cpus=self.num_cpus)
+        args: list[str] = []
+        if self.secure:
+            security = LocalNatsSecurity.make(self.workdir / "nats-tls")
+            args, self.client_env = ["-c", str(security.config)], security.client_env()
+        self.nats = NatsServer(self.workdir / "nats", args=args)
+        self.ray = RayHead(
+            self.workdir / "ray", env={**self.client_env, **self.head_env}, num_cpus=self.num_cpus
+        )
 
     def start(self) -> LocalStack:
         errors: list[BaseException] = []

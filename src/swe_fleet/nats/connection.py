@@ -1,13 +1,21 @@
 """Connections to NATS: connecting (bounded, finite reconnects), closing (one way, never raising),
 and :func:`open_jetstream`, which connects, ensures the streams a caller needs and gives every
 set-up step one bound, so that "JetStream did not answer" means the same everywhere.
+
+A server that denies a client a subject (its role may not publish there, docs/security.md) says
+so asynchronously and drops the message, so the client's request only times out: every
+connection keeps what its server denied it (:func:`permission_denial`), and the places that
+wait on an answer (a publish, a set-up step, a fetch) turn that timeout into
+:class:`~swe_fleet.errors.NatsPermissionDenied`, naming the subject and the credentials used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,7 +26,7 @@ import nats.errors
 import nats.js.errors
 import structlog
 
-from swe_fleet.errors import NatsRefused, NatsUnreachable
+from swe_fleet.errors import NatsPermissionDenied, NatsRefused, NatsUnreachable
 from swe_fleet.nats.auth import NatsAuth, refuse_credentials_in_url
 from swe_fleet.nats.policy import PublishPolicy
 from swe_fleet.nats.streams import StreamRequirement, ensure_stream
@@ -39,6 +47,40 @@ _CLOSE_ERRORS = (TimeoutError, OSError, nats.errors.Error)
 _REFUSALS = ("authorization violation", "user authentication revoked", "authentication expired")
 #: TLS errors of a connection that went away (a restarting server), not a refusal.
 _TLS_DROPS = (ssl.SSLEOFError, ssl.SSLZeroReturnError)
+
+
+#: How nats-server words a denied subject: ``Permissions Violation for Publish to "subject"``.
+_DENIED = re.compile(r"permissions violation for (\w+) to \"?([^\"\s']+)", re.IGNORECASE)
+#: A denied stream creation (as nats-py reports it, lower case): the stream is missing.
+_STREAM_CREATE = "$js.api.stream.create."
+#: Per connection: (subject, action, credentials used) of each denial, oldest first.
+_DENIALS: weakref.WeakKeyDictionary[Any, list[tuple[str, str, str]]] = weakref.WeakKeyDictionary()
+
+
+def permission_denial(nc: Any, url: str, subject: str | None = None) -> NatsPermissionDenied | None:
+    """The last subject the server denied ``nc`` (``subject`` only, when given), as the error to
+    raise, or None."""
+    for denied, action, used in reversed(_DENIALS.get(nc, [])):
+        # nats-py lowercases the server's error: the subject comes back in lower case.
+        if subject is None or denied == subject.lower():
+            creating = denied.startswith(_STREAM_CREATE)
+            why = (
+                f"the stream {denied.removeprefix(_STREAM_CREATE).upper()} does not exist yet and "
+                "this role may not create it: the role that owns it does (the dispatcher creates "
+                "COUNCIL_REQUESTS, a job or the dispatcher AGENT_RESPONSES); start that first"
+                if creating
+                else "the role of these credentials may not (docs/security.md lists what each "
+                "role may do); use the credentials of a role that may (NATS_NKEY, NATS_CREDS, "
+                "NATS_USER ...)"
+            )
+            denied = subject or denied
+            return NatsPermissionDenied(
+                f"NATS at {url} denied this client ({used}) permission to {action.lower()} "
+                f"{'to' if action.lower() == 'publish' else 'on'} {denied}: {why}",
+                url=url,
+                denied_subject=denied,
+            )
+    return None
 
 
 def _refusal(exc: BaseException, url: str, auth: NatsAuth) -> str | None:
@@ -84,13 +126,17 @@ async def connect_nats(
     auth = NatsAuth.from_env() if auth is None else auth
     refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
+    nc: Any = nats.aio.client.Client()  # nats-py annotates its float timeouts as int
+
     async def _on_error(exc: Exception) -> None:
+        denied = _DENIED.search(str(exc))
+        if denied is not None:
+            _DENIALS.setdefault(nc, []).append((denied.group(2).lower(), denied.group(1), auth.describe(url)))
         why = _refusal(exc, url, auth)
         if why is not None and not refused.done():
             refused.set_result(why)
         log.warning("nats.error", url=url, error=str(exc))
 
-    nc: Any = nats.aio.client.Client()  # nats-py annotates its float timeouts as int
     connecting = asyncio.ensure_future(
         nc.connect(
             servers=[url],
@@ -197,6 +243,9 @@ class JetStreamConnection:
             yield
         except _NO_JETSTREAM as exc:
             await close_nats(self.nc, drain=False)
+            denied = permission_denial(self.nc, self.url)
+            if denied is not None:
+                raise denied from None
             raise NatsUnreachable(
                 f"NATS at {self.url} answered but JetStream did not within {self.bound_s:.0f} s "
                 f"({type(exc).__name__}); start nats-server with -js",

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from nats.js import api
 
-from swe_fleet.errors import ConfigError, UndecodableEvent
+from swe_fleet.errors import ConfigError, NatsPermissionDenied, UndecodableEvent
 from swe_fleet.events import (
     AGENT_RESPONSE_COMPLETED,
     AGENT_RESPONSE_FAILED,
@@ -29,7 +29,7 @@ from swe_fleet.events import (
     AnyEvent,
     decode_event,
 )
-from swe_fleet.nats.connection import JetStreamConnection, open_jetstream
+from swe_fleet.nats.connection import JetStreamConnection, open_jetstream, permission_denial
 from swe_fleet.nats.policy import TRANSIENT_ERRORS
 from swe_fleet.nats.pull import OutagePolicy, PullLoop
 from swe_fleet.nats.streams import StreamRequirement
@@ -183,6 +183,9 @@ class _Subscription:
 
     async def fetch(self, batch: int, timeout: float) -> list[Any]:  # noqa: ASYNC109 - nats-py's API
         return list(await self.sub.fetch(batch, timeout=timeout))
+
+    def denied(self, url: str) -> NatsPermissionDenied | None:
+        return None if self.conn is None else permission_denial(self.conn.nc, url)
 
     async def close(self) -> None:
         if self.conn is not None:

@@ -13,12 +13,13 @@ import nats.js.errors
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
+    retry_if_not_exception_type,
     stop_after_attempt,
     stop_before_delay,
     wait_exponential_jitter,
 )
 
-from swe_fleet.errors import NatsUnreachable
+from swe_fleet.errors import NatsRefused, NatsUnreachable
 from swe_fleet.spec import PublishSpec
 
 #: Errors that go away by themselves (a reconnect, a restart, a leader election, a slow server).
@@ -94,7 +95,8 @@ class PublishPolicy:
             wait=wait_exponential_jitter(
                 multiplier=self.initial_wait_s, max=self.max_wait_s, jitter=self.initial_wait_s
             ),
-            retry=retry_if_exception_type(TRANSIENT_ERRORS),
+            # Refused credentials or a denied subject are no outage: retrying cannot help.
+            retry=retry_if_exception_type(TRANSIENT_ERRORS) & retry_if_not_exception_type(NatsRefused),
             reraise=False,
             **kwargs,
         )

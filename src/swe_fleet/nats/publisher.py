@@ -20,8 +20,8 @@ import structlog
 from nats.js import api
 from tenacity import RetryError
 
-from swe_fleet.errors import OutboxError, OutboxWritten, PublishError
-from swe_fleet.nats.connection import close_nats, connect_nats, open_jetstream
+from swe_fleet.errors import NatsRefused, OutboxError, OutboxWritten, PublishError
+from swe_fleet.nats.connection import close_nats, connect_nats, open_jetstream, permission_denial
 from swe_fleet.nats.outbox import append_to_outbox, default_outbox_path, entries_of
 from swe_fleet.nats.policy import TRANSIENT_ERRORS, PublishPolicy
 from swe_fleet.nats.streams import StreamRequirement
@@ -166,6 +166,8 @@ class JetStreamPublisher:
                 # (scripts/bench_publish.py). Retries run under the policy, this attempt counted.
                 ack = await self._attempt(event, payload, deadline, loop)
             except TRANSIENT_ERRORS as exc:
+                if isinstance(exc, NatsRefused):
+                    raise  # refused credentials or a denied subject: no retry helps
                 first_failure: BaseException | None = exc
                 async for attempt in self.policy.retrying(already_spent_s=loop.time() - started):
                     with attempt:
@@ -182,6 +184,9 @@ class JetStreamPublisher:
                 subject=event.subject,
                 key=event.key,
             ) from last
+        except NatsRefused as exc:
+            exc.subject, exc.key = event.subject, event.key
+            raise
         except nats.errors.Error as exc:
             raise PublishError(
                 f"publishing {event.subject} key={event.key} failed: {type(exc).__name__}: {exc}",
@@ -199,16 +204,23 @@ class JetStreamPublisher:
             if self._closed:  # close() ran meanwhile: do not open a new connection behind it
                 raise PublishError("the publisher was closed", subject=event.subject, key=event.key)
             await self._reconnect(timeout)
-        return cast(
-            api.PubAck,
-            await self._js.publish(
-                event.subject,
-                payload,
-                timeout=timeout,
-                stream=self.stream,
-                headers={"Nats-Msg-Id": event.key},
-            ),
-        )
+        try:
+            return cast(
+                api.PubAck,
+                await self._js.publish(
+                    event.subject,
+                    payload,
+                    timeout=timeout,
+                    stream=self.stream,
+                    headers={"Nats-Msg-Id": event.key},
+                ),
+            )
+        except (TimeoutError, nats.errors.TimeoutError):
+            # A denied subject is dropped by the server, which says why on the side: no retry helps.
+            denied = permission_denial(self._nc, self._url or "NATS", event.subject)
+            if denied is not None:
+                raise denied from None
+            raise
 
     def _checked(self, event: _Publishable, ack: api.PubAck) -> PublishResult:
         if ack.stream != self.stream:

@@ -28,7 +28,8 @@ from typing import Any, Literal, Protocol
 import nats.errors
 import structlog
 
-from swe_fleet.errors import NatsUnreachable
+from swe_fleet.errors import NatsPermissionDenied, NatsUnreachable
+from swe_fleet.nats.connection import permission_denial
 from swe_fleet.nats.policy import TRANSIENT_ERRORS
 
 log = structlog.get_logger(__name__)
@@ -96,6 +97,10 @@ class PullSource(Protocol):
 
     async def reopen(self) -> None: ...
 
+    def denied(self, url: str) -> NatsPermissionDenied | None:
+        """What the server denied this source's connection (a fetch it denies only times out)."""
+        ...
+
 
 @dataclass
 class Subscription:
@@ -122,6 +127,9 @@ class Subscription:
 
     async def reopen(self) -> None:
         return None
+
+    def denied(self, url: str) -> NatsPermissionDenied | None:
+        return permission_denial(self.nc, url)
 
     async def unsubscribe(self) -> None:
         """End the subscription; never raises (call it before draining the connection: a pull
@@ -190,6 +198,9 @@ class PullLoop:
             msgs = await self.source.fetch(self.batch, timeout=self.fetch_wait_s)
         except self.policy.errors as exc:
             if isinstance(exc, TimeoutError) and self.source.connected:
+                denied = self.source.denied(self._url)
+                if denied is not None:
+                    raise denied from None  # not quiet: the server drops what this role may not ask
                 self._back()
                 return []  # a quiet stream
             await self._ride_out(exc)

@@ -19,12 +19,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from swe_fleet.nats.keys import ROLES, server_variable
 
 from support.manifests import Problem
 from support.manifests.project import (
     COMPOSE_FILE,
     IMAGE_NAME,
+    NATS_CONFIG,
     holds_secret,
     nats_server_version,
     project_version,
@@ -40,11 +44,18 @@ _UNSET_VARIABLE = re.compile(r'The "(\w+)" variable is not set')
 Service = dict[str, Any]
 
 
+#: The NATS roles' public keys (``swe-fleet nats keys DIR`` writes them to DIR/nats-server.env,
+#: which users pass with ``--env-file``): the one thing the compose file has no default for.
+NATS_ROLE_KEYS = {server_variable(role): "U" + role.upper().ljust(55, "A") for role in ROLES}
+
+
 def load_compose(
-    text: str, env: Mapping[str, str] | None = None
+    text: str, env: Mapping[str, str] | None = None, *, role_keys: bool = True
 ) -> tuple[dict[str, Any] | None, list[Problem]]:
-    """Docker Compose's canonical model of a compose file's text, and what it complained about."""
-    config = compose_config(text, COMPOSE_FILE.parent, env or {})
+    """Docker Compose's canonical model of a compose file's text, and what it complained about
+    (with the NATS roles' public keys set, unless ``role_keys`` is False)."""
+    base = NATS_ROLE_KEYS if role_keys else {}
+    config = compose_config(text, COMPOSE_FILE.parent, {**base, **(env or {})})
     problems = []
     for warning in dict.fromkeys(config.warnings):
         unset = _UNSET_VARIABLE.search(warning)
@@ -231,11 +242,14 @@ def _check_nats(services: dict[str, Service]) -> list[Problem]:
                 )
             )
         command = [str(w) for w in service.get("command") or []]
-        if not {"-js", "--jetstream"} & set(command):
-            problems.append(Problem(f"{where}.command", "JetStream is off: add --jetstream"))
-        store = next(
-            (command[i + 1] for i, w in enumerate(command[:-1]) if w in ("-sd", "--store_dir")), None
-        )
+        config = _flag_value(command, ("-c", "--config"))
+        if config is not None:
+            config_problems, store = _check_nats_config(where, service, config)
+            problems += config_problems
+        else:
+            if not {"-js", "--jetstream"} & set(command):
+                problems.append(Problem(f"{where}.command", "JetStream is off: add --jetstream"))
+            store = _flag_value(command, ("-sd", "--store_dir"))
         if store is None or store not in [v["target"] for v in service.get("volumes") or []]:
             problems.append(
                 Problem(
@@ -244,6 +258,45 @@ def _check_nats(services: dict[str, Service]) -> list[Problem]:
                 )
             )
     return problems
+
+
+def _flag_value(command: list[str], flags: tuple[str, ...]) -> str | None:
+    return next((command[i + 1] for i, w in enumerate(command[:-1]) if w in flags), None)
+
+
+def _check_nats_config(where: str, service: Service, config: str) -> tuple[list[Problem], str | None]:
+    """A nats-server run with ``--config``: it must be images/nats/nats-server.conf (the permission
+    model), with every variable it reads set, TLS files from the service's secrets; returns the
+    problems and the JetStream store directory."""
+    problems = []
+    mounted = {str(v.get("target")): str(v.get("source", "")) for v in service.get("volumes") or []}
+    if Path(mounted.get(config, "")).resolve() != NATS_CONFIG.resolve():
+        problems.append(
+            Problem(f"{where}.volumes", f"{config} must be images/nats/nats-server.conf mounted read-only")
+        )
+    env = _environment(service)
+    text = NATS_CONFIG.read_text()
+    bare = re.sub(r'"[^"]*"|#.*', "", text)  # subjects ("$JS.API...") and comments are no variables
+    for variable in sorted(set(re.findall(r"\$([A-Z][A-Z0-9_]+)", bare)) - _config_names(bare)):
+        if not env.get(variable):
+            problems.append(Problem(f"{where}.environment.{variable}", "unset: the server config reads it"))
+    secrets = {str(x.get("source")) for x in service.get("secrets") or []}
+    for variable in ("NATS_TLS_CERT", "NATS_TLS_KEY"):
+        name = env.get(variable, "").removeprefix("/run/secrets/")
+        if name not in secrets:
+            problems.append(
+                Problem(
+                    f"{where}.environment.{variable}",
+                    "must name one of the service's secrets (/run/secrets/...)",
+                )
+            )
+    if "jetstream" not in text or "store_dir: $NATS_STORE_DIR" not in text:
+        problems.append(Problem(where, f"{NATS_CONFIG.name} turns JetStream off"))
+    return problems, env.get("NATS_STORE_DIR")
+
+
+def _config_names(text: str) -> set[str]:
+    return set(re.findall(r"^\s*([A-Z][A-Z0-9_]+)\s*=", text, re.MULTILINE))
 
 
 def check_compose(data: dict[str, Any]) -> list[Problem]:

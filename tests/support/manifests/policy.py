@@ -185,10 +185,14 @@ def check_secrets(docs: list[Doc], readme: str | None = None) -> list[Problem]:
             for item in c.get("env") or []
             if holds_secret(str(item.get("name"))) and "value" in item
         ]
-    readme = (REPO_ROOT / "README.md").read_text() if readme is None else readme
+    if readme is None:  # the README and the docs it links to
+        readme = "\n".join(
+            p.read_text() for p in [REPO_ROOT / "README.md", *sorted(REPO_ROOT.glob("docs/*.md"))]
+        )
     problems += [
         Problem(
-            f"Secret {namespace}/{name}", "is read by a manifest but README.md does not say how to create it"
+            f"Secret {namespace}/{name}",
+            "is read by a manifest but neither README.md nor docs/ say how to create it",
         )
         for namespace, name in sorted(secret_references(docs))
         if name not in readme
@@ -454,8 +458,9 @@ def patches_without_effect(root: Path, folder: str) -> list[Problem]:
         return []
     rendered, problems = kustomize(root / folder), []
     with tempfile.TemporaryDirectory(prefix="swf-kustomize-") as tmp:
-        copy = Path(tmp) / root.name
-        shutil.copytree(root, copy)
+        # The whole images/ folder: the base includes ../../nats beside images/k8s.
+        copy = Path(tmp) / root.parent.name / root.name
+        shutil.copytree(root.parent, copy.parent, ignore=shutil.ignore_patterns("crds"))
         for n, patch in enumerate(patches):
             without = {**spec, "patches": patches[:n] + patches[n + 1 :]}
             (copy / folder / "kustomization.yaml").write_text(yaml.safe_dump(without))

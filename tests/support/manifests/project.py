@@ -13,6 +13,8 @@ from swe_fleet.errors import AddressError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = REPO_ROOT / "images" / "compose.yaml"
+#: The NATS server config of the permission model (compose and Kubernetes).
+NATS_CONFIG = REPO_ROOT / "images" / "nats" / "nats-server.conf"
 K8S_DIR = REPO_ROOT / "images" / "k8s"
 #: KubeRay's CRDs (upstream, unmodified): the schemas of RayCluster and RayJob.
 CRD_DIR = K8S_DIR / "crds"
