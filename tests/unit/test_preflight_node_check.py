@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import http.server
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -116,6 +117,33 @@ def test_nats_without_jetstream_and_non_nats_servers_fail(line_server: tuple[str
     not_nats = pn.check_nats(url, 2)
     assert not_nats.status == FAIL and "not as a NATS server" in not_nats.detail
     assert pn.check_nats(url, 2).status == OK
+
+
+def test_nats_requiring_auth_needs_credentials_on_the_node(
+    line_server: tuple[str, list[bytes]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A server that requires auth (its INFO says so): a node with no NATS credential variable
+    FAILs naming them; one naming a file it cannot read FAILs naming it; with a readable seed
+    and CA the OK line names the variables (never a value) and the TLS."""
+    url, greetings = line_server
+    info = b'INFO {"jetstream":true,"auth_required":true,"tls_required":true,"version":"2.15.1"} \r\n'
+    greetings += [info, info, info]
+    for key in [k for k in os.environ if k.startswith("NATS_")]:
+        monkeypatch.delenv(key)
+    none = pn.check_nats(url, 2)
+    assert none.status == FAIL and "requires authentication" in none.detail and "NATS_NKEY" in none.detail
+    monkeypatch.setenv("NATS_NKEY", str(tmp_path / "missing.nk"))
+    unreadable = pn.check_nats(url, 2)
+    assert unreadable.status == FAIL and f"NATS_NKEY={tmp_path / 'missing.nk'}" in unreadable.detail
+    (tmp_path / "job.nk").write_text("SUAsecretseed\n")
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("NATS_NKEY", str(tmp_path / "job.nk"))
+    monkeypatch.setenv("NATS_CA", str(tmp_path / "ca.pem"))
+    ok = pn.check_nats(url, 2)
+    assert (
+        ok.status == OK and "credentials from NATS_NKEY" in ok.detail and f"TLS (CA {tmp_path}" in ok.detail
+    )
+    assert "SUAsecretseed" not in ok.detail
 
 
 def test_unreachable_nats_fails_within_the_bound() -> None:

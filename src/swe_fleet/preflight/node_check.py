@@ -327,7 +327,53 @@ def check_nats(url: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> Check:
             f"{url} answers, JetStream is off",
             "start nats-server with -js (and a store, -sd DIR)",
         )
-    return Check("nats", OK, f"{url} answers (nats-server {info.get('version', '?')}, JetStream on)")
+    found = _nats_credentials_here(info)
+    if isinstance(found, Check):
+        return found
+    return Check("nats", OK, f"{url} answers (nats-server {info.get('version', '?')}, JetStream on{found})")
+
+
+#: The NATS CLI's variables a job reads on its node (swe_fleet.nats.auth; this file is stdlib-only).
+NATS_CREDENTIAL_VARS = ("NATS_USER", "NATS_TOKEN", "NATS_TOKEN_FILE", "NATS_NKEY", "NATS_CREDS")
+NATS_FILE_VARS = (
+    "NATS_PASSWORD_FILE",
+    "NATS_TOKEN_FILE",
+    "NATS_NKEY",
+    "NATS_CREDS",
+    "NATS_CA",
+    "NATS_CERT",
+    "NATS_KEY",
+)
+
+
+def _nats_credentials_here(info: dict[str, Any]) -> str | Check:
+    """What a job on this node would authenticate with (variable names, never values): a FAIL
+    when the server requires auth and this node has none, or a file a variable names is not
+    readable here; else a note for the OK line."""
+    env = {k: v.strip() for k, v in os.environ.items() if k.startswith("NATS_") and v.strip()}
+    unreadable = [
+        f"{var}={env[var]}" for var in NATS_FILE_VARS if var in env and not os.access(env[var], os.R_OK)
+    ]
+    fix = (
+        "set the NATS_* variables on every node (a compose secret, a Kubernetes Secret mount), "
+        "naming files that exist there (docs/security.md)"
+    )
+    if unreadable:
+        return Check("nats", FAIL, f"cannot read {', '.join(unreadable)} on this node", fix)
+    used = [var for var in NATS_CREDENTIAL_VARS if var in env]
+    if info.get("auth_required") and not used:
+        return Check(
+            "nats",
+            FAIL,
+            "NATS requires authentication, and this node sets none of " + ", ".join(NATS_CREDENTIAL_VARS),
+            fix,
+        )
+    notes = ([f"credentials from {', '.join(used)}"] if used else []) + (
+        [f"TLS ({'CA ' + env['NATS_CA'] if 'NATS_CA' in env else 'system CAs'})"]
+        if info.get("tls_required")
+        else []
+    )
+    return "".join(f"; {n}" for n in notes)
 
 
 def check_llm_server(url: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> Check:
