@@ -13,7 +13,7 @@ from swe_fleet.spec import CouncilSpec
 
 from support.councils import assert_complete_council
 
-pytestmark = [pytest.mark.integration, pytest.mark.llm, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.llm, pytest.mark.slow, pytest.mark.engine]
 
 
 def test_run_example_yields_every_event_and_a_result_per_task(repo_root: Path, prepared_model: Path) -> None:

@@ -200,6 +200,7 @@ def _consume(url: str, submission_id: str) -> list[Any]:
 class TestJobOutcomes:
     """Exit codes that follow a real job's terminal state on the session cluster."""
 
+    @pytest.mark.engine  # its job starts an engine (on a model that does not exist)
     def test_failed_job_exits_1(
         self, council_cluster: RayHead, session_nats: NatsServer, tmp_path: Path, repo_root: Path
     ) -> None:

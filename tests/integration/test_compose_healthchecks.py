@@ -81,11 +81,8 @@ def test_head_check_fails_without_the_token(checks, ray_head, tmp_path):
 def test_worker_check_passes_while_the_raylet_lives(checks, ray_head, tmp_path):
     """The dashboard agent's /api/healthz (public) answers 200 for a live node. The agent starts
     a few seconds after the dashboard, so the check is retried as Docker does (start_period)."""
-    assert ray_head.process is not None
-    agent = next(
-        a for a in ray_head.process.popen.args if str(a).startswith("--dashboard-agent-listen-port=")
-    )
-    argv = [w.replace(":52365/", f":{str(agent).split('=')[1]}/") for w in checks["ray-gpu-worker"]]
+    agent = ray_head.ports["dashboard-agent-listen-port"]
+    argv = [w.replace(":52365/", f":{agent}/") for w in checks["ray-gpu-worker"]]
     assert argv != checks["ray-gpu-worker"], "the worker check no longer uses port 52365: update this test"
     deadline = time.monotonic() + START_PERIOD_S
     while (result := _run(argv, _client_env(tmp_path))).returncode != 0 and time.monotonic() < deadline:

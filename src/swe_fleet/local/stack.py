@@ -58,8 +58,8 @@ class NatsServer:
     workdir: Path
     #: Listen address: loopback, or an address of a network namespace the caller created.
     host: str = "127.0.0.1"
-    #: More ``nats-server`` flags (``--auth``, ``--tls ...``, ``-c FILE``: a config file that
-    #: turns JetStream on itself, with its store at ``$NATS_STORE_DIR`` as in images/nats).
+    #: More ``nats-server`` flags (``--auth``, ``--tls ...``, ``-c FILE``; a config file with a
+    #: ``jetstream`` block keeps its store at ``$NATS_STORE_DIR``, as images/nats does).
     args: Sequence[str] = ()
     #: Variables on top of this process's environment (a config file's ``$VARS``).
     env: Mapping[str, str] = field(default_factory=dict)
@@ -72,7 +72,7 @@ class NatsServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         store = store_dir or self.workdir / "jetstream"
         env = dict(self.env)
-        if "-c" in self.args:  # a config file sets JetStream and its store (NATS_STORE_DIR in ours)
+        if self._config_sets_jetstream():  # its store is $NATS_STORE_DIR (images/nats, ours)
             jetstream, env["NATS_STORE_DIR"] = [], str(store)
         else:
             jetstream = ["-js", "-sd", str(store)]
@@ -100,6 +100,14 @@ class NatsServer:
     def stop(self) -> None:
         if self.process:
             self.process.stop()
+
+    def _config_sets_jetstream(self) -> bool:
+        """A config file (``-c FILE``) with a ``jetstream`` block: the flags must not set it again."""
+        args = list(self.args)
+        for flag in ("-c", "--config"):
+            if flag in args[:-1]:
+                return "jetstream" in Path(args[args.index(flag) + 1]).read_text()
+        return False
 
 
 #: Where the local stack's Ray nodes keep their temp dirs (default ``/tmp``).
@@ -195,6 +203,10 @@ class RayHead:
     token_path: Path | None = None
     temp_dir: Path | None = None
     process: ManagedProcess | None = None
+    #: The leader's PID (``ray start``; its process group holds the node) once started.
+    pid: int | None = None
+    #: The ports ``start`` picked, by ``ray start`` flag (``dashboard-agent-listen-port`` ...).
+    ports: dict[str, int] = field(default_factory=dict)
 
     def start(self) -> RayHead:
         """Start the head and wait until the Jobs API answers (bounded)."""
@@ -219,6 +231,7 @@ class RayHead:
             # worker nodes joining from elsewhere, which a loopback head does not want anyway.
             env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         self.process = start_process("ray-head", argv, self.workdir / "ray-head.log", env)
+        self.pid, self.ports = self.process.pid, dict(ports)
         self.dashboard_url = f"http://{self.node_ip}:{ports['dashboard-port']}"
         self.client_url = f"ray://{self.node_ip}:{ports['ray-client-server-port']}"
         self.gcs_address = f"{self.node_ip}:{ports['port']}"

@@ -2,7 +2,8 @@
 
 :class:`JobsApi` wraps Ray's ``JobSubmissionClient`` so that
 
-- every HTTP request has a timeout (``request_timeout_s``; Ray's client has none);
+- every HTTP request has a timeout (``request_timeout_s``; Ray's client has none), a job
+  submission a longer one (:data:`SUBMIT_TIMEOUT_S`: a busy head records a job slowly);
 - it talks to exactly the dashboard URL it is given (Ray's client lets ``RAY_ADDRESS`` and
   ``RAY_API_SERVER_ADDRESS`` replace it, as ``ray.init`` does);
 - every HTTP failure is one of :mod:`swe_fleet.errors`: no answer within the bound is
@@ -56,17 +57,31 @@ def _without_env(names: tuple[str, ...]) -> Iterator[None]:
             os.environ.update(saved)
 
 
+#: Bound on one job submission (its package uploads and the POST that records the job).
+SUBMIT_TIMEOUT_S = 60.0
+
+
 class _BoundedJobClient(JobSubmissionClient):  # type: ignore[misc]
     """Ray's client with a timeout on every HTTP request, talking to exactly the address given."""
 
     def __init__(self, address: str, *, headers: dict[str, str], request_timeout_s: float) -> None:
         self._request_timeout_s = request_timeout_s
+        self._bound = threading.local()
         with _without_env(_RAY_ADDRESS_OVERRIDES):
             super().__init__(address=address, headers=headers)
 
     def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
-        kwargs.setdefault("timeout", self._request_timeout_s)
+        kwargs.setdefault("timeout", getattr(self._bound, "timeout_s", self._request_timeout_s))
         return super()._do_request(method, endpoint, **kwargs)
+
+    @contextlib.contextmanager
+    def bounded_by(self, timeout_s: float) -> Iterator[None]:
+        """This thread's requests in the block wait up to ``timeout_s`` each."""
+        self._bound.timeout_s = timeout_s
+        try:
+            yield
+        finally:
+            del self._bound.timeout_s
 
     def find_job(self, job_id: str) -> JobDetails | None:
         """The job, or None on 404 (Ray's ``get_job_info`` raises for both alike)."""
@@ -155,17 +170,21 @@ class JobsApi:
             DashboardUnreachable: no answer within the request bound.
             SubmissionError: the Jobs API refused the job (also: ``job_id`` is taken).
         """
-        self._call(
-            f"submitting {job_id}",
-            lambda: self._client.submit_job(
-                entrypoint=entrypoint,
-                runtime_env=runtime_env,
-                submission_id=job_id,
-                metadata=metadata,
-                entrypoint_num_cpus=0,
-            ),
-            job_id,
-        )
+        # Submitting uploads the job's packages and waits for the dashboard to record the job
+        # and start its supervisor: on a busy head (a runtime_env being built, an engine
+        # starting) that takes longer than a status read.
+        with self._client.bounded_by(max(SUBMIT_TIMEOUT_S, self._client._request_timeout_s)):
+            self._call(
+                f"submitting {job_id}",
+                lambda: self._client.submit_job(
+                    entrypoint=entrypoint,
+                    runtime_env=runtime_env,
+                    submission_id=job_id,
+                    metadata=metadata,
+                    entrypoint_num_cpus=0,
+                ),
+                job_id,
+            )
 
     def find_job(self, job_id: str) -> JobDetails | None:
         """The Ray job ``job_id``, or None when the cluster has none.
