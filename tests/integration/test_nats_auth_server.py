@@ -1,9 +1,10 @@
 """NATS credentials and TLS against real nats-servers configured for them.
 
-For each way in (a token, a user and password, an NKey, TLS with the server's CA, mutual TLS) the
-job's publisher (:class:`~swe_fleet.nats.publisher.JetStreamPublisher`, the same code a council
-job runs) publishes a council's events with the credentials read from files named by the NATS
-CLI's variables, and ``swe-fleet consume`` reads every one of them back with the same variables.
+For each way in (a token, a user and password, an NKey, a credentials file on an operator-mode
+server, TLS with the server's CA, mutual TLS) the job's publisher
+(:class:`~swe_fleet.nats.publisher.JetStreamPublisher`, the same code a council job runs)
+publishes a council's events with the credentials read from files named by the NATS CLI's
+variables, and ``swe-fleet consume`` reads every one of them back with the same variables.
 Wrong credentials and an untrusted CA fail at once with one line naming what to set, exit 5.
 """
 
@@ -83,7 +84,38 @@ def _nkey(d: Path) -> tuple[Path, str]:
     return path, public
 
 
-KINDS = ["token", "user-password", "nkey", "tls-ca", "mutual-tls"]
+def _operator_mode(d: Path) -> tuple[Path, Path]:
+    """A decentralized-auth server (an operator, its system account and an account with
+    JetStream, in a memory resolver) and a user's credentials file (JWT + seed), as managed
+    NATS deployments issue them: the server's config and the creds file."""
+    from nats_jwt.v2.operator_claims import OperatorClaims
+    from nats_jwt.v2.snippets import Operator
+
+    operator = Operator()
+    operator.set_claims(OperatorClaims(operator.key_pair.public_key.decode(), "swe-fleet-test"))
+    account, system = operator.create_account("council"), operator.create_account("SYS")
+    account.claims.nats.limits.mem_storage = account.claims.nats.limits.disk_storage = -1
+    user = account.create_user("job")
+    (d / "operator.jwt").write_text(operator.jwt)
+    accounts = {a.key_pair.public_key.decode(): a.jwt for a in (account, system)}
+    conf = d / "operator.conf"
+    conf.write_text(
+        f"operator: {json.dumps(str(d / 'operator.jwt'))}\n"
+        f"system_account: {system.key_pair.public_key.decode()}\n"
+        "resolver: MEMORY\n"
+        f"resolver_preload: {json.dumps(accounts)}\n"
+        "jetstream { store_dir: $NATS_STORE_DIR }\n"
+    )
+    creds = d / "user.creds"
+    creds.write_text(
+        f"-----BEGIN NATS USER JWT-----\n{user.jwt}\n------END NATS USER JWT------\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{user.key_pair.seed.decode()}\n------END USER NKEY SEED------\n"
+    )
+    creds.chmod(0o600)
+    return conf, creds
+
+
+KINDS = ["token", "user-password", "nkey", "creds-file", "tls-ca", "mutual-tls"]
 
 
 @pytest.fixture(params=KINDS)
@@ -103,6 +135,9 @@ def secured(request: pytest.FixtureRequest, tmp_path: Path, pki: dict[str, Path]
         conf = tmp_path / "nkey.conf"
         conf.write_text(f"authorization {{ users = [ {{ nkey: {public} }} ] }}\n")
         args, env = ["-c", str(conf)], {"NATS_NKEY": str(seed)}
+    elif kind == "creds-file":
+        conf, creds = _operator_mode(tmp_path)
+        args, env = ["-c", str(conf)], {"NATS_CREDS": str(creds)}
     else:
         tls = ["--tls", "--tlscert", str(pki["server_cert"]), "--tlskey", str(pki["server_key"])]
         env = {"NATS_CA": str(pki["ca"])}
