@@ -43,12 +43,10 @@ demo: model
 	$(BIN)/swe-fleet run examples/council.yaml
 
 ## The whole suite: unit, integration (real Ray + nats-server) and end to end (real vLLM).
-## Three workers sharing one session vLLM server, Ray head and nats-server: the tests that start
-## engines of their own in order on one (one engine at a time), the multi-host tests on another,
-## the rest wherever a worker is free (tests/conftest.py groups them; most of the suite waits on
-## jobs and servers, not on the 2 cores). `pytest` alone runs the same tests one by one.
+## Two workers: every test that runs vLLM on one, in order (one engine at a time), the rest on
+## the other (tests/conftest.py groups them). `pytest` alone runs the same tests one by one.
 test: model
-	$(BIN)/python -m pytest -n 3 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not integration and not llm"

@@ -1,16 +1,10 @@
-"""Fixtures that start real servers: a nats-server per test, and once per run a Ray head (with
-the pinned runtime_env built), a nats-server and a vLLM server, shared by every worker.
+"""Fixtures that start real servers: a nats-server per test, and once per session a Ray head
+(with the pinned runtime_env built) and a vLLM server.
 
 Most council tests are about delivery, ids or outcomes, not the engine: they run the server
-backend against the one session vLLM server, and only the tests marked ``engine`` start
+backend against the one session vLLM server, and only the tests about the engine backend start
 engines of their own. Each test keeps its own submission ids (and, where it matters, its own
 nats-server), so tests stay independent.
-
-``make test`` runs three workers (``pytest -n 3 --dist loadgroup``): the ``engine`` tests in
-order on one of them, the multi-host (``netns``) tests on another, and the rest, each module
-of session-resource tests kept together (its module-scoped fixtures are built once), wherever a
-worker is free. The session resources are started by the first worker that needs them and
-stopped by the controller when the run is over (tests/support/shared.py).
 """
 
 from __future__ import annotations
@@ -21,7 +15,6 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,39 +22,33 @@ from swe_fleet.local.stack import RAY_TEMP_ROOT_ENV, NatsServer, RayHead
 from swe_fleet.local.vllm_server import VLLMServer
 
 from support.engine_lock import engine_lock
-from support.shared import SHARED_DIR_ENV, StopRecipe, ensure_shared_dir, shared, stop_all
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-#: The run's session resources: a test that uses one runs beside the others of its module.
-SESSION_FIXTURES = frozenset({"prepared_model", "vllm_server", "council_cluster", "ray_head", "session_nats"})
+#: Fixtures that start or use a vLLM engine or the session cluster its councils run on.
+ENGINE_FIXTURES = frozenset({"prepared_model", "vllm_server", "council_cluster"})
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """The controller (or a serial run) names the run's shared directory; workers inherit it."""
-    if not hasattr(config, "workerinput"):
-        ensure_shared_dir()
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """When the whole run is over, the controller stops the run's session resources."""
-    if not hasattr(config, "workerinput") and os.environ.get(SHARED_DIR_ENV):
-        stop_all(Path(os.environ.pop(SHARED_DIR_ENV)))
+def _runs_vllm(item: pytest.Item) -> bool:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    return bool(item.get_closest_marker("llm") or fixtures & ENGINE_FIXTURES)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (it runs in the same hook)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``make test`` (see the module docstring): ``engine`` tests in one group, ``netns``
-    tests in another, each module's session-resource tests in one of its own. Two engines never
-    run at once: an ``engine`` test holds the engine lock (tests/support/engine_lock.py) for its
-    setup, call and teardown, and the netns tests around their councils."""
+    """Under ``pytest -n 2 --dist loadgroup`` (``make test``): the tests that share the session's
+    vLLM server and council cluster go to one worker ("engine"), the multi-host cluster's tests to
+    the other ("netns", beside the tests without an engine), each group in collection order, so
+    that the session fixtures and the netns cluster are built once. Two engines never start or
+    run a council at once: whatever does holds the engine lock (tests/support/engine_lock.py), so
+    the netns cluster comes up, clones its virtualenvs and checks its nodes beside the engine
+    tests, and runs its councils between them (or beside a test that only sends the running
+    session server a few small requests)."""
     for item in items:
         if item.get_closest_marker("netns"):
             item.add_marker(pytest.mark.xdist_group("netns"))
-        elif item.get_closest_marker("engine"):
+        elif _runs_vllm(item):
             item.add_marker(pytest.mark.xdist_group("engine"))
-        elif set(getattr(item, "fixturenames", ())) & SESSION_FIXTURES:
-            item.add_marker(pytest.mark.xdist_group(f"session-{item.path.stem}"))
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-xdist tagged the grouped node ids
@@ -77,12 +64,23 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    """An ``engine`` test holds the engine lock for its setup, call and teardown. The netns
-    tests take it themselves, around their councils only."""
-    if not item.get_closest_marker("engine"):
+    """A test that starts a vLLM engine (marked ``engine``, or the first user of the session's
+    vLLM server, which starts in its setup) holds the engine lock for its setup, call and
+    teardown; the netns tests take it themselves, around their councils only. The other tests
+    of the engine group only send a few small requests to the running session server: they
+    run while the netns cluster runs a council."""
+    starts_server = "vllm_server" in getattr(item, "fixturenames", ()) and not _VLLM_SERVER_STARTED
+    if item.get_closest_marker("netns") or not (item.get_closest_marker("engine") or starts_server):
         return (yield)
     with engine_lock():
-        return (yield)
+        result = yield
+    if starts_server:
+        _VLLM_SERVER_STARTED.append(True)
+    return result
+
+
+#: Whether this worker's session vLLM server has started (its first user held the lock).
+_VLLM_SERVER_STARTED: list[bool] = []
 
 
 # CI runs `.venv/bin/python -m pytest` without activating the virtualenv: its bin directory is
@@ -123,41 +121,25 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 @pytest.fixture(scope="session")
-def session_nats() -> NatsServer:
-    """One nats-server for the run's council jobs (they filter by submission id), shared by
-    every worker (tests/support/shared.py)."""
-
-    def start() -> tuple[dict[str, Any], StopRecipe]:
-        workdir = Path(tempfile.mkdtemp(prefix="swf-test-nats-"))
-        server = NatsServer(workdir).start()
-        assert server.process is not None
-        return {"workdir": str(workdir), "url": server.url, "port": server.port}, StopRecipe(
-            [server.process.pid], [str(workdir)]
-        )
-
-    state = shared("session_nats", start)
-    return NatsServer(Path(state["workdir"]), url=state["url"], port=state["port"])
+def session_nats() -> Iterator[NatsServer]:
+    """One nats-server for the session's council jobs (they filter by submission id)."""
+    with tempfile.TemporaryDirectory(prefix="swf-test-nats-") as d:
+        server = NatsServer(Path(d)).start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session")
-def ray_head() -> RayHead:
-    """One real Ray head for the run (start ~5-10 s; its pip runtime_env cache lives with it),
-    shared by every worker. Its ``process`` is None: the run's controller stops it at the end."""
-
-    def start() -> tuple[dict[str, Any], StopRecipe]:
-        workdir = Path(tempfile.mkdtemp(prefix="swf-test-ray-"))
-        head = RayHead(workdir, num_cpus=2).start()
-        paths = {"workdir": workdir, "token_path": head.token_path, "temp_dir": head.temp_dir}
-        state = {k: getattr(head, k) for k in _HEAD_VALUES} | {k: str(v) for k, v in paths.items()}
-        return state, StopRecipe([int(head.pid or 0)], [str(workdir), str(head.temp_dir)])
-
-    state = shared("ray_head", start)
-    paths = {k: Path(state[k]) for k in ("token_path", "temp_dir")}
-    return RayHead(Path(state["workdir"]), num_cpus=2, **paths, **{k: state[k] for k in _HEAD_VALUES})
-
-
-#: What a worker needs of the run's Ray head besides its paths.
-_HEAD_VALUES = ("dashboard_url", "client_url", "gcs_address", "auth_token", "pid", "ports")
+def ray_head() -> Iterator[RayHead]:
+    """One real Ray head per session (start ~5-10 s; its pip runtime_env cache lives with it)."""
+    with tempfile.TemporaryDirectory(prefix="swf-test-ray-") as d:
+        head = RayHead(Path(d), num_cpus=2).start()
+        try:
+            yield head
+        finally:
+            head.stop()
 
 
 @pytest.fixture(scope="session")
@@ -165,37 +147,26 @@ def council_cluster(
     ray_head: RayHead, session_nats: NatsServer, prepared_model: Path, repo_root: Path
 ) -> RayHead:
     """The session's Ray head with the pinned runtime_env already built (a passing preflight
-    ran in it, once per run), so that no council test pays for the pip install."""
+    ran in it), so that no council test pays for the pip install."""
     from support.councils import warm_runtime_env
 
-    def warm() -> tuple[dict[str, Any], StopRecipe]:
-        warm_runtime_env(ray_head, session_nats.url, repo_root)
-        return {"warm": True}, StopRecipe()
-
-    shared("council_cluster", warm)
+    warm_runtime_env(ray_head, session_nats.url, repo_root)
     return ray_head
 
 
 @pytest.fixture(scope="session")
-def vllm_server(prepared_model: Path) -> VLLMServer:
-    """One real vLLM CPU server for the run's server-backend councils (start ~40 s), shared by
-    every worker; never restarted (the restart test has a server of its own)."""
+def vllm_server(prepared_model: Path) -> Iterator[VLLMServer]:
+    """One real vLLM CPU server for the session's server-backend councils (start ~40 s).
 
-    def start() -> tuple[dict[str, Any], StopRecipe]:
-        workdir = Path(tempfile.mkdtemp(prefix="swf-test-vllm-"))
-        server = VLLMServer(workdir).start(prepared_model)
-        assert server.process is not None
-        state = {
-            "workdir": str(workdir), "port": server.port, "base_url": server.base_url,
-            "served_model_name": server.served_model_name,
-        }  # fmt: skip
-        return state, StopRecipe([server.process.pid], [str(workdir)])
-
-    state = shared("vllm_server", start)
-    return VLLMServer(
-        Path(state["workdir"]), served_model_name=state["served_model_name"], port=state["port"],
-        base_url=state["base_url"],
-    )  # fmt: skip
+    A test that kills it restarts it on the same port before it ends (see
+    tests/integration/test_council_job.py), so the URL stays valid for the rest of the session.
+    """
+    with tempfile.TemporaryDirectory(prefix="swf-test-vllm-") as d:
+        server = VLLMServer(Path(d)).start(prepared_model)
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -189,9 +189,9 @@ def _engine_actor_pids(head: RayHead) -> list[int]:
     """PIDs of vLLM engine actors among the descendants of our own Ray head (nothing else)."""
     import psutil
 
-    assert head.pid is not None
+    assert head.process is not None
     found = []
-    for proc in psutil.Process(head.pid).children(recursive=True):
+    for proc in psutil.Process(head.process.pid).children(recursive=True):
         try:
             if "VLLMEngine" in " ".join(proc.cmdline()):
                 found.append(proc.pid)
@@ -233,15 +233,19 @@ def test_a_killed_engine_replica_loses_no_slot(
     assert not [e for e in events if e["event"] == "agent.response.failed"], logs[-3000:]
 
 
-@pytest.mark.engine
+@pytest.mark.engine  # it starts the session vLLM server again
 def test_a_restarted_vllm_server_loses_no_slot(
-    client: JobsApi, session_nats: NatsServer, tiny_spec: CouncilSpec, prepared_model: Path, tmp_path: Path
+    client: JobsApi,
+    session_nats: NatsServer,
+    tiny_spec: CouncilSpec,
+    prepared_model: Path,
+    vllm_server: VLLMServer,
 ) -> None:
-    """Server backend on a vLLM server of its own (the session's serves other tests meanwhile):
-    SIGKILL it after the first phase and restart it on the same port: the requests in flight
-    and those sent while it is down retry (the spec's ``server.retry_budget_s`` outlasts a CPU
-    vLLM start), the job succeeds and every planned slot completed exactly once."""
-    server = VLLMServer(tmp_path / "vllm").start(prepared_model)
+    """Server backend: SIGKILL the (session's) vLLM server after the first phase and restart it
+    on the same port: the requests in flight and those sent while it is down retry (the spec's
+    ``server.retry_budget_s`` outlasts a CPU vLLM start), the job succeeds and every planned slot
+    completed exactly once."""
+    server = vllm_server
     try:
         doc = on_server_backend(tiny_spec, server.base_url).model_dump(mode="json")
         doc["name"] = "killserver"
@@ -258,7 +262,8 @@ def test_a_restarted_vllm_server_loses_no_slot(
         server.start(prepared_model, port=server.port)
         status = wait_until_terminal(client, submitted.job_id, timeout_s=JOB_TIMEOUT_S)
     finally:
-        server.stop()
+        if server.process is None or not server.process.alive():  # the session's server stays up
+            server.start(prepared_model, port=server.port)
     logs = client.logs(submitted.job_id)
     assert status.value == "SUCCEEDED", logs[-3000:]
     assert '"server.retry"' in logs, logs[-3000:]  # the restart was ridden over, not missed

@@ -155,17 +155,24 @@ def test_a_job_publishes_and_checkpoints_and_a_consumer_reads(model: Model, as_r
 
 
 def test_a_producers_request_is_accepted_and_its_ticket_listens(model: Model, as_role: Any) -> None:
-    """The dispatcher role creates the requests stream; a producer publishes council.request
-    and its ticket's consumers are allowed (nobody dispatches: it times out, as promised)."""
+    """The dispatcher role creates both streams, as ``swe-fleet dispatch`` does at start; a
+    producer publishes council.request and its ticket's consumers are allowed (nobody
+    dispatches: it times out, as promised)."""
     as_role("dispatcher")
-    from swe_fleet.events import COUNCIL_REQUESTS_STREAM, COUNCIL_REQUESTS_SUBJECTS
+    from swe_fleet.events import (
+        AGENT_RESPONSES_STREAM,
+        AGENT_RESPONSES_SUBJECTS,
+        COUNCIL_REQUESTS_SUBJECTS,
+    )
     from swe_fleet.nats.connection import open_jetstream
     from swe_fleet.nats.streams import StreamRequirement
 
     async def dispatcher_sets_up() -> None:
-        conn = await open_jetstream(
-            model.url, streams=[StreamRequirement(COUNCIL_REQUESTS_STREAM, COUNCIL_REQUESTS_SUBJECTS)]
-        )
+        streams = [
+            StreamRequirement(COUNCIL_REQUESTS_STREAM, COUNCIL_REQUESTS_SUBJECTS),
+            StreamRequirement(AGENT_RESPONSES_STREAM, AGENT_RESPONSES_SUBJECTS),
+        ]
+        conn = await open_jetstream(model.url, streams=streams)
         await conn.close()
 
     asyncio.run(dispatcher_sets_up())
