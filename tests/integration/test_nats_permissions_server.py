@@ -11,6 +11,7 @@ request, the dispatcher, a council job reading its credentials on its node, a co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -30,8 +31,8 @@ from swe_fleet.events import COUNCIL_REQUESTS_STREAM
 from swe_fleet.local.stack import NatsServer, RayHead
 from swe_fleet.local.vllm_server import VLLMServer
 from swe_fleet.nats.checkpoints import KVCheckpoints
-from swe_fleet.nats.connection import close_nats, connect_nats
-from swe_fleet.nats.keys import ROLES, SERVER_ENV_FILE, seed_file
+from swe_fleet.nats.connection import close_nats, connect_nats, open_jetstream
+from swe_fleet.nats.keys import ROLES, SERVER_ENV_FILE, inbox_prefix, seed_file
 from swe_fleet.nats.outbox import read_outbox
 from swe_fleet.nats.policy import PublishPolicy
 from swe_fleet.nats.publisher import JetStreamPublisher
@@ -56,7 +57,11 @@ class Model:
     ca: Path
 
     def env(self, role: str) -> dict[str, str]:
-        return {"NATS_NKEY": str(seed_file(self.keys, role)), "NATS_CA": str(self.ca)}
+        return {
+            "NATS_NKEY": str(seed_file(self.keys, role)),
+            "NATS_INBOX_PREFIX": inbox_prefix(role),
+            "NATS_CA": str(self.ca),
+        }
 
     def seeds(self) -> list[str]:
         return [seed_file(self.keys, r).read_text().strip() for r in ROLES]
@@ -164,7 +169,6 @@ def test_a_producers_request_is_accepted_and_its_ticket_listens(model: Model, as
         AGENT_RESPONSES_SUBJECTS,
         COUNCIL_REQUESTS_SUBJECTS,
     )
-    from swe_fleet.nats.connection import open_jetstream
     from swe_fleet.nats.streams import StreamRequirement
 
     async def dispatcher_sets_up() -> None:
@@ -348,3 +352,67 @@ def test_a_dispatched_council_over_the_permission_model_leaks_no_secret(
     assert head.temp_dir is not None
     assert _scan(head.temp_dir / "session_latest" / "logs", seeds) == []
     assert _scan(model.server.workdir, seeds) == []
+
+
+def test_roles_keep_to_their_own_inboxes_and_the_dispatchers_durable_and_delete_nothing(
+    model: Model, as_role: Any
+) -> None:
+    """What the model closes besides publishing: a consumer may not subscribe to another role's
+    inboxes (where pulled requests and API answers travel) nor to the default ones; a producer
+    may not bind the dispatcher's durable (its requests would never be served) nor delete a
+    consumer. The dispatcher may read the events stream by sequence, as it does to resolve a
+    status it was about to publish when it stopped."""
+    from swe_fleet.dispatch.config import DEFAULT_DURABLE
+    from swe_fleet.dispatch.ledger import Ledger
+    from swe_fleet.dispatch.status import StatusPublisher
+    from swe_fleet.events import AGENT_RESPONSES_STREAM, COUNCIL_REQUEST, COUNCIL_REQUESTS_SUBJECTS
+    from swe_fleet.nats.connection import permission_denial
+    from swe_fleet.nats.streams import StreamRequirement
+
+    async def denied_to(role: str, attempt: Any) -> list[str]:
+        as_role(role)
+        nc = await connect_nats(model.url)
+        try:
+            with contextlib.suppress(Exception):  # the attempt itself only times out
+                await attempt(nc)
+            await nc.flush(timeout=5)
+            denial = permission_denial(nc, model.url)
+            return [] if denial is None else [denial.denied_subject]
+        finally:
+            await close_nats(nc, drain=False)
+
+    async def spy(nc: Any) -> None:
+        await nc.subscribe("_INBOX_DISPATCHER.>")
+
+    async def default_inbox(nc: Any) -> None:
+        await nc.subscribe("_INBOX.>")
+
+    async def hijack(nc: Any) -> None:
+        await nc.jetstream(timeout=2).pull_subscribe(
+            COUNCIL_REQUEST, durable=DEFAULT_DURABLE, stream=COUNCIL_REQUESTS_STREAM
+        )
+
+    async def delete(nc: Any) -> None:
+        await nc.jetstream(timeout=2).delete_consumer(COUNCIL_REQUESTS_STREAM, DEFAULT_DURABLE)
+
+    async def dispatcher_reads_by_sequence() -> bool:
+        as_role("dispatcher")
+        streams = [
+            StreamRequirement(COUNCIL_REQUESTS_STREAM, COUNCIL_REQUESTS_SUBJECTS),
+            StreamRequirement(AGENT_RESPONSES_STREAM),
+        ]
+        conn = await open_jetstream(model.url, streams=streams)
+        try:
+            ledger = await Ledger.open(conn.js, timeout_s=10)
+            status = StatusPublisher(ledger, None, conn.js, AGENT_RESPONSES_STREAM, timeout_s=10)  # type: ignore[arg-type]
+            return await status.stream_holds("council.job.succeeded", "no-such-key", 0)
+        finally:
+            await conn.close()
+
+    assert asyncio.run(dispatcher_reads_by_sequence()) is False  # answered (nothing there), not denied
+    assert asyncio.run(denied_to("consumer", spy)) == ["_inbox_dispatcher.>"]
+    assert asyncio.run(denied_to("consumer", default_inbox)) == ["_inbox.>"]
+    hijacked = asyncio.run(denied_to("producer", hijack))
+    assert hijacked and DEFAULT_DURABLE in hijacked[0], hijacked
+    deleted = asyncio.run(denied_to("producer", delete))
+    assert deleted and deleted[0].startswith("$js.api.consumer.delete."), deleted

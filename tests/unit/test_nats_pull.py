@@ -57,6 +57,7 @@ class ScriptedSource:
         self.reopens = 0
         self.reopen_error: BaseException | None = None
         self.denial: NatsPermissionDenied | None = None
+        self.denials = 0  # how many the connection has had (a denial before a fetch is not its)
 
     @property
     def connected(self) -> bool:
@@ -80,8 +81,11 @@ class ScriptedSource:
         if self.reopen_error is not None:
             raise self.reopen_error
 
-    def denied(self, url: str) -> NatsPermissionDenied | None:
-        return self.denial
+    def denial_mark(self) -> int:
+        return self.denials
+
+    def denied(self, url: str, since: int) -> NatsPermissionDenied | None:
+        return self.denial if self.denials > since else None
 
 
 def _loop(source: ScriptedSource, policy: OutagePolicy, clock: Clock) -> PullLoop:
@@ -300,8 +304,9 @@ async def test_sleep_unless_wakes_early_when_stop_or_the_other_event_is_set() ->
 
 
 def test_a_fetch_the_server_denied_raises_instead_of_passing_for_a_quiet_stream() -> None:
-    """A denied MSG.NEXT only times out on a live connection: with a denial on record it is
-    NatsPermissionDenied at once, not a quiet stream waited on for ever."""
+    """A denied MSG.NEXT only times out on a live connection: with a denial during that fetch it
+    is NatsPermissionDenied at once, not a quiet stream waited on for ever; a denial the shared
+    connection had before (another user's) leaves the quiet stream quiet."""
     clock = Clock()
     source = ScriptedSource(clock, [Step(error=nats.errors.TimeoutError(), connected=True)])
     loop = PullLoop(
@@ -310,5 +315,13 @@ def test_a_fetch_the_server_denied_raises_instead_of_passing_for_a_quiet_stream(
     )  # fmt: skip
     assert asyncio.run(loop.next_batch()) == []  # quiet
     source.denial = NatsPermissionDenied("no", url="nats://x", denied_subject="$JS.API.CONSUMER.MSG.NEXT.S.c")
+    source.denials = 1  # an old denial (another user of the connection): still a quiet stream
+    assert asyncio.run(loop.next_batch()) == []
+
+    async def denied_during_the_fetch(batch: int, timeout: float) -> list[Any]:  # noqa: ASYNC109
+        source.denials += 1
+        raise nats.errors.TimeoutError
+
+    source.fetch = denied_during_the_fetch  # type: ignore[method-assign]
     with pytest.raises(NatsPermissionDenied):
         asyncio.run(loop.next_batch())

@@ -335,3 +335,14 @@ def test_the_engines_model_must_load_on_the_node_without_a_download(
     assert check_model("org/model-x").status == OK
     assert check_model("smollm2-135m").status == OK  # the wheel is installed here (make venv)
     assert check_model(None).status == SKIP and check_model("x", skip_reason="no GPUs here").status == SKIP
+
+
+def test_the_node_checks_nats_variables_are_the_clients() -> None:
+    """node_check.py is stdlib-only (the job loads it by path), so it lists the NATS variables
+    again: they must be the ones every client reads (swe_fleet.nats.auth)."""
+    from swe_fleet.nats.auth import NATS_AUTH_ENV
+
+    assert set(pn.NATS_FILE_VARS) | set(pn.NATS_CREDENTIAL_VARS) <= set(NATS_AUTH_ENV)
+    assert {v for v in NATS_AUTH_ENV if v.endswith("_FILE") or v in ("NATS_NKEY", "NATS_CREDS")} <= set(
+        pn.NATS_FILE_VARS
+    )

@@ -161,6 +161,7 @@ _NATS_AUTH = (
     ("--nats-ca", "NATS_CA", "CA bundle of the NATS server's certificate (turns TLS on)"),
     ("--nats-cert", "NATS_CERT", "client certificate for mutual TLS"),
     ("--nats-key", "NATS_KEY", "client key for mutual TLS"),
+    ("--nats-inbox-prefix", "NATS_INBOX_PREFIX", "prefix of this client's reply inboxes (its NATS role's)"),
 )
 
 
@@ -175,7 +176,7 @@ def _set_env(var: str) -> Callable[[click.Context, click.Parameter, str | None],
 def nats_auth_options(command: Callable[..., object]) -> Callable[..., object]:
     """The ``--nats-*`` credential and TLS options (env: the NATS CLI's variables)."""
     for flag, var, what in reversed(_NATS_AUTH):
-        metavar = "USER" if var == "NATS_USER" else "PATH"
+        metavar = {"NATS_USER": "USER", "NATS_INBOX_PREFIX": "PREFIX"}.get(var, "PATH")
         option = click.option(
             flag, callback=_set_env(var), expose_value=False, metavar=metavar, help=f"{what} (env {var})"
         )

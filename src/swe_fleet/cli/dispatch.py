@@ -73,7 +73,7 @@ _DEFAULTS = DispatcherConfig(nats_url="", dashboard_url="")
     type=click.FloatRange(min=0, min_open=True),
     default=_DEFAULTS.request_timeout_s,
     show_default=True,
-    help="seconds for each Jobs API request",
+    help="seconds for each Jobs API request (a job submission waits at least 60)",
 )
 @click.option("--json-logs", is_flag=True, help="log JSON lines (for log collectors) instead of console text")
 def dispatch(

@@ -48,7 +48,7 @@ from swe_fleet.submit import DEFAULT_REQUEST_TIMEOUT_S
     type=float,
     default=DEFAULT_REQUEST_TIMEOUT_S,
     show_default=True,
-    help="seconds for each Jobs API request",
+    help="seconds for each Jobs API request (a job submission waits at least 60)",
 )
 @click.option(
     "--skip-preflight",

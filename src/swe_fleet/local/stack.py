@@ -40,6 +40,7 @@ from swe_fleet._processes import (
     wait_for_line,
     with_python_first,
 )
+from swe_fleet.nats.auth import NATS_AUTH_ENV
 
 NATS_READY_TIMEOUT_S = 20.0
 RAY_READY_TIMEOUT_S = 90.0
@@ -328,13 +329,15 @@ class LocalStack:
 
     def __post_init__(self) -> None:
         args: list[str] = []
+        node_env: dict[str, str] = {}
         if self.secure:
             security = LocalNatsSecurity.make(self.workdir / "nats-tls")
             args, self.client_env = ["-c", str(security.config)], security.client_env()
+            # The head's jobs use this stack's NATS: NATS_* of the caller's shell (a cluster's
+            # NKey, say) would add a second way in, which every client refuses. Empty is unset.
+            node_env = dict.fromkeys(NATS_AUTH_ENV, "") | self.client_env
         self.nats = NatsServer(self.workdir / "nats", args=args)
-        self.ray = RayHead(
-            self.workdir / "ray", env={**self.client_env, **self.head_env}, num_cpus=self.num_cpus
-        )
+        self.ray = RayHead(self.workdir / "ray", env={**node_env, **self.head_env}, num_cpus=self.num_cpus)
 
     def start(self) -> LocalStack:
         errors: list[BaseException] = []

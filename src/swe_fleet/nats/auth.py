@@ -14,6 +14,8 @@ Every client of ours (the job's publisher and checkpoints, ``consume``, ``dispat
 ``NATS_CREDS``                a credentials file (user JWT + NKey seed, as managed NATS issues)
 ``NATS_CA``                   CA bundle that signed the server's certificate (turns TLS on)
 ``NATS_CERT``, ``NATS_KEY``   client certificate and key for mutual TLS (turn TLS on)
+``NATS_INBOX_PREFIX``         the prefix of this client's reply inboxes (default ``_INBOX``):
+                              the permission model gives each role its own (``_INBOX_JOB`` ...)
 ============================  ================================================================
 
 A ``tls://`` URL turns TLS on with the system's CAs. At most one way of authenticating may be
@@ -47,6 +49,7 @@ NATS_AUTH_ENV = (
     "NATS_CA",
     "NATS_CERT",
     "NATS_KEY",
+    "NATS_INBOX_PREFIX",
 )
 
 
@@ -126,6 +129,7 @@ class NatsAuth:
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+    inbox_prefix: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> NatsAuth:
@@ -145,6 +149,7 @@ class NatsAuth:
             ca_file=_existing_file(env, "NATS_CA"),
             cert_file=_existing_file(env, "NATS_CERT"),
             key_file=_existing_file(env, "NATS_KEY"),
+            inbox_prefix=_inbox_prefix(env),
         )
         auth._check()
         return auth
@@ -198,6 +203,8 @@ class NatsAuth:
             options["nkeys_seed"] = str(self.nkey_seed_file)
         if self.creds_file is not None:
             options["user_credentials"] = str(self.creds_file)
+        if self.inbox_prefix is not None:
+            options["inbox_prefix"] = self.inbox_prefix
         context = self.ssl_context(url)
         if context is not None:
             options["tls"] = context
@@ -223,6 +230,20 @@ class NatsAuth:
 
     def __repr__(self) -> str:
         return f"NatsAuth({self.describe()})"
+
+
+def _inbox_prefix(env: Mapping[str, str]) -> str | None:
+    """``NATS_INBOX_PREFIX``: one subject token or more, no wildcard (``_INBOX_JOB``)."""
+    prefix = env.get("NATS_INBOX_PREFIX", "").strip()
+    if not prefix:
+        return None
+    if any(c in prefix for c in " *>") or prefix.startswith(".") or prefix.endswith("."):
+        raise ConfigError(
+            f"NATS_INBOX_PREFIX={prefix!r} is not a subject prefix: use tokens like _INBOX_JOB "
+            "(no spaces, no wildcards)",
+            setting="NATS_INBOX_PREFIX",
+        )
+    return prefix
 
 
 def refuse_credentials_in_url(url: str, *, setting: str = "the NATS URL") -> str:

@@ -57,10 +57,17 @@ _STREAM_CREATE = "$js.api.stream.create."
 _DENIALS: weakref.WeakKeyDictionary[Any, list[tuple[str, str, str]]] = weakref.WeakKeyDictionary()
 
 
-def permission_denial(nc: Any, url: str, subject: str | None = None) -> NatsPermissionDenied | None:
-    """The last subject the server denied ``nc`` (``subject`` only, when given), as the error to
-    raise, or None."""
-    for denied, action, used in reversed(_DENIALS.get(nc, [])):
+def denial_mark(nc: Any) -> int:
+    """How many denials ``nc`` has had so far: pass it as ``since`` to see only later ones."""
+    return len(_DENIALS.get(nc, []))
+
+
+def permission_denial(
+    nc: Any, url: str, subject: str | None = None, *, since: int = 0
+) -> NatsPermissionDenied | None:
+    """The last subject the server denied ``nc`` after the first ``since`` denials (``subject``
+    only, when given), as the error to raise, or None."""
+    for denied, action, used in reversed(_DENIALS.get(nc, [])[since:]):
         # nats-py lowercases the server's error: the subject comes back in lower case.
         if subject is None or denied == subject.lower():
             creating = denied.startswith(_STREAM_CREATE)
@@ -239,11 +246,12 @@ class JetStreamConnection:
         responder on JetStream's API: a server without ``-js``) is
         :class:`~swe_fleet.errors.NatsUnreachable` (NATS answered, JetStream did not).
         """
+        mark = denial_mark(self.nc)
         try:
             yield
         except _NO_JETSTREAM as exc:
             await close_nats(self.nc, drain=False)
-            denied = permission_denial(self.nc, self.url)
+            denied = permission_denial(self.nc, self.url, since=mark)
             if denied is not None:
                 raise denied from None
             raise NatsUnreachable(

@@ -29,7 +29,7 @@ from swe_fleet.events import (
     AnyEvent,
     decode_event,
 )
-from swe_fleet.nats.connection import JetStreamConnection, open_jetstream, permission_denial
+from swe_fleet.nats.connection import JetStreamConnection, denial_mark, open_jetstream, permission_denial
 from swe_fleet.nats.policy import TRANSIENT_ERRORS
 from swe_fleet.nats.pull import OutagePolicy, PullLoop
 from swe_fleet.nats.streams import StreamRequirement
@@ -184,8 +184,11 @@ class _Subscription:
     async def fetch(self, batch: int, timeout: float) -> list[Any]:  # noqa: ASYNC109 - nats-py's API
         return list(await self.sub.fetch(batch, timeout=timeout))
 
-    def denied(self, url: str) -> NatsPermissionDenied | None:
-        return None if self.conn is None else permission_denial(self.conn.nc, url)
+    def denial_mark(self) -> int:
+        return 0 if self.conn is None else denial_mark(self.conn.nc)
+
+    def denied(self, url: str, since: int) -> NatsPermissionDenied | None:
+        return None if self.conn is None else permission_denial(self.conn.nc, url, since=since)
 
     async def close(self) -> None:
         if self.conn is not None:

@@ -23,6 +23,12 @@ def server_variable(role: str) -> str:
     return f"SWE_FLEET_{role.upper()}_NKEY"
 
 
+def inbox_prefix(role: str) -> str:
+    """The inbox prefix of ``role``'s clients (``NATS_INBOX_PREFIX``): the only inboxes the
+    server config lets that role subscribe to."""
+    return f"_INBOX_{role.upper()}"
+
+
 def seed_file(directory: Path, role: str) -> Path:
     """Where :func:`make_role_keys` puts ``role``'s seed."""
     return directory / f"{role}.nk"

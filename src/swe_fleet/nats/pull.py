@@ -29,7 +29,7 @@ import nats.errors
 import structlog
 
 from swe_fleet.errors import NatsPermissionDenied, NatsUnreachable
-from swe_fleet.nats.connection import permission_denial
+from swe_fleet.nats.connection import denial_mark, permission_denial
 from swe_fleet.nats.policy import TRANSIENT_ERRORS
 
 log = structlog.get_logger(__name__)
@@ -97,8 +97,13 @@ class PullSource(Protocol):
 
     async def reopen(self) -> None: ...
 
-    def denied(self, url: str) -> NatsPermissionDenied | None:
-        """What the server denied this source's connection (a fetch it denies only times out)."""
+    def denial_mark(self) -> int:
+        """How many denials this source's connection has had (see :meth:`denied`)."""
+        ...
+
+    def denied(self, url: str, since: int) -> NatsPermissionDenied | None:
+        """What the server denied this source's connection after ``since`` denials (a fetch it
+        denies only times out)."""
         ...
 
 
@@ -128,8 +133,11 @@ class Subscription:
     async def reopen(self) -> None:
         return None
 
-    def denied(self, url: str) -> NatsPermissionDenied | None:
-        return permission_denial(self.nc, url)
+    def denial_mark(self) -> int:
+        return denial_mark(self.nc)
+
+    def denied(self, url: str, since: int) -> NatsPermissionDenied | None:
+        return permission_denial(self.nc, url, since=since)
 
     async def unsubscribe(self) -> None:
         """End the subscription; never raises (call it before draining the connection: a pull
@@ -194,11 +202,14 @@ class PullLoop:
         Raises:
             NatsUnreachable: the policy gave up on the outage.
         """
+        mark = self.source.denial_mark()
         try:
             msgs = await self.source.fetch(self.batch, timeout=self.fetch_wait_s)
         except self.policy.errors as exc:
             if isinstance(exc, TimeoutError) and self.source.connected:
-                denied = self.source.denied(self._url)
+                # Only a denial during this fetch: the connection is shared (a dispatcher's
+                # follower, ledger and status publisher use it too).
+                denied = self.source.denied(self._url, mark)
                 if denied is not None:
                     raise denied from None  # not quiet: the server drops what this role may not ask
                 self._back()
