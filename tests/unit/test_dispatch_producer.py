@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import nats.errors
 import pytest
 
-from swe_fleet.dispatch.producer import TICKET_OUTAGE_POLICY, _Waiter
+from swe_fleet.dispatch.producer import TICKET_OUTAGE_POLICY, _Recheck, _Waiter
 from swe_fleet.dispatch.requests import CouncilRequestDead, CouncilRequested, submission_id_for
 from swe_fleet.errors import CouncilIncomplete, DispatchTimeout, RequestRejected
 from swe_fleet.events import CouncilJobStatus, DeliberationCompleted, JobState, RankedAgent
@@ -130,8 +131,9 @@ async def test_no_outcome_within_the_bound_raises_dispatch_timeout() -> None:
     conn = _Conn()
     nats_conn = JetStreamConnection(nc=conn, js=None, url="nats://127.0.0.1:1", bound_s=1)
     subs = [Subscription(conn, _QuietSub()) for _ in range(2)]
+    recheck = _Recheck(nats_conn, "AGENT_RESPONSES", datetime.now(UTC))  # first re-read after 30 s
     with pytest.raises(DispatchTimeout, match=SID) as info:
-        await asyncio.wait_for(_waiter(timeout_s=0.3).run(nats_conn, *subs), 10)
+        await asyncio.wait_for(_waiter(timeout_s=0.3).run(nats_conn, *subs, recheck), 10)
     assert info.value.timeout_s == 0.3 and info.value.request_id == RID
     assert conn.closed
 
