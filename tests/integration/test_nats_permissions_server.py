@@ -71,6 +71,11 @@ class Model:
         return self.server.url
 
 
+def _server_env(keys: Path) -> dict[str, str]:
+    """The roles' public keys, as ``swe-fleet nats keys`` wrote them for the server."""
+    return dict(line.split("=", 1) for line in (keys / SERVER_ENV_FILE).read_text().splitlines())
+
+
 def _start_model(workdir: Path) -> Model:
     import trustme
 
@@ -83,8 +88,7 @@ def _start_model(workdir: Path) -> Model:
     ca.cert_pem.write_to_path(str(files["ca"]))
     cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
     cert.private_key_pem.write_to_path(str(files["key"]))
-    env = dict(line.split("=", 1) for line in (keys / SERVER_ENV_FILE).read_text().splitlines())
-    env |= {"NATS_TLS_CERT": str(files["cert"]), "NATS_TLS_KEY": str(files["key"])}
+    env = _server_env(keys) | {"NATS_TLS_CERT": str(files["cert"]), "NATS_TLS_KEY": str(files["key"])}
     server = NatsServer(workdir / "nats", args=["-c", str(CONFIG)], env=env).start()
     return Model(server, keys, files["ca"])
 
@@ -120,8 +124,11 @@ def _cli(model: Model, role: str, *args: str) -> subprocess.CompletedProcess[str
 
 def test_the_shipped_config_is_valid_for_nats_server(model: Model) -> None:
     """``nats-server -t``: the config parses, every role's key is a user NKey (the server runs it)."""
-    env = dict(line.split("=", 1) for line in (model.keys / SERVER_ENV_FILE).read_text().splitlines())
-    env |= {"NATS_TLS_CERT": "/nonexistent.pem", "NATS_TLS_KEY": "/nonexistent.key", "NATS_STORE_DIR": "/tmp"}
+    env = _server_env(model.keys) | {
+        "NATS_TLS_CERT": "/nonexistent.pem",
+        "NATS_TLS_KEY": "/nonexistent.key",
+        "NATS_STORE_DIR": "/tmp",
+    }
     checked = subprocess.run(
         [str(Path(sys.executable).parent / "nats-server"), "-t", "-c", str(CONFIG)],
         env={**os.environ, **env}, capture_output=True, text=True, timeout=30,

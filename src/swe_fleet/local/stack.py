@@ -204,8 +204,6 @@ class RayHead:
     token_path: Path | None = None
     temp_dir: Path | None = None
     process: ManagedProcess | None = None
-    #: The leader's PID (``ray start``; its process group holds the node) once started.
-    pid: int | None = None
     #: The ports ``start`` picked, by ``ray start`` flag (``dashboard-agent-listen-port`` ...).
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -232,7 +230,7 @@ class RayHead:
             # worker nodes joining from elsewhere, which a loopback head does not want anyway.
             env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         self.process = start_process("ray-head", argv, self.workdir / "ray-head.log", env)
-        self.pid, self.ports = self.process.pid, dict(ports)
+        self.ports = dict(ports)
         self.dashboard_url = f"http://{self.node_ip}:{ports['dashboard-port']}"
         self.client_url = f"ray://{self.node_ip}:{ports['ray-client-server-port']}"
         self.gcs_address = f"{self.node_ip}:{ports['port']}"

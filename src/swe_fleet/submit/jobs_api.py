@@ -115,6 +115,7 @@ class JobsApi:
             DashboardUnauthorized: the dashboard refused the auth token (missing or wrong).
         """
         self.url = jobs_api_url(dashboard_url)
+        self._request_timeout_s = request_timeout_s
         headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
         try:
             self._client = _BoundedJobClient(self.url, headers=headers, request_timeout_s=request_timeout_s)
@@ -173,7 +174,7 @@ class JobsApi:
         # Submitting uploads the job's packages and waits for the dashboard to record the job
         # and start its supervisor: on a busy head (a runtime_env being built, an engine
         # starting) that takes longer than a status read.
-        with self._client.bounded_by(max(SUBMIT_TIMEOUT_S, self._client._request_timeout_s)):
+        with self._client.bounded_by(max(SUBMIT_TIMEOUT_S, self._request_timeout_s)):
             self._call(
                 f"submitting {job_id}",
                 lambda: self._client.submit_job(
