@@ -22,6 +22,7 @@ from swe_fleet.local.stack import RAY_TEMP_ROOT_ENV, NatsServer, RayHead
 from swe_fleet.local.vllm_server import VLLMServer
 
 from support.engine_lock import engine_lock
+from support.virtualenvs import layered_virtualenv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     the other ("netns", beside the tests without an engine), each group in collection order, so
     that the session fixtures and the netns cluster are built once. Two engines never start or
     run a council at once: whatever does holds the engine lock (tests/support/engine_lock.py), so
-    the netns cluster comes up, clones its virtualenvs and checks its nodes beside the engine
+    the netns cluster comes up, builds its runtime_envs and checks its nodes beside the engine
     tests, and runs its councils between them (or beside a test that only sends the running
     session server a few small requests)."""
     for item in items:
@@ -93,10 +94,10 @@ os.environ["PATH"] = os.pathsep.join(
 )
 
 
-#: Ray nodes keep their temp dirs (and the ~3.4 GB copy of this virtualenv that each node's first
-#: pip runtime_env makes) on a tmpfs when there is room: 5-8x faster than this machine's disk to
-#: copy, and seconds instead of a minute to delete. A developer's own setting wins.
-_TMPFS, _TMPFS_NEEDS = Path("/dev/shm"), 14 * 1024**3
+#: Ray nodes keep their temp dirs (sockets, logs, their runtime_envs: small, since the nodes that
+#: build pip runtime_envs run from thin virtualenvs) on a tmpfs when there is room: this machine's
+#: disk is slow. A developer's own setting wins.
+_TMPFS, _TMPFS_NEEDS = Path("/dev/shm"), 4 * 1024**3
 if (
     RAY_TEMP_ROOT_ENV not in os.environ
     and os.access(_TMPFS, os.W_OK)
@@ -132,10 +133,19 @@ def session_nats() -> Iterator[NatsServer]:
 
 
 @pytest.fixture(scope="session")
-def ray_head() -> Iterator[RayHead]:
-    """One real Ray head per session (start ~5-10 s; its pip runtime_env cache lives with it)."""
+def node_virtualenv() -> Iterator[Path]:
+    """The ``bin`` folder of a thin virtualenv layered over this one, for the session's Ray nodes:
+    their pip runtime_envs then copy a few files instead of 3.4 GB (tests/support/virtualenvs.py)."""
+    with tempfile.TemporaryDirectory(prefix="swf-test-venv-") as d:
+        yield layered_virtualenv(Path(d) / "node")
+
+
+@pytest.fixture(scope="session")
+def ray_head(node_virtualenv: Path) -> Iterator[RayHead]:
+    """One real Ray head per session (start ~5-10 s; its pip runtime_env cache lives with it),
+    running from :func:`node_virtualenv`."""
     with tempfile.TemporaryDirectory(prefix="swf-test-ray-") as d:
-        head = RayHead(Path(d), num_cpus=2).start()
+        head = RayHead(Path(d), num_cpus=2, ray_command=[str(node_virtualenv / "ray")]).start()
         try:
             yield head
         finally:

@@ -2,7 +2,8 @@
 
 The head and a worker start through the image's entrypoint (``swe-fleet node start``); a client
 in a third namespace reaches them only through the head's address. The worker runs from a
-hard-link clone of this virtualenv **without nats-py**: the original failure, for real.
+virtualenv **without nats-py**: the original failure, for real. (Both nodes run from thin
+virtualenvs layered over this one, as an image's Python would be: tests/support/virtualenvs.py.)
 
 In this order, on that one cluster (each test says what it needs of the ones before):
 
@@ -56,18 +57,18 @@ from support.netns_cluster import (
     SWE_FLEET,
     EntrypointNode,
     NetnsCluster,
-    clone_virtualenv_without,
     engine_node_ips,
     netns_cluster,
     wait_until,
 )
+from support.virtualenvs import layered_virtualenv
 
 pytestmark = [pytest.mark.netns, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[2]
 SUBMIT_SCRIPT = REPO / "scripts" / "submit_council.py"
 RAY_CLIENT_CHECK = Path(__file__).with_name("ray_client_check.py")
-#: Bounds: a first pip runtime_env clones the ~3 GB virtualenv on each node (1-4 min when busy).
+#: Bounds: a first pip runtime_env installs nats-py on the worker (seconds idle, minutes when busy).
 PREFLIGHT_TIMEOUT_S = 900
 JOB_TIMEOUT_S = 900
 
@@ -77,16 +78,18 @@ def _timed(what: str, started: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def worker_bin() -> Iterator[Path]:
-    """The ``bin`` folder of a hard-link clone of this virtualenv with nats-py uninstalled."""
+def node_bins() -> Iterator[tuple[Path, Path]]:
+    """The ``bin`` folders the head and the worker run from: thin virtualenvs layered over this
+    one (tests/support/virtualenvs.py), the worker's without nats-py."""
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="swf-venv-"))
     try:
-        bin_dir = clone_virtualenv_without("nats-py", "nats", root / "venv-without-nats")
-        _timed("virtualenv without nats-py", started)
-        yield bin_dir
+        head_bin = layered_virtualenv(root / "head")
+        worker_bin = layered_virtualenv(root / "worker-without-nats", without="nats-py")
+        _timed("node virtualenvs", started)
+        yield head_bin, worker_bin
     finally:
-        shutil.rmtree(root, ignore_errors=True)  # hard links: the original's files stay
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -105,15 +108,20 @@ def wheelhouse() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def cluster(
-    tmp_path_factory: pytest.TempPathFactory, worker_bin: Path, wheelhouse: Path, prepared_model: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    node_bins: tuple[Path, Path],
+    wheelhouse: Path,
+    prepared_model: Path,
 ) -> Iterator[NetnsCluster]:
-    """Head (entrypoint, becomes head from the whitelist) + worker (entrypoint from the clone
+    """Head (entrypoint, becomes head from the whitelist) + worker (entrypoint from a virtualenv
     without nats-py, joins by HEAD_ADDRESS); fast health checks; pip from the wheelhouse."""
     started = time.monotonic()
     node_env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheelhouse), **FAST_HEALTH_CHECKS}
     workdir = tmp_path_factory.mktemp("netns")
-    worker = str(worker_bin / "swe-fleet")
-    with netns_cluster("mh", workdir, node_extra_env=node_env, worker_swe_fleet=worker) as c:
+    head, worker = (str(b / "swe-fleet") for b in node_bins)
+    with netns_cluster(
+        "mh", workdir, node_extra_env=node_env, head_swe_fleet=head, worker_swe_fleet=worker
+    ) as c:
         _timed("two-node cluster up", started)
         yield c
 

@@ -4,7 +4,7 @@
   no live head and becomes one, on Ray's default ports) and a nats-server listening on its address.
 - ``worker`` (10.77.0.2): ``swe-fleet node start`` joining the head, either by
   ``HEAD_ADDRESS`` or by probing the hosts of ``SWE_FLEET_HEAD_HOSTS``, from this virtualenv or
-  from another one (:func:`clone_virtualenv_without`: a worker whose image lacks a module). A
+  from another one (tests/support/virtualenvs.py: a worker whose image lacks a module). A
   test may stop it and start another one (:meth:`NetnsCluster.start_worker`).
 - ``client`` (10.77.0.3): no Ray; everything the tests do "from outside" runs here
   (:meth:`NetnsCluster.on_client`), so the head's address is the only way in.
@@ -145,32 +145,6 @@ def start_entrypoint(
     return EntrypointNode(host=host, process=process, temp_dir=temp_dir)
 
 
-def clone_virtualenv_without(package: str, module: str, dest: Path) -> Path:
-    """A hard-link clone of this virtualenv at ``dest`` (seconds, no extra disk) with ``package``
-    uninstalled; returns its ``bin`` folder. Its console scripts are rewritten (as new files: the
-    originals are hard links) to run the clone's Python, so that ``swe-fleet node start`` from
-    the clone starts a ``ray`` whose nodes run the clone, not this virtualenv."""
-    subprocess.run(["cp", "-al", sys.prefix, str(dest)], check=True, timeout=600)
-    bin_dir = dest / "bin"
-    python = str(bin_dir / "python")
-    own_shebang = f"#!{sys.prefix}/bin/python".encode()
-    for script in bin_dir.iterdir():
-        if script.is_symlink() or not script.is_file():
-            continue
-        data = script.read_bytes()
-        if data.startswith(own_shebang):
-            script.unlink()  # a new file: writing through the hard link would change the original
-            script.write_bytes(f"#!{python}".encode() + data[data.index(b"\n") :])
-            script.chmod(0o755)
-    subprocess.run(
-        [python, "-m", "pip", "uninstall", "-y", "-q", package], check=True, timeout=120, capture_output=True
-    )
-    probe = f"import {module}"
-    assert subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode != 0
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=60).returncode == 0
-    return bin_dir
-
-
 @dataclass
 class NetnsCluster:
     """The running topology (see the module docstring)."""
@@ -268,12 +242,14 @@ def netns_cluster(
     *,
     join: str = "head_address",
     node_extra_env: Mapping[str, str] | None = None,
+    head_swe_fleet: str = SWE_FLEET,
     worker_swe_fleet: str = SWE_FLEET,
 ) -> Iterator[NetnsCluster]:
     """Start the topology; stop everything (workers, head, NATS) and delete the namespaces at exit.
 
     ``join``: how the worker finds the head (see :meth:`NetnsCluster.start_worker`);
-    ``worker_swe_fleet``: the ``swe-fleet`` script of the virtualenv the worker runs from.
+    ``head_swe_fleet``, ``worker_swe_fleet``: the ``swe-fleet`` script of the virtualenv each
+    node runs from.
     """
     extra = dict(node_extra_env or {})
     token = secrets.token_hex(32)
@@ -285,7 +261,7 @@ def netns_cluster(
             nats = NatsServer(workdir / "nats", host=head.ip)
             head.run(nats.start)
             head_env = {**extra, "SWE_FLEET_HEAD_HOSTS": head.ip, "SWE_FLEET_HOSTNAME": head.ip}
-            head_node = start_entrypoint(head, workdir, token, head_env)
+            head_node = start_entrypoint(head, workdir, token, head_env, head_swe_fleet)
             started.append(head_node)
             addresses = ClusterAddresses.from_env(Role.CLIENT, {"RAY_HOST": head.ip})
             client.run(
