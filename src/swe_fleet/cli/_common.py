@@ -196,6 +196,15 @@ TIMEOUT_OPTION = click.option(
 ADDRESS_OPTION = click.option(
     "--address", default=None, help="Jobs API URL http://HEAD:8265 (default: from RAY_ADDRESS / RAY_HOST)"
 )
+#: Where this client reaches NATS when the cluster reaches it elsewhere (compose: the host uses the
+#: published tls://127.0.0.1:4222, the nodes the service name tls://nats:4222).
+CLIENT_NATS_URL_OPTION = click.option(
+    "--client-nats-url",
+    default=None,
+    envvar="SWE_FLEET_CLIENT_NATS_URL",
+    help="where this client reaches NATS, when not at the cluster's URL (e.g. tls://127.0.0.1:4222 on a "
+    "compose host whose nodes use tls://nats:4222) (env SWE_FLEET_CLIENT_NATS_URL; default: the cluster's)",
+)
 
 
 PREFLIGHT_TIMEOUT_OPTION = click.option(

@@ -8,6 +8,7 @@ import click
 
 from swe_fleet.cli._common import (
     ADDRESS_OPTION,
+    CLIENT_NATS_URL_OPTION,
     ENV_OPTION,
     PREFLIGHT_TIMEOUT_OPTION,
     SPEC_ARGUMENT,
@@ -34,6 +35,7 @@ from swe_fleet.preflight.node_check import DEFAULT_MIN_FREE_DISK_GB
     help="override the spec's publish.nats_url (as the cluster sees it; checked from here and from "
     "every node)",
 )
+@CLIENT_NATS_URL_OPTION
 @ENV_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print the checks as JSON")
 @click.option(
@@ -61,6 +63,7 @@ def doctor(
     spec_path: str,
     address: str | None,
     nats_url: str | None,
+    client_nats_url: str | None,
     env_kind: str,
     as_json: bool,
     check_timeout: float,
@@ -94,6 +97,7 @@ def doctor(
             cluster=cluster,
             cluster_timeout_s=preflight_timeout,
             min_free_disk_gb=min_free_disk_gb,
+            client_nats_url=client_nats_url,
             cache=PreflightCache.default(),
             on_info=info,
         )

@@ -6,6 +6,7 @@ import click
 
 from swe_fleet.cli._common import (
     ADDRESS_OPTION,
+    CLIENT_NATS_URL_OPTION,
     ENV_OPTION,
     PREFLIGHT_TIMEOUT_OPTION,
     SPEC_ARGUMENT,
@@ -32,6 +33,7 @@ from swe_fleet.submit import DEFAULT_REQUEST_TIMEOUT_S
     default=None,
     help="override the spec's publish.nats_url (as seen from the cluster)",
 )
+@CLIENT_NATS_URL_OPTION
 @ENV_OPTION
 @click.option("--submission-id", default=None, help="explicit id (default: derived from the request)")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="follow the job to a terminal state")
@@ -61,6 +63,7 @@ def submit(
     spec_path: str,
     address: str | None,
     nats_url: str | None,
+    client_nats_url: str | None,
     env_kind: str,
     submission_id: str | None,
     wait: bool,
@@ -136,7 +139,7 @@ def submit(
 
             for line in failure_lines(
                 jobs, status=status.value, submission_id=done.submission_id, job_id=done.job_id,
-                nats_url=nats_url or spec.publish.nats_url, rerun=RETRY_HINT,
+                nats_url=client_nats_url or nats_url or spec.publish.nats_url, rerun=RETRY_HINT,
             ):  # fmt: skip
                 err.print(line, markup=False)
         return int(for_job_status(status.value))

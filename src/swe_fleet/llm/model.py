@@ -67,6 +67,18 @@ def is_prepared(root: Path | None = None) -> bool:
     return (prepared_model_dir(root) / _COMPLETE_MARKER).is_file()
 
 
+def _readable_by_all(folder: Path) -> None:
+    """Let every user read the prepared files: transformers saves the weights 0600, and Ray
+    workers or containers of another user (the images' uid 1000) load them. Best effort: a
+    folder mounted read-only or owned by someone else stays as it is."""
+    for path in folder.iterdir():
+        try:
+            if path.is_file() and path.stat().st_mode & 0o044 != 0o044:
+                path.chmod(0o644)
+        except OSError:
+            continue
+
+
 def prepare_local_model(root: Path | None = None) -> Path:
     """Convert the shipped GGUF into an HF folder once; return the folder.
 
@@ -78,6 +90,7 @@ def prepare_local_model(root: Path | None = None) -> Path:
     """
     target = prepared_model_dir(root)
     if is_prepared(root):
+        _readable_by_all(target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     lock_path = target.parent / f".{PREPARED_DIRNAME}.lock"
@@ -93,6 +106,7 @@ def prepare_local_model(root: Path | None = None) -> Path:
         try:
             _convert(gguf, tmp)
             (tmp / _COMPLETE_MARKER).write_text(f"converted from {gguf.name}\n")
+            _readable_by_all(tmp)
             if target.exists():
                 shutil.rmtree(target)
             tmp.rename(target)

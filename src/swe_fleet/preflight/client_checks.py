@@ -140,9 +140,12 @@ def check_cluster(
     return checks
 
 
-async def check_nats(spec: CouncilSpec, timeout_s: float = DEFAULT_CHECK_TIMEOUT_S) -> list[Check]:
-    """nats and stream checks against the spec's publish target (bounded)."""
-    url = spec.publish.nats_url
+async def check_nats(
+    spec: CouncilSpec, timeout_s: float = DEFAULT_CHECK_TIMEOUT_S, url: str | None = None
+) -> list[Check]:
+    """nats and stream checks against the spec's publish target, reached at ``url`` from here
+    when the cluster's URL is not this client's (bounded)."""
+    url = url or spec.publish.nats_url
     try:
         auth = NatsAuth.from_env()
     except ConfigError as exc:
@@ -223,11 +226,16 @@ async def check_llm_server(spec: CouncilSpec, timeout_s: float = DEFAULT_CHECK_T
 
 
 def run_client_checks(
-    spec: CouncilSpec, dashboard_url: str, token: str | None, timeout_s: float = DEFAULT_CHECK_TIMEOUT_S
+    spec: CouncilSpec,
+    dashboard_url: str,
+    token: str | None,
+    timeout_s: float = DEFAULT_CHECK_TIMEOUT_S,
+    *,
+    nats_url: str | None = None,
 ) -> list[Check]:
-    """Every client-side check, in report order."""
+    """Every client-side check, in report order (NATS at ``nats_url`` when given)."""
 
     async def nats_and_llm() -> list[Check]:
-        return [*(await check_nats(spec, timeout_s)), *(await check_llm_server(spec, timeout_s))]
+        return [*(await check_nats(spec, timeout_s, nats_url)), *(await check_llm_server(spec, timeout_s))]
 
     return [*check_cluster(dashboard_url, token, timeout_s), *asyncio.run(nats_and_llm())]

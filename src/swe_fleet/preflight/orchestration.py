@@ -152,11 +152,13 @@ def run_doctor(
     cluster: bool = True,
     cluster_timeout_s: float = DEFAULT_PREFLIGHT_TIMEOUT_S,
     min_free_disk_gb: float = DEFAULT_MIN_FREE_DISK_GB,
+    client_nats_url: str | None = None,
     root: Path | None = None,
     cache: PreflightCache | None = None,
     on_info: Callable[[str], None] = lambda m: None,
 ) -> list[Check]:
-    """Every check: client side, then (``cluster``) the preflight job on every alive node.
+    """Every check: client side (NATS at ``client_nats_url`` when given, else where the cluster
+    reaches it), then (``cluster``) the preflight job on every alive node.
 
     The cluster half runs in the runtime_env ``submission`` would be submitted with; a passing
     result is stored in ``cache`` (so a ``submit`` right after does not run it again).
@@ -164,7 +166,9 @@ def run_doctor(
     Raises:
         SubmissionError: the checkout has no pin list or runtime_envs (not a cluster problem).
     """
-    checks = run_client_checks(submission.effective_spec(), dashboard_url, token, check_timeout_s)
+    checks = run_client_checks(
+        submission.effective_spec(), dashboard_url, token, check_timeout_s, nats_url=client_nats_url
+    )
     if not cluster:
         return checks
     if any(c.failed for c in checks if c.name in ("dashboard", "auth")):
