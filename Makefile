@@ -94,7 +94,7 @@ typecheck: venv
 	$(BIN)/mypy
 
 ## Exactly what CI (.ci/run) runs.
-check: lint typecheck test
+check: lint typecheck test test-containers
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

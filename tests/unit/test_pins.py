@@ -32,10 +32,13 @@ def _requirement(text: str) -> tuple[str, str | None]:
 
 
 def _dockerfile_from(text: str) -> str:
-    """The FROM image of the (last) stage, with ARG defaults substituted."""
+    """The FROM image of the (last) stage, with ARG defaults substituted (an ARG's default may
+    name other ARGs: BASE_IMAGE=rayproject/ray:${RAY_VERSION}-${RAY_VARIANT})."""
     args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, flags=re.M))
     image = re.findall(r"^FROM\s+(\S+)", text, flags=re.M)[-1]
-    return re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), image)
+    for _ in range(len(args) + 1):
+        image = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), image)
+    return image
 
 
 def _dockerfile_runs(text: str) -> str:
