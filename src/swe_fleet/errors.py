@@ -16,6 +16,8 @@ fields that caller needs. Messages say what happened *and what to do next*.
     │   └── JobWaitTimeout        the job did not reach a terminal state in time
     ├── PublishError              JetStream publish failed after retries (subject, key)
     │   ├── NatsUnreachable       NATS did not answer within the bound (url)
+    │   │   └── NatsRefused       NATS answered but refused this client's credentials
+    │   │       └── NatsPermissionDenied  the server denied a subject to these credentials (subject)
     │   └── OutboxWritten         ... and the events not acknowledged are in an outbox file (path, count)
     ├── OutboxError               an outbox file cannot be written, read or parsed (path, line)
     ├── StreamConfigMismatch      an existing stream has an incompatible config (stream, differences)
@@ -39,7 +41,6 @@ fields that caller needs. Messages say what happened *and what to do next*.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -404,22 +405,3 @@ class NoHeadFound(NodeStartError):
         self.hosts = hosts
         self.waited_s = waited_s
         super().__init__(message)
-
-
-#: Reasons in events and in one-line messages stay this short; tracebacks go to logs only.
-MAX_REASON_CHARS = 300
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
-
-
-def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
-    """A reason fit for an event: for a traceback (Ray puts whole ones in its errors), the line
-    that names the exception; else the first non-empty line; cut to ``limit`` characters."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return ""
-    head = lines[0]
-    if len(lines) > 1:
-        named = [line for line in lines[1:] if _EXCEPTION_LINE.match(line)]
-        if named:
-            head = f"{head.rstrip(':')}: {named[-1]}" if len(head) < 120 else named[-1]
-    return head if len(head) <= limit else head[: limit - 3] + "..."

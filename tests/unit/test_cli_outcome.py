@@ -5,7 +5,7 @@ from __future__ import annotations
 from ray.job_submission import JobStatus
 
 from swe_fleet.cli.outcome import RETRY_HINT, failure_lines, last_meaningful_line
-from swe_fleet.errors import MAX_REASON_CHARS, one_line
+from swe_fleet.reasons import MAX_REASON_CHARS, one_line
 
 from support.fake_jobs import FakeJob, FakeJobsApi
 

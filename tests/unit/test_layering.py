@@ -5,7 +5,7 @@
     cli                                        entry point (nothing imports it)
     dispatch  preflight  local  node  driver   orchestration
     council  llm  nats  submit                 mechanisms (council and llm.base are pure)
-    errors spec events addresses exit_codes    the contract (pure)
+    errors reasons spec events addresses       the contract (pure), and exit_codes
 
 A module may import modules of its own package and of lower layers only (the contract's modules
 also each other); the one sideways arrow above it is ``council -> llm.base`` (the chat types
@@ -26,7 +26,9 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 #: Top-level unit of swe_fleet (a subpackage or a top-level module) -> its layer.
 LAYERS: dict[str, int] = {
-    **dict.fromkeys(["errors", "exit_codes", "spec", "events", "addresses", "_logging", "_processes"], 0),
+    **dict.fromkeys(
+        ["errors", "reasons", "exit_codes", "spec", "events", "addresses", "_logging", "_processes"], 0
+    ),
     **dict.fromkeys(["council", "llm", "nats", "submit"], 1),
     **dict.fromkeys(["dispatch", "preflight", "local", "node", "driver"], 2),
     "cli": 3,
@@ -34,7 +36,7 @@ LAYERS: dict[str, int] = {
 #: Sideways arrows allowed within a layer: (importer unit, imported module).
 SIDEWAYS = {("council", "swe_fleet.llm.base")}
 #: Modules that must stay pure: no I/O library, no swe_fleet I/O package.
-PURE = ("errors", "exit_codes", "spec", "events", "addresses", "council", "llm.base")
+PURE = ("errors", "reasons", "exit_codes", "spec", "events", "addresses", "council", "llm.base")
 #: Libraries (or their modules) that do I/O: network, processes, engines.
 IO_LIBRARIES = (
     "nats", "ray", "vllm", "aiohttp", "requests", "httpx", "socket", "subprocess",

@@ -12,9 +12,10 @@ import asyncio
 import re
 from collections.abc import Callable
 
-from swe_fleet.errors import MAX_REASON_CHARS, SweFleetError
+from swe_fleet.errors import SweFleetError
 from swe_fleet.events import COUNCIL_JOB_FAILED, CouncilJobFailed
 from swe_fleet.nats.consumer import ConsumerOptions, iter_events
+from swe_fleet.reasons import MAX_REASON_CHARS
 from swe_fleet.submit.jobs_api import JobsApi
 
 #: The next step of a failed or stopped ``submit``.

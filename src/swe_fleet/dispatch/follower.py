@@ -22,9 +22,10 @@ from ray.job_submission import JobStatus
 from swe_fleet.dispatch.config import DispatcherConfig
 from swe_fleet.dispatch.ledger import DispatchRecord, Ledger
 from swe_fleet.dispatch.status import StatusPublisher
-from swe_fleet.errors import DispatchError, PublishError, SubmissionError, one_line
+from swe_fleet.errors import DispatchError, PublishError, SubmissionError
 from swe_fleet.events import JobState
 from swe_fleet.nats.pull import sleep_unless
+from swe_fleet.reasons import one_line
 from swe_fleet.submit.jobs_api import JobsApi
 from swe_fleet.submit.request import attempt_job_id
 

@@ -26,7 +26,7 @@ import structlog
 from swe_fleet._logging import configure_logging
 from swe_fleet.addresses import DEFAULT_NAMESPACE
 from swe_fleet.council.deliberation import run_deliberation
-from swe_fleet.errors import ConfigError, LLMError, OutboxWritten, PublishError, SpecError, one_line
+from swe_fleet.errors import ConfigError, LLMError, OutboxWritten, PublishError, SpecError
 from swe_fleet.events import CouncilJobFailed
 from swe_fleet.exit_codes import ExitCode
 from swe_fleet.llm.backends import build_generator
@@ -35,6 +35,7 @@ from swe_fleet.nats.checkpoints import KVCheckpoints
 from swe_fleet.nats.connection import close_nats, connect_nats
 from swe_fleet.nats.policy import PublishPolicy
 from swe_fleet.nats.publisher import JetStreamPublisher
+from swe_fleet.reasons import one_line
 from swe_fleet.spec import CouncilSpec
 
 log = structlog.get_logger(__name__)

@@ -15,9 +15,10 @@ from typing import Any
 import ray
 import structlog
 
-from swe_fleet.errors import LLMError, one_line
+from swe_fleet.errors import LLMError
 from swe_fleet.llm.base import BatchStats, ChatRequest, Completion, TokenChoice
 from swe_fleet.llm.cpu_threads import apply_env_defaults, cpu_engine_env
+from swe_fleet.reasons import one_line
 from swe_fleet.spec import ModelSpec
 
 log = structlog.get_logger(__name__)
