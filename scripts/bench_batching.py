@@ -93,7 +93,7 @@ def run_ceiling(tasks: int, repeats: int) -> dict[str, Any]:
     from swe_fleet.council.deliberation import run_deliberation
     from swe_fleet.llm.base import ChatRequest, Completion
     from swe_fleet.llm.cpu_threads import apply_env_defaults
-    from swe_fleet.llm.engine import engine_env, llm_options
+    from swe_fleet.llm.engine_actor import engine_env, llm_options
     from swe_fleet.llm.model import prepare_local_model
     from swe_fleet.spec import CouncilSpec
 

@@ -8,7 +8,7 @@ Each of the tasks (at least 40: code with a real bug, a wrong formula, a wrong f
 correct and a wrong proposal. A judge agent scores both with the council's own vote request
 (:func:`swe_fleet.council.protocol.vote_slots`: the same prompt, JSON schema, token budget and
 token probabilities), on the shipped model in the engine backend's own engine class
-(:class:`swe_fleet.llm.engine.VLLMEngine`, in this process). Every task is judged twice, with the
+(:class:`swe_fleet.llm.engine_actor.VLLMEngine`, in this process). Every task is judged twice, with the
 correct proposal listed first and then second (position bias): one batch per order.
 
 One generation gives every scoring mode: ``written`` (the JSON's integers), ``expected`` (the
@@ -23,6 +23,7 @@ decoding makes a rerun identical, so the spread reported is the interval, not re
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -144,7 +145,7 @@ def main() -> int:
     if len(tasks) < 40:
         sys.exit(f"{args.tasks}: {len(tasks)} tasks; the benchmark needs at least 40")
 
-    from swe_fleet.llm.engine import VLLMEngine
+    from swe_fleet.llm.engine_actor import VLLMEngine
 
     spec = judge_spec(tasks)
     started = time.monotonic()
@@ -154,7 +155,7 @@ def main() -> int:
     started = time.monotonic()
     for correct_first in (True, False):
         slots = vote_slots(spec, tasks, correct_first)
-        completions = engine.chat([s.request for s in slots])
+        completions = asyncio.run(engine.chat([s.request for s in slots]))
         rows += score_pairs(spec, tasks, slots, completions, correct_first)
     judge_s = time.monotonic() - started
 

@@ -60,10 +60,15 @@ class _Strict(BaseModel):
 
 
 class TaskSpec(_Strict):
-    """One problem the council deliberates on."""
+    """One problem the council deliberates on, by all of the council's agents or by the ones it
+    names, with answers up to ``model.max_tokens`` or its own ``max_tokens``."""
 
     id: Identifier
     prompt: Text
+    #: The agents (ids from the council's ``agents``) that deliberate on this task; default all.
+    agents: Annotated[list[Identifier], Field(min_length=2)] | None = None
+    #: This task's proposal, critique and revision length (votes keep ``model.vote_max_tokens``).
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
 
 
 class AgentSpec(_Strict):
@@ -116,6 +121,11 @@ class ProtocolSpec(_Strict):
     #: Votes a task needs for an outcome (``decided`` or ``tied``); default: a majority of its
     #: voters (the agents that had a proposal other than their own to score).
     quorum: Annotated[int, Field(ge=1)] | None = None
+    #: How tasks move through the phases: ``pipelined``, each task goes to its next phase as soon
+    #: as its own previous phase is done (requests of every task in flight together; a task's
+    #: result is published when that task is done); ``barrier``, one batch per phase across all
+    #: tasks, every task waiting at each phase for the slowest.
+    schedule: Literal["pipelined", "barrier"] = "pipelined"
 
 
 class ModelSpec(_Strict):
@@ -227,14 +237,40 @@ class CouncilSpec(_Strict):
                     )
                     raise ValueError(f"{what}.{i}.id: {same}; ids must be unique, ignoring case")
                 seen[ident.lower()] = ident
-        if self.protocol.quorum is not None and self.protocol.quorum > len(self.agents) - 1:
+        known = {a.id for a in self.agents}
+        for i, task in enumerate(self.tasks):
+            named = task.agents or []
+            unknown = [a for a in named if a not in known]
+            if unknown:
+                raise ValueError(
+                    f"tasks.{i}.agents: {', '.join(map(repr, unknown))} is not an agent of this council "
+                    f"(agents: {', '.join(sorted(known))})"
+                )
+            if len(set(named)) != len(named):
+                raise ValueError(f"tasks.{i}.agents: an agent is named twice")
+        fewest = min(len(self.agents_of(t)) for t in self.tasks)
+        if self.protocol.quorum is not None and self.protocol.quorum > fewest - 1:
             raise ValueError(
                 f"protocol.quorum: {self.protocol.quorum} votes can never be cast: a task has at most "
-                f"{len(self.agents) - 1} voters with this many agents (each scores the others)"
+                f"{fewest - 1} voters with {fewest} agents (each scores the others)"
             )
         if self.protocol.min_score >= self.protocol.max_score:
             raise ValueError("protocol.min_score must be below protocol.max_score")
         return self
+
+    def agents_of(self, task: TaskSpec) -> list[AgentSpec]:
+        """The agents that deliberate on ``task`` (the council's order)."""
+        if task.agents is None:
+            return list(self.agents)
+        return [a for a in self.agents if a.id in task.agents]
+
+    def for_task(self, task: TaskSpec) -> CouncilSpec:
+        """This council narrowed to ``task``: its agents, its ``max_tokens``. The deliberation
+        plans, prompts and ranks each task through it (same name, protocol and model otherwise)."""
+        update: dict[str, Any] = {"tasks": [task], "agents": self.agents_of(task)}
+        if task.max_tokens is not None:
+            update["model"] = self.model.model_copy(update={"max_tokens": task.max_tokens})
+        return self.model_copy(update=update)
 
     # ---- converters -------------------------------------------------------------------------
 

@@ -97,14 +97,41 @@ def test_different_request_under_a_taken_id_is_a_conflict(
         submit_council(client, other)
 
 
+def test_pipelined_and_barrier_schedules_publish_the_same_slots(
+    client: JobsApi, session_nats: NatsServer, tiny_spec: CouncilSpec, vllm_server: VLLMServer
+) -> None:
+    """The tiny council (early stop off, so the plan does not depend on the texts) run once per
+    schedule: both complete every planned slot, under the same keys apart from the submission id."""
+    keys: dict[str, set[str]] = {}
+    for schedule in ("pipelined", "barrier"):
+        doc = on_server_backend(tiny_spec, vllm_server.base_url, max_tokens=24).model_dump(mode="json")
+        doc["name"] = f"schedule-{schedule}"
+        doc["protocol"].update(early_stop=False, schedule=schedule)
+        spec = CouncilSpec.from_dict(doc)
+        submitted = submit_council(client, CouncilSubmission(spec=spec, nats_url=session_nats.url))
+        status = wait_until_terminal(client, submitted.job_id, timeout_s=JOB_TIMEOUT_S)
+        assert status.value == "SUCCEEDED", client.logs(submitted.job_id)[-3000:]
+        events = consume_all(session_nats.url, None, submitted.submission_id)
+        assert_complete_council(events, spec)
+        sid = submitted.submission_id
+        keys[schedule] = {
+            f"{e['task_id']}/{e['phase']}/{e['round']}/{e['agent_id']}" if e["event"].startswith("agent.")
+            else f"{e['task_id']}/deliberation"
+            for e in events if e["submission_id"] == sid
+        }  # fmt: skip
+    assert keys["pipelined"] == keys["barrier"]
+    assert len(keys["barrier"]) == len(tiny_spec.tasks) * (len(tiny_spec.agents) * 4 + 1)
+
+
 @pytest.mark.engine
-def test_readme_line_runs_two_replicas_each_called_once_per_phase(
+def test_readme_line_runs_two_replicas_each_called_once_per_task_and_phase(
     repo_root: Path, council_cluster: RayHead, session_nats: NatsServer, prepared_model: Path
 ) -> None:
     """The README's laptop line (ray job submit ... --runtime-env runtime_envs/pinned.yaml --
     python jobs/council.py --spec SPEC) runs a council whose events carry Ray's own submission
-    id; with two engine replicas, each serves exactly one LLM.chat per phase (counted inside the
-    actors), and every phase publishes tasks x agents events.
+    id; the council is pipelined (the default schedule): each task's phase is one call, split
+    across the two engine replicas, so each replica serves exactly one ``chat`` per (task, phase)
+    (counted inside the actors), and every phase publishes tasks x agents events.
 
     (One engine council for both promises: the README line with examples/council.yaml is what
     `swe-fleet run` runs in tests/e2e.)"""
@@ -125,9 +152,10 @@ def test_readme_line_runs_two_replicas_each_called_once_per_phase(
         if '"council.done"' in line and "{" in line
     )
     phases = 2 + 2 * spec.protocol.critique_rounds  # propose, (critique, revise) x k, vote
-    assert done["phases"] == phases
-    assert done["replica_calls"] == [phases, phases]
-    assert done["llm_calls"] == 2 * phases
+    assert spec.protocol.schedule == "pipelined" and done["phases"] == phases
+    calls = len(spec.tasks) * phases  # one per (task, phase), each split over both replicas
+    assert done["replica_calls"] == [calls, calls]
+    assert done["llm_calls"] == 2 * calls
     events = consume_all(session_nats.url, "it-ray-cli", match.group(1))
     assert_complete_council(events, spec)
     per_phase = Counter(
@@ -156,8 +184,8 @@ def test_killed_driver_resumes_from_its_checkpoint_without_duplicates(
     client: JobsApi, session_nats: NatsServer, tiny_spec: CouncilSpec, vllm_server: VLLMServer
 ) -> None:
     """Stop the job after its first phase is checkpointed (it publishes council.job.failed for that
-    attempt), rerun the same submission: it resumes after the saved phase and every event is in
-    the stream exactly once. (Server backend; answers long enough that the stop lands mid-run.)"""
+    attempt), rerun the same submission: each task resumes after its own saved phase and every
+    event is in the stream exactly once. (Server backend; answers long enough that the stop lands mid-run.)"""
     doc = on_server_backend(tiny_spec, vllm_server.base_url, max_tokens=128).model_dump(mode="json")
     doc["name"] = "resume"
     doc["protocol"]["early_stop"] = False
@@ -167,8 +195,9 @@ def test_killed_driver_resumes_from_its_checkpoint_without_duplicates(
     saved = _wait_for_checkpoint(client, session_nats.url, first)
     client.stop(first.job_id)
     assert wait_until_terminal(client, first.job_id, timeout_s=120).value == "STOPPED"
-    done_before = saved["done"]
-    assert "vote" not in done_before
+    assert all("vote" not in phases for phases in saved["done"].values())
+    # Where each task stood when the driver died (its own phase: pipelined tasks move apart).
+    last = {task: phases[-1] for task, phases in saved_checkpoint(session_nats.url, sid)["done"].items()}
 
     again = submit_council(client, request, retry_failed=True)
     assert (again.submission_id, again.job_id, again.created) == (sid, f"{sid}-retry1", True)
@@ -176,7 +205,10 @@ def test_killed_driver_resumes_from_its_checkpoint_without_duplicates(
     status = wait_until_terminal(client, again.job_id, timeout_s=JOB_TIMEOUT_S)
     logs = client.logs(again.job_id)
     assert status.value == "SUCCEEDED", logs[-3000:]
-    assert '"council.resumed"' in logs
+    resumed = next(
+        json.loads(line[line.index("{") :]) for line in logs.splitlines() if '"council.resumed"' in line
+    )
+    assert resumed["after"] == last, logs[-3000:]
     events = consume_all(session_nats.url, "it-resume", sid)
     # The stopped attempt said so (SIGTERM -> council.job.failed for that attempt) ...
     stopped = [e for e in events if e["event"] == "council.job.failed"]

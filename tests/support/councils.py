@@ -29,14 +29,14 @@ def propose_events(sid: str, n: int, start: int = 0) -> list[AgentResponseComple
 
 def planned_slots(spec: CouncilSpec, rounds_run: dict[str, int]) -> Counter[tuple[str, str, int, str]]:
     """Every (task, phase, round, agent) slot the protocol plans, given the critique rounds each
-    task ran (a council.deliberation.completed says them): tasks x agents x (2 + 2 x rounds)."""
+    task ran (a council.deliberation.completed says them): per task, its agents x (2 + 2 x rounds)."""
     planned: Counter[tuple[str, str, int, str]] = Counter()
     for task in spec.tasks:
         rounds = rounds_run[task.id]
         phases = [("propose", 0), ("vote", 0)] + [
             (p, r) for r in range(1, rounds + 1) for p in ("critique", "revise")
         ]
-        planned.update((task.id, p, r, a.id) for p, r in phases for a in spec.agents)
+        planned.update((task.id, p, r, a.id) for p, r in phases for a in spec.agents_of(task))
     return planned
 
 
@@ -57,7 +57,10 @@ def assert_complete_council(events: Sequence[dict[str, Any]], spec: CouncilSpec)
     for r in results:
         assert r["rounds_run"] <= spec.protocol.critique_rounds
         assert r["outcome"] in ("decided", "tied"), f"task {r['task_id']}: {r['outcome']}: {r['reason']}"
-        assert (r["winner"] is None) == (r["outcome"] == "tied") and len(r["ranking"]) == len(spec.agents)
+        task = next(t for t in spec.tasks if t.id == r["task_id"])
+        assert (r["winner"] is None) == (r["outcome"] == "tied") and len(r["ranking"]) == len(
+            spec.agents_of(task)
+        )
         task_keys = [_key(e) for e in agent_events if e["task_id"] == r["task_id"]]
         assert sorted(r["transcript"]) == sorted(task_keys)
     came = Counter((e["task_id"], e["phase"], e["round"], e["agent_id"]) for e in agent_events)

@@ -3,6 +3,7 @@ the one place a fake LLM belongs): phase order, batching, routing, early stop, l
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections import Counter
@@ -43,6 +44,7 @@ class ScriptedLLM:
 
     async def generate(self, batch: Sequence[ChatRequest]) -> list[Completion]:
         self.batches.append(list(batch))
+        await asyncio.sleep(0)  # like a real backend: other tasks' calls go on meanwhile
         return [Completion(text=self.answer(_phase(r), r), output_tokens=5) for r in batch]
 
     async def close(self) -> None:
@@ -91,9 +93,12 @@ async def _run(spec_text: str, answer: Callable[[str, ChatRequest], str] = defau
     return spec, llm, pub, report
 
 
-async def test_phases_run_in_order_one_batch_each_across_all_tasks() -> None:
-    """propose, (critique, revise) x k, vote: one generator call per phase with every task in it."""
-    _, llm, pub, _ = await _run(BASE + "protocol: {critique_rounds: 2, early_stop: false}\n")
+async def test_barrier_phases_run_in_order_one_batch_each_across_all_tasks() -> None:
+    """Barrier schedule: propose, (critique, revise) x k, vote: one generator call per phase
+    with every task in it."""
+    _, llm, pub, _ = await _run(
+        BASE + "protocol: {critique_rounds: 2, early_stop: false, schedule: barrier}\n"
+    )
     assert [_phase(b[0]) for b in llm.batches] == [
         "propose",
         "critique",
@@ -109,6 +114,67 @@ async def test_phases_run_in_order_one_batch_each_across_all_tasks() -> None:
                       ("critique", 2): 6, ("revise", 2): 6, ("vote", 0): 6}  # fmt: skip
     keys = [e.key for e in pub.events]
     assert len(keys) == len(set(keys))
+
+
+async def test_pipelined_tasks_move_through_their_phases_independently() -> None:
+    """Pipelined schedule (the default): one call per (task, phase) holding only that task's
+    agents, each task's phases in order, the tasks' calls interleaved (t2's propose is asked
+    before t1's critique: nobody waits for a phase barrier), and the same events as the
+    barrier schedule."""
+    text = BASE + "protocol: {critique_rounds: 2, early_stop: false}\n"
+    _, llm, pub, report = await _run(text)
+    calls = [(_task_of(b[0]), _phase(b[0])) for b in llm.batches]
+    assert all(len(b) == 3 and len({_task_of(r) for r in b}) == 1 for b in llm.batches)
+    order = ["propose", "critique", "revise", "critique", "revise", "vote"]
+    assert [p for t, p in calls if t == "t1"] == order and [p for t, p in calls if t == "t2"] == order
+    assert calls.index(("t2", "propose")) < calls.index(("t1", "critique"))
+    _, _, barrier_pub, barrier = await _run(
+        text.replace("early_stop: false", "early_stop: false, schedule: barrier")
+    )
+    assert sorted(e.key for e in pub.events) == sorted(e.key for e in barrier_pub.events)
+    assert [r.model_dump(exclude={"created_at"}) for r in report.results] == [
+        r.model_dump(exclude={"created_at"}) for r in barrier.results]  # fmt: skip
+
+
+async def test_a_pipelined_task_publishes_its_result_while_another_is_still_deliberating() -> None:
+    """t1 stops early (no objections) and its result is published before t2's last critique
+    round is asked for."""
+
+    class Slow(ScriptedLLM):
+        """t2's calls take a few more turns of the loop (a longer answer)."""
+
+        async def generate(self, batch: Sequence[ChatRequest]) -> list[Completion]:
+            if _task_of(batch[0]) == "t2":
+                for _ in range(5):
+                    await asyncio.sleep(0)
+            return await super().generate(batch)
+
+    def answer(phase: str, req: ChatRequest) -> str:
+        if phase == "critique" and _task_of(req) == "t1":
+            return "\n".join(f"### {t}\nNO OBJECTION" for t in _targets(req))
+        return default_answer(phase, req)
+
+    spec = CouncilSpec.from_text(BASE + "protocol: {critique_rounds: 3}\n")
+    llm, pub = Slow(answer), Recorder()
+    seen: list[str] = []
+
+    class Watching(Recorder):
+        async def publish_all(self, events: Sequence[Any], concurrency: int = 64) -> list[Any]:
+            seen.extend(
+                f"result {e.task_id}"
+                if isinstance(e, DeliberationCompleted)
+                else f"{e.task_id} {e.phase}.{e.round}"
+                for e in events
+            )
+            return await pub.publish_all(events)
+
+    report = await run_deliberation(spec, submission_id="sub", generator=llm, publisher=Watching())
+    assert seen.index("result t1") < seen.index("t2 critique.3")
+    assert [(r.task_id, r.early_stopped, r.rounds_run) for r in report.results] == [
+        ("t1", True, 1),
+        ("t2", False, 3),
+    ]
+    assert report.task_seconds["t1"] <= report.task_seconds["t2"]
 
 
 async def test_each_agent_speaks_with_its_role_prompt_in_every_phase() -> None:
@@ -139,7 +205,8 @@ async def test_revision_sees_only_the_critique_addressed_to_it() -> None:
 async def test_votes_are_on_the_final_revisions_and_rank_deterministically() -> None:
     """Voters score the revised proposals; a rerun gives the same ranking and scores."""
     _, llm, _, report = await _run(BASE)
-    vote_prompt = llm.batches[-1][0].messages[-1]["content"]
+    vote = next(b for b in llm.batches if _phase(b[0]) == "vote" and _task_of(b[0]) == "t1")
+    vote_prompt = vote[0].messages[-1]["content"]
     assert "revised plan for t1" in vote_prompt
     _, _, _, report2 = await _run(BASE)
     assert [r.model_dump(exclude={"created_at"}) for r in report.results] == [
@@ -258,7 +325,7 @@ async def test_a_failing_backend_yields_failed_events_and_results_not_silence() 
     assert all(e.reason.startswith("nothing to ") for e in failed if e.phase != "propose")
     assert [(r.outcome, r.winner, r.reason) for r in report.results] == [
         ("failed", None, "no proposal: every agent's proposal failed")] * 2  # fmt: skip
-    assert report.backend_errors == ["engine actor died"]
+    assert report.backend_errors == ["engine actor died"] * 2  # one per call: each task's propose
 
 
 class MemoryCheckpoints:
@@ -273,9 +340,16 @@ class MemoryCheckpoints:
         self.saved[submission_id] = json.dumps(checkpoint)  # must survive JSON, like the KV store
 
 
-async def test_a_crashed_run_resumes_after_the_last_checkpointed_phase() -> None:
-    """The driver dies in revise; the rerun skips propose and critique, runs revise and vote,
-    and ranks exactly like an uninterrupted run."""
+@pytest.mark.parametrize(
+    ("schedule", "rerun"),
+    [("pipelined", ["revise", "revise", "vote", "vote"]), ("barrier", ["revise", "vote"])],
+)
+async def test_a_crashed_run_resumes_after_the_last_checkpointed_phase(
+    schedule: str, rerun: list[str]
+) -> None:
+    """The driver dies in revise; the rerun skips propose and critique, runs revise and vote
+    (per task when pipelined, across tasks with the barrier), and ranks exactly like an
+    uninterrupted run."""
 
     class DriverDied(Exception):
         """Stands for the driver process being killed mid-phase."""
@@ -286,7 +360,7 @@ async def test_a_crashed_run_resumes_after_the_last_checkpointed_phase() -> None
                 raise DriverDied
             return await super().generate(batch)
 
-    spec = CouncilSpec.from_text(BASE)
+    spec = CouncilSpec.from_text(BASE + f"protocol: {{schedule: {schedule}}}\n")
     store, pub = MemoryCheckpoints(), Recorder()
     with pytest.raises(DriverDied):
         await run_deliberation(
@@ -296,13 +370,16 @@ async def test_a_crashed_run_resumes_after_the_last_checkpointed_phase() -> None
             publisher=pub,
             checkpoints=store,
         )
-    assert json.loads(store.saved["sub"])["done"] == ["propose", "critique.1"]
+    assert json.loads(store.saved["sub"])["done"] == {
+        "t1": ["propose", "critique.1"],
+        "t2": ["propose", "critique.1"],
+    }
     llm2, pub2 = ScriptedLLM(default_answer), Recorder()
     resumed = await run_deliberation(
         spec, submission_id="sub", generator=llm2, publisher=pub2, checkpoints=store
     )
-    assert [_phase(b[0]) for b in llm2.batches] == ["revise", "vote"]
-    assert resumed.resumed_after == "critique.1"
+    assert sorted(_phase(b[0]) for b in llm2.batches) == rerun
+    assert resumed.resumed_after == {"t1": "critique.1", "t2": "critique.1"}
     assert {e.phase for e in pub2.events if not isinstance(e, DeliberationCompleted)} == {"revise", "vote"}
     _, _, _, straight = await _run(BASE)
     assert [r.model_dump(exclude={"created_at"}) for r in resumed.results] == [
@@ -343,12 +420,42 @@ async def test_a_backend_failure_is_not_checkpointed_so_a_retry_redoes_the_work(
         publisher=Recorder(),
         checkpoints=store,
     )
-    assert json.loads(store.saved["s"])["done"] == ["propose", "critique.1", "revise.1"]
+    good = ["propose", "critique.1", "revise.1"]
+    assert json.loads(store.saved["s"])["done"] == {"t1": good, "t2": good}
     llm = ScriptedLLM(default_answer)
     report = await run_deliberation(
         spec, submission_id="s", generator=llm, publisher=Recorder(), checkpoints=store
     )
-    assert [_phase(b[0]) for b in llm.batches] == ["vote"]
+    assert [(_task_of(b[0]), _phase(b[0])) for b in llm.batches] == [("t1", "vote"), ("t2", "vote")]
+    assert all(r.winner for r in report.results)
+
+
+async def test_a_pipelined_task_whose_batch_failed_is_redone_alone() -> None:
+    """t2's critique batch fails in the backend while t1 goes on: the checkpoint keeps t1's
+    every phase and t2's propose; the retry asks only for t2's critique, revise and vote."""
+    from swe_fleet.errors import LLMError
+
+    class FailsForT2(ScriptedLLM):
+        async def generate(self, batch: Sequence[ChatRequest]) -> list[Completion]:
+            if _phase(batch[0]) == "critique" and _task_of(batch[0]) == "t2":
+                raise LLMError("engine died", backend="engine")
+            return await super().generate(batch)
+
+    spec = CouncilSpec.from_text(BASE)
+    store = MemoryCheckpoints()
+    first = await run_deliberation(
+        spec, submission_id="s", generator=FailsForT2(default_answer), publisher=Recorder(), checkpoints=store
+    )
+    assert [(r.task_id, r.outcome) for r in first.results] == [("t1", "decided"), ("t2", "decided")]
+    saved = json.loads(store.saved["s"])["done"]
+    assert saved == {"t1": ["propose", "critique.1", "revise.1", "vote"], "t2": ["propose"]}
+    llm = ScriptedLLM(default_answer)
+    report = await run_deliberation(
+        spec, submission_id="s", generator=llm, publisher=Recorder(), checkpoints=store
+    )
+    assert [(_task_of(b[0]), _phase(b[0])) for b in llm.batches] == [
+        ("t2", "critique"), ("t2", "revise"), ("t2", "vote")]  # fmt: skip
+    assert report.resumed_after == {"t1": "vote", "t2": "propose"}
     assert all(r.winner for r in report.results)
 
 
@@ -419,3 +526,34 @@ async def test_every_planned_slot_ends_in_exactly_one_event() -> None:
     assert all(isinstance(b_t2[("revise", r)], AgentResponseFailed) for r in (1, 2))
     # a's votes failed: 2 of 3 counted on each task, still the default quorum (2)
     assert all((r.votes_counted, r.quorum) == (2, 2) and r.outcome != "failed" for r in report.results)
+
+
+@pytest.mark.parametrize("schedule", ["pipelined", "barrier"])
+async def test_tasks_may_name_their_agents_and_answer_length(schedule: str) -> None:
+    """t1 is deliberated by a and b only, with answers up to 10 tokens; t2 by everyone at the
+    model's length: requests, events, votes and the ranking follow each task's own agents."""
+    from tests.support.councils import planned_slots
+
+    text = (
+        "name: p\n"
+        "tasks: [{id: t1, prompt: first task, agents: [a, b], max_tokens: 10},"
+        " {id: t2, prompt: second task}]\n"
+        "agents: [{id: a, role: architect}, {id: b, role: developer}, {id: c, role: qa}]\n"
+        f"protocol: {{early_stop: false, schedule: {schedule}}}\n"
+    )
+    spec, llm, pub, report = await _run(text)
+    requests = [r for b in llm.batches for r in b]
+    t1 = [r for r in requests if _task_of(r) == "t1"]
+    assert {_agent_of(r) for r in t1} == {"a", "b"}
+    assert {r.max_tokens for r in t1 if not r.json_schema} == {10}
+    assert {r.max_tokens for r in requests if _task_of(r) == "t2" and not r.json_schema} == {
+        spec.model.max_tokens
+    }
+    came = Counter(
+        (e.task_id, e.phase, e.round, e.agent_id)
+        for e in pub.events
+        if not isinstance(e, DeliberationCompleted)
+    )
+    assert came == planned_slots(spec, {"t1": 1, "t2": 1})
+    assert [[x.agent_id for x in r.ranking] for r in report.results] == [["b", "a"], ["c", "b", "a"]]
+    assert "### c" not in next(r for r in t1 if r.json_schema).messages[-1]["content"]

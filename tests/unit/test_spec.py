@@ -132,3 +132,22 @@ def test_colliding_ids_blank_prompts_and_an_impossible_quorum_are_refused(
         CouncilSpec.from_text(doc)
     assert info.value.field == field, str(info.value)
     assert said in str(info.value)
+
+
+def test_a_task_naming_an_agent_the_council_lacks_is_refused() -> None:
+    """tasks.N.agents must name the council's agents, each once; the error names the task."""
+    base = "agents: [{id: a, role: x}, {id: b, role: y}, {id: c, role: z}]\n"
+    with pytest.raises(SpecError, match=r"'d' is not an agent of this council \(agents: a, b, c\)") as info:
+        CouncilSpec.from_text("tasks: [{id: t, prompt: p}, {id: u, prompt: q, agents: [a, d]}]\n" + base)
+    assert "tasks.1.agents" in str(info.value)
+    with pytest.raises(SpecError, match="named twice"):
+        CouncilSpec.from_text("tasks: [{id: t, prompt: p, agents: [a, a]}]\n" + base)
+    with pytest.raises(SpecError) as short:
+        CouncilSpec.from_text("tasks: [{id: t, prompt: p, agents: [a]}]\n" + base)
+    assert short.value.field == "tasks.0.agents"
+    with pytest.raises(SpecError, match="at most 1 voters with 2 agents"):
+        CouncilSpec.from_text("tasks: [{id: t, prompt: p, agents: [a, b]}]\nprotocol: {quorum: 2}\n" + base)
+    spec = CouncilSpec.from_text("tasks: [{id: t, prompt: p, agents: [c, a], max_tokens: 7}]\n" + base)
+    narrowed = spec.for_task(spec.tasks[0])
+    assert [a.id for a in narrowed.agents] == ["a", "c"] and narrowed.model.max_tokens == 7
+    assert narrowed.name == spec.name and narrowed.protocol == spec.protocol

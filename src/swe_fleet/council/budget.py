@@ -49,8 +49,9 @@ def token_budget_problems(
     vote_tokens = max(
         vote_token_budget([c for c in ids if c != voter], spec.model.vote_max_tokens) for voter in ids
     )
+    longest = max(spec.for_task(t).model.max_tokens for t in spec.tasks)
     for field, tokens in (
-        ("model.max_tokens", spec.model.max_tokens),
+        ("model.max_tokens" if longest == spec.model.max_tokens else "tasks.*.max_tokens", longest),
         ("model.vote_max_tokens", vote_tokens),
     ):
         if tokens >= context:
@@ -64,15 +65,16 @@ def token_budget_problems(
     if count_tokens is None or problems:
         return problems
     for i, task in enumerate(spec.tasks):
-        for agent in spec.agents:
-            request = chat_request(spec, agent, task_context(task), "Propose a solution.")
+        narrowed = spec.for_task(task)
+        for agent in narrowed.agents:
+            request = chat_request(narrowed, agent, task_context(task), "Propose a solution.")
             prompt = sum(count_tokens(m["content"]) for m in request.messages) + TEMPLATE_TOKENS
-            if prompt + spec.model.max_tokens > context:
+            if prompt + request.max_tokens > context:
                 problems.append(
                     BudgetProblem(
                         f"tasks.{i}.prompt",
                         f"the proposal prompt of task {task.id!r} for agent {agent.id!r} is about {prompt} "
-                        f"tokens; with model.max_tokens {spec.model.max_tokens} it exceeds the model's "
+                        f"tokens; with max_tokens {request.max_tokens} it exceeds the model's "
                         f"context of {context} tokens{where}: shorten the prompt or lower max_tokens",
                     )
                 )

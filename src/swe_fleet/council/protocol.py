@@ -1,7 +1,9 @@
 """The deliberation protocol as pure functions: state + phase -> batch of chat requests;
 completions -> events -> new state.
 
-Phases, each ONE batch across all tasks and agents:
+Phases, each planned for the tasks given (one task when the deliberation is pipelined, all of
+them with the barrier schedule; a spec narrowed to one task by :meth:`CouncilSpec.for_task` also
+narrows the agents to that task's own):
 
 1. **propose** (round 0): every agent answers every task.
 2. **critique** (rounds 1..k): every agent critiques the other agents' *current* proposals for

@@ -23,6 +23,25 @@ class TaskState:
     settled: bool = False
     transcript: list[str] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (round numbers become string keys)."""
+        return {
+            **{k: v for k, v in self.__dict__.items() if k != "critiques"},
+            "critiques": {
+                str(r): {t: [list(n) for n in notes] for t, notes in by_target.items()}
+                for r, by_target in self.critiques.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TaskState:
+        """Inverse of :meth:`to_dict`."""
+        critiques = {
+            int(r): {t: [(n[0], n[1]) for n in notes] for t, notes in by_target.items()}
+            for r, by_target in raw["critiques"].items()
+        }
+        return cls(**{**raw, "critiques": critiques})
+
 
 @dataclass
 class CouncilState:
@@ -35,26 +54,10 @@ class CouncilState:
         return cls(tasks={t.id: TaskState() for t in spec.tasks})
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (round numbers become string keys)."""
-        return {
-            tid: {
-                **{k: v for k, v in ts.__dict__.items() if k != "critiques"},
-                "critiques": {
-                    str(r): {t: [list(n) for n in notes] for t, notes in by_target.items()}
-                    for r, by_target in ts.critiques.items()
-                },
-            }
-            for tid, ts in self.tasks.items()
-        }
+        """JSON-ready form: task id -> :meth:`TaskState.to_dict`."""
+        return {tid: ts.to_dict() for tid, ts in self.tasks.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CouncilState:
         """Inverse of :meth:`to_dict`."""
-        tasks = {}
-        for tid, raw in data.items():
-            critiques = {
-                int(r): {t: [(n[0], n[1]) for n in notes] for t, notes in by_target.items()}
-                for r, by_target in raw["critiques"].items()
-            }
-            tasks[tid] = TaskState(**{**raw, "critiques": critiques})
-        return cls(tasks=tasks)
+        return cls(tasks={tid: TaskState.from_dict(raw) for tid, raw in data.items()})

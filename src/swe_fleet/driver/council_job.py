@@ -202,6 +202,9 @@ async def _run_council(
         phase_requests=report.phase_requests,
         backend_errors=report.backend_errors,
         resumed_after=report.resumed_after,
+        schedule=spec.protocol.schedule,
+        task_seconds=report.task_seconds,
+        engine_timelines=generator.stats.replica_timelines,
     )
     if start_error or report.backend_errors:
         # Every response has its event (failed ones say why), but the council did not really run.

@@ -80,6 +80,8 @@ class BatchStats:
         per_replica_calls: calls the generator sent to each engine replica.
         replica_calls: calls each replica says it served (counted inside the engine, read when
             the generator closes; None for a replica that was lost). Empty for other backends.
+        replica_timelines: per replica, ``(wall time, requests in flight)`` samples of its running
+            batch (read with ``replica_calls``; empty for a lost replica and other backends).
     """
 
     calls: int = 0
@@ -88,6 +90,7 @@ class BatchStats:
     generate_seconds: float = 0.0
     per_replica_calls: dict[int, int] = field(default_factory=dict)
     replica_calls: list[int | None] = field(default_factory=list)
+    replica_timelines: list[list[tuple[float, int]]] = field(default_factory=list)
 
 
 class Generator(Protocol):

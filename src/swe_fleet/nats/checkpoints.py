@@ -1,9 +1,9 @@
 """Council checkpoints in a JetStream key-value bucket, keyed by submission id.
 
-The driver saves ``{"spec_hash", "done": [phase names], "state": CouncilState.to_dict()}``
-(zlib-compressed JSON) after every phase; a retried job of the same submission id loads it and
-resumes after the last done phase. A checkpoint too large for one NATS message is skipped with
-a warning (the council goes on; that submission just cannot resume).
+The driver saves ``{"spec_hash", "done": {task: [phase names]}, "state": {task: TaskState}}``
+(zlib-compressed JSON) each time a task finishes a phase; a retried job of the same submission id
+loads it and resumes each task after its own last done phase. A checkpoint too large for one
+NATS message is skipped with a warning (the council goes on; that submission just cannot resume).
 
 Saves and loads retry under the same :class:`~swe_fleet.nats.policy.PublishPolicy` as the job's
 event publishes (one bound per attempt, one budget in total): a NATS pause shorter than the
