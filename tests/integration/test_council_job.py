@@ -308,10 +308,10 @@ def test_nats_paused_within_then_beyond_the_budget_loses_and_duplicates_nothing(
     client: JobsApi, nats_server: NatsServer, tiny_spec: CouncilSpec, vllm_server: VLLMServer
 ) -> None:
     """A real council (server backend) on its own nats-server, with a 12 s publish budget:
-    SIGSTOP after its first phase for 8 s (longer than one 5 s acknowledgement wait, within the
-    budget): it carries on. SIGSTOP after its second phase for 30 s (beyond the budget): the
-    attempt fails naming what it could not do; ``--retry-failed`` resumes after the last saved
-    phase and completes it. Every planned slot is stored exactly once."""
+    SIGSTOP once every task has proposed, for 8 s (longer than one 5 s acknowledgement wait,
+    within the budget): it carries on. SIGSTOP once every task has critiqued, for 40 s (beyond the
+    budget): the attempt fails naming what it could not do; ``--retry-failed`` resumes each task
+    after its own last saved phase and completes it. Every planned slot is stored exactly once."""
     import signal
 
     doc = on_server_backend(tiny_spec, vllm_server.base_url, max_tokens=64).model_dump(mode="json")
@@ -324,9 +324,14 @@ def test_nats_paused_within_then_beyond_the_budget_loses_and_duplicates_nothing(
     assert nats_server.process is not None
     pid = nats_server.process.pid
 
+    def every_task_did(phase: str) -> bool:
+        done = (saved_checkpoint(nats_server.url, sid) or {}).get("done", {})
+        return all(phase in done.get(t.id, []) for t in tiny_spec.tasks)
+
     def wait_for_done(phase: str) -> None:
         deadline = time.monotonic() + JOB_TIMEOUT_S
-        while phase not in ((saved := saved_checkpoint(nats_server.url, sid)) or {}).get("done", []):
+        while not every_task_did(phase):
+            saved = saved_checkpoint(nats_server.url, sid)
             assert time.monotonic() < deadline, f"no checkpoint after {phase}: {saved}"
             assert not client.status(first.job_id).is_terminal(), client.logs(first.job_id)[-3000:]
             time.sleep(0.1)
@@ -350,13 +355,17 @@ def test_nats_paused_within_then_beyond_the_budget_loses_and_duplicates_nothing(
     assert status.value == "FAILED", logs[-3000:]
     assert '"publish.outbox"' in logs, logs[-3000:]
     assert "was never retrieved" not in logs and "Traceback" not in logs, logs[-3000:]  # no asyncio noise
+    last = {task: phases[-1] for task, phases in saved_checkpoint(nats_server.url, sid)["done"].items()}
 
     again = submit_council(client, request, retry_failed=True)
     assert (again.submission_id, again.job_id) == (sid, f"{sid}-retry1")
     retry_status = wait_until_terminal(client, again.job_id, timeout_s=JOB_TIMEOUT_S)
     retry_logs = client.logs(again.job_id)
     assert retry_status.value == "SUCCEEDED", retry_logs[-3000:]
-    assert '"council.resumed"' in retry_logs and '"after": "critique.1"' in retry_logs, retry_logs[-3000:]
+    resumed = next(
+        json.loads(line[line.index("{") :]) for line in retry_logs.splitlines() if '"council.resumed"' in line
+    )
+    assert resumed["after"] == last, retry_logs[-3000:]
     assert "was never retrieved" not in retry_logs, retry_logs[-3000:]
     events = consume_all(nats_server.url, "it-natspause", sid)
     # The first attempt said why it failed (its event landed once the server continued) ...
