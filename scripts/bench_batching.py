@@ -167,7 +167,11 @@ def _done_line(logs: str, event: str) -> dict[str, Any] | None:
     return None
 
 
-def run_job(jobs: Any, nats_url: str, spec_doc: dict[str, Any], label: str) -> dict[str, Any]:
+def submit_and_wait(
+    jobs: Any, nats_url: str, spec_doc: dict[str, Any], label: str, timeout_s: float = 1800
+) -> tuple[Any, str, float, str, dict[str, Any]]:
+    """Submit the council ``spec_doc`` and wait for its end: (spec, status, wall seconds, logs,
+    its ``council.done`` line). Exits naming ``label`` when the job logged no ``council.done``."""
     from swe_fleet.spec import CouncilSpec
     from swe_fleet.submit.request import CouncilSubmission
     from swe_fleet.submit.submission import submit_council
@@ -176,17 +180,22 @@ def run_job(jobs: Any, nats_url: str, spec_doc: dict[str, Any], label: str) -> d
     spec = CouncilSpec.from_dict(spec_doc)
     t0 = time.monotonic()
     submitted = submit_council(
-        jobs, CouncilSubmission(spec=spec, nats_url=nats_url, submission_id=f"{label}-{int(t0)}")
+        jobs, CouncilSubmission(spec=spec, nats_url=nats_url, submission_id=f"{label}-{int(time.time())}")
     )
-    status = wait_until_terminal(jobs, submitted.job_id, timeout_s=1800)
+    status = wait_until_terminal(jobs, submitted.job_id, timeout_s=timeout_s)
     wall = time.monotonic() - t0
     logs = jobs.logs(submitted.job_id)
-    if status.value != "SUCCEEDED":
-        raise SystemExit(f"{label}: job {status.value}\n{logs[-3000:]}")
     done = _done_line(logs, "council.done")
-    ready = _done_line(logs, "engine.ready")
     if done is None:
-        raise SystemExit(f"{label}: no council.done line in the job logs")
+        raise SystemExit(f"{label}: job {status.value}, no council.done line:\n{logs[-3000:]}")
+    return spec, status.value, wall, logs, done
+
+
+def run_job(jobs: Any, nats_url: str, spec_doc: dict[str, Any], label: str) -> dict[str, Any]:
+    spec, status, wall, logs, done = submit_and_wait(jobs, nats_url, spec_doc, label)
+    if status != "SUCCEEDED":
+        raise SystemExit(f"{label}: job {status}\n{logs[-3000:]}")
+    ready = _done_line(logs, "engine.ready")
     gen = float(done["generate_seconds"])
     return {
         "job_wall_s": round(wall, 2),

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_batching import _done_line, reset_server_cache
+from bench_batching import reset_server_cache, submit_and_wait
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -210,28 +210,13 @@ def run_ceiling(repeats: int) -> list[dict[str, Any]]:
 
 
 def run_job(jobs: Any, nats_url: str, spec_doc: dict[str, Any], label: str) -> dict[str, Any]:
-    from swe_fleet.spec import CouncilSpec
-    from swe_fleet.submit.request import CouncilSubmission
-    from swe_fleet.submit.submission import submit_council
-    from swe_fleet.submit.wait import wait_until_terminal
-
-    spec = CouncilSpec.from_dict(spec_doc)
-    t0 = time.monotonic()
-    submitted = submit_council(
-        jobs, CouncilSubmission(spec=spec, nats_url=nats_url, submission_id=f"{label}-{int(time.time())}")
-    )
-    status = wait_until_terminal(jobs, submitted.job_id, timeout_s=3600)
-    wall = time.monotonic() - t0
-    logs = jobs.logs(submitted.job_id)
-    done = _done_line(logs, "council.done")
-    if done is None:
-        raise SystemExit(f"{label}: job {status.value}, no council.done line:\n{logs[-3000:]}")
+    _, status, wall, _, done = submit_and_wait(jobs, nats_url, spec_doc, label, timeout_s=3600)
     # A task without an outcome (the tiny model can fail a vote's quorum) fails the job; the
     # deliberation still ran to the end, which is what is measured here.
     task_seconds = {k: float(v) for k, v in done["task_seconds"].items()}
     return summary(
         int(done["output_tokens"]), max(task_seconds.values()), task_seconds,
-        job_status=status.value, job_wall_s=round(wall, 2), llm_calls=done["llm_calls"],
+        job_status=status, job_wall_s=round(wall, 2), llm_calls=done["llm_calls"],
         timeline=[tuple(x) for line in done.get("engine_timelines") or [] for x in line],
     )  # fmt: skip
 
