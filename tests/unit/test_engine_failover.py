@@ -109,3 +109,24 @@ async def test_a_vllm_error_inside_the_actor_fails_the_batch() -> None:
     gen = generator(FakeReplica("a", [lambda: ray.exceptions.RayTaskError("chat", "tb", ValueError("x"))]))
     with pytest.raises(LLMError, match="failed on a batch"):
         await gen.generate(batch(1))
+
+
+async def test_a_replica_whose_engine_stopped_is_not_called_again_and_its_shard_moves() -> None:
+    """A replica answers that its engine failed inside (EngineStopped, as Ray hands it back:
+    wrapped in a RayTaskError): its half runs on the other replica, it gets no more work, and
+    when no replica is left the batch is an LLMError at once."""
+    from swe_fleet.llm.engine_actor import EngineStopped
+
+    def stopped() -> BaseException:
+        return ray.exceptions.RayTaskError(
+            "chat", "tb", EngineStopped("vLLM engine failed: boom")
+        ).as_instanceof_cause()
+
+    a, b = FakeReplica("a"), FakeReplica("b", [stopped])
+    gen = generator(a, b)
+    out = await gen.generate(batch(4))
+    assert [c.text for c in out] == ["a:q0", "a:q1", "a:q2", "a:q3"]
+    await gen.generate(batch(2))
+    assert len(b.calls) == 1 and gen.serving_replicas() == [0]
+    with pytest.raises(LLMError, match="every vLLM engine replica died"):
+        await generator(FakeReplica("c", [stopped])).generate(batch(1))

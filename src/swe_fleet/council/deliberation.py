@@ -263,3 +263,5 @@ async def _all_or_first_error(coros: list[Coroutine[Any, Any, None]]) -> None:
     for t in tasks:
         if t in done and not t.cancelled() and t.exception() is not None:
             raise t.exception()  # type: ignore[misc]
+    if any(t.cancelled() for t in done):  # cancelled from elsewhere: not a finished council
+        raise asyncio.CancelledError

@@ -80,8 +80,9 @@ class BatchStats:
         per_replica_calls: calls the generator sent to each engine replica.
         replica_calls: calls each replica says it served (counted inside the engine, read when
             the generator closes; None for a replica that was lost). Empty for other backends.
-        replica_timelines: per replica, ``(wall time, requests in flight)`` samples of its running
-            batch (read with ``replica_calls``; empty for a lost replica and other backends).
+        replica_timelines: for each replica that answered when the generator closed (in replica
+            order; a lost one is left out), ``(wall time, requests in flight)`` samples of its
+            running batch. Empty for other backends.
     """
 
     calls: int = 0

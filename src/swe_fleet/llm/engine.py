@@ -18,7 +18,7 @@ import structlog
 
 from swe_fleet.errors import LLMError
 from swe_fleet.llm.base import BatchStats, ChatRequest, Completion
-from swe_fleet.llm.engine_actor import VLLMEngine
+from swe_fleet.llm.engine_actor import EngineStopped, VLLMEngine
 from swe_fleet.reasons import one_line
 from swe_fleet.spec import ModelSpec
 
@@ -142,6 +142,13 @@ class EngineGenerator:
                     log.warning("engine.replica_lost", replica=replica, permanent=permanent,
                                 requests=len(positions), error=error)  # fmt: skip
                     continue
+                if _engine_stopped(outcome):
+                    # Its engine failed inside: the actor lives on but serves nothing more.
+                    self._dead.add(replica)
+                    todo += positions
+                    log.warning("engine.replica_stopped", replica=replica, requests=len(positions),
+                                error=str(outcome).splitlines()[0][:300])  # fmt: skip
+                    continue
                 if isinstance(outcome, BaseException):
                     raise LLMError(
                         f"vLLM engine failed on a batch of {len(batch)}: {outcome}", backend="engine"
@@ -173,8 +180,12 @@ class EngineGenerator:
             )
         except TimeoutError:
             for ref in refs:
-                ray.cancel(ref)  # actor tasks cannot be force-cancelled; close() kills the actors
+                ray.cancel(ref)  # the actor aborts the call's requests
             raise self._batch_timeout(len(batch)) from None
+        except asyncio.CancelledError:
+            for ref in refs:  # our caller gave up (another task failed, the job was stopped)
+                ray.cancel(ref)
+            raise
         return outcomes
 
     def _batch_timeout(self, size: int) -> LLMError:
@@ -219,3 +230,9 @@ class EngineGenerator:
                 log.warning("engine.call_counts_unavailable", error=str(exc))
         for r in self.replicas:
             ray.kill(r)
+
+
+def _engine_stopped(outcome: object) -> bool:
+    """Whether a replica's answer says its engine stopped (Ray hands the actor's exception back
+    as a RayTaskError that is also an instance of it, or carries it as ``cause``)."""
+    return isinstance(outcome, EngineStopped) or isinstance(getattr(outcome, "cause", None), EngineStopped)

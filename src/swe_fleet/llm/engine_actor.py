@@ -65,6 +65,11 @@ def engine_env(model: ModelSpec, cores: Any) -> dict[str, str]:
     return env
 
 
+class EngineStopped(RuntimeError):
+    """This replica's engine failed (or was closed) and serves nothing more: the generator moves
+    the call's requests to the replicas still serving."""
+
+
 @dataclass
 class _Call:
     """One ``chat`` call inside the step thread: its results fill in as requests finish."""
@@ -127,13 +132,14 @@ class VLLMEngine:
         :class:`Completion` with ``error`` naming the limit; the rest still run.
 
         Raises:
-            RuntimeError: the engine failed (now or earlier); the replica serves nothing more.
+            EngineStopped: the engine failed (now or earlier); the replica serves nothing more.
+            RuntimeError: vLLM refused this call's requests (the engine goes on).
         """
         self.calls += 1
         call = _Call(batch=list(batch), done=concurrent.futures.Future())
         with self._failing:
             if self._failure is not None:
-                raise RuntimeError(f"vLLM engine of replica {self.replica} failed earlier: {self._failure}")
+                raise EngineStopped(f"vLLM engine of replica {self.replica} failed earlier: {self._failure}")
             self._inbox.put(call)
         try:
             return await asyncio.wrap_future(call.done)
@@ -174,7 +180,7 @@ class VLLMEngine:
                     if isinstance(item, _Abort):
                         self._abort(item.call)
                     else:
-                        self._admit(item)
+                        self._admit_or_refuse(item)
                 if engine.has_unfinished_requests():
                     now, running = time.time(), len(self._by_request)
                     last = self._timeline[-1] if self._timeline else (0.0, -1)
@@ -187,6 +193,17 @@ class VLLMEngine:
             with self._failing:
                 self._failure = exc
                 self._fail_all(exc, [i for i in items if isinstance(i, _Call)])
+
+    def _admit_or_refuse(self, call: _Call) -> None:
+        """Admit ``call``'s requests; if vLLM refuses them (e.g. a parameter it does not take),
+        that call fails alone and the engine goes on."""
+        try:
+            self._admit(call)
+        except Exception as exc:
+            for request_id in call.running:
+                self._by_request.pop(request_id, None)
+            call.running.clear()
+            _settle(call.done, error=RuntimeError(f"vLLM refused the requests: {type(exc).__name__}: {exc}"))
 
     def _admit(self, call: _Call) -> None:
         from vllm import SamplingParams
@@ -246,8 +263,8 @@ class VLLMEngine:
 
     @staticmethod
     def _maybe_done(call: _Call) -> None:
-        if not call.running and not call.done.done():
-            call.done.set_result([r for r in call.results if r is not None])
+        if not call.running:
+            _settle(call.done, result=[r for r in call.results if r is not None])
 
     def _abort(self, call: _Call) -> None:
         running = set(call.running)
@@ -269,8 +286,7 @@ class VLLMEngine:
             if isinstance(item, _Call):
                 calls[id(item)] = item
         for call in calls.values():
-            if not call.done.done():
-                call.done.set_exception(RuntimeError(f"vLLM engine failed: {type(exc).__name__}: {exc}"))
+            _settle(call.done, error=EngineStopped(f"vLLM engine failed: {type(exc).__name__}: {exc}"))
 
     def _count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         # transformers 5 returns a BatchEncoding unless asked for plain ids.
@@ -280,6 +296,23 @@ class VLLMEngine:
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
         return len(ids)
+
+
+def _settle(
+    done: concurrent.futures.Future[list[Completion]],
+    *,
+    result: list[Completion] | None = None,
+    error: BaseException | None = None,
+) -> None:
+    """Resolve ``done`` unless it already is: its waiter may cancel it from the event loop's
+    thread at any moment (the caller gave up), and that must not reach the step thread."""
+    try:
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result or [])
+    except concurrent.futures.InvalidStateError:
+        pass  # cancelled meanwhile: its requests are being aborted
 
 
 def _external_id(internal: str) -> str:
