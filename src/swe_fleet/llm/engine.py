@@ -121,7 +121,8 @@ class EngineGenerator:
             serving = self.serving_replicas()
             if not serving:
                 raise LLMError(
-                    f"every vLLM engine replica died (restarts used up) during a batch of {len(batch)}; "
+                    "every vLLM engine replica died (restarts used up, or its engine stopped) "
+                    f"during a batch of {len(batch)}; "
                     "see the job logs for why, and check the cluster's nodes",
                     backend="engine",
                 )

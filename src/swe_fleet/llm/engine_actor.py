@@ -26,6 +26,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +57,7 @@ def llm_options(model: ModelSpec) -> dict[str, Any]:
     return options
 
 
-def engine_env(model: ModelSpec, cores: Any) -> dict[str, str]:
+def engine_env(model: ModelSpec, cores: Collection[int]) -> dict[str, str]:
     """The vLLM environment an engine for ``model`` runs with on a process allowed ``cores``:
     the engine core in process, and on CPU the thread settings of :mod:`.cpu_threads`."""
     env = dict(IN_PROCESS_ENGINE_ENV)
