@@ -63,6 +63,9 @@ def bench_spec(tasks: int, *, backend: str = "engine", server_url: str | None = 
             "vote_max_tokens": 64,
             "temperature": 0.0,
             "num_cpus": 2,
+            # A fresh engine per job (not the shared pool): each run starts with a cold prefix
+            # cache, and its engine start is measured.
+            "engine": "per-job",
         },
         "backend": backend,
     }
@@ -93,7 +96,7 @@ def run_ceiling(tasks: int, repeats: int) -> dict[str, Any]:
     from swe_fleet.council.deliberation import run_deliberation
     from swe_fleet.llm.base import ChatRequest, Completion
     from swe_fleet.llm.cpu_threads import apply_env_defaults
-    from swe_fleet.llm.engine_actor import engine_env, llm_options
+    from swe_fleet.llm.engine_options import engine_env, llm_options
     from swe_fleet.llm.model import prepare_local_model
     from swe_fleet.spec import CouncilSpec
 

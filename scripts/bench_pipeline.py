@@ -96,8 +96,9 @@ def bench_spec(schedule: str, *, backend: str = "engine", server_url: str | None
         "protocol": {"critique_rounds": 2, "early_stop": True, "schedule": schedule,
                      "max_proposal_chars": 500, "max_critique_chars": 400},
         # The engine gets the machine's 2 cores, like the in-process ceiling.
+        # A fresh engine per job (not the shared pool): each run starts with a cold prefix cache.
         "model": {"name": "smollm2-135m", "vote_max_tokens": 64, "temperature": 0.0, "seed": 0,
-                  "num_cpus": 2},
+                  "num_cpus": 2, "engine": "per-job"},
         "backend": backend,
     }  # fmt: skip
     if server_url:
@@ -153,7 +154,7 @@ def run_ceiling(repeats: int) -> list[dict[str, Any]]:
     from swe_fleet.council.deliberation import run_deliberation
     from swe_fleet.llm.base import ChatRequest, Completion
     from swe_fleet.llm.cpu_threads import apply_env_defaults
-    from swe_fleet.llm.engine_actor import engine_env, llm_options
+    from swe_fleet.llm.engine_options import engine_env, llm_options
     from swe_fleet.llm.model import prepare_local_model
     from swe_fleet.spec import CouncilSpec
 
@@ -262,7 +263,7 @@ def run_ray_data(repeats: int) -> list[dict[str, Any]]:
 
     from swe_fleet.council.deliberation import run_deliberation
     from swe_fleet.llm.base import ChatRequest, Completion
-    from swe_fleet.llm.engine_actor import engine_env, llm_options
+    from swe_fleet.llm.engine_options import engine_env, llm_options
     from swe_fleet.llm.model import prepare_local_model
     from swe_fleet.spec import CouncilSpec
 

@@ -143,6 +143,15 @@ class ModelSpec(_Strict):
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
     seed: int = 0
     replicas: Annotated[int, Field(ge=1)] = 1
+    #: ``shared``: the engine replicas of the cluster's pool for this model and options, created
+    #: by the first council that needs them and reused (and batched together) by every later
+    #: one (:mod:`swe_fleet.llm.pool`); ``per-job``: engines of this job alone, stopped with it.
+    engine: Literal["shared", "per-job"] = "shared"
+    #: A shared replica stops itself after this long without a call (the next council starts it again).
+    pool_idle_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    #: On a shared replica, at most this many of this council's requests run at once; the rest
+    #: wait their turn, taking turns with the other councils' (one council cannot starve another).
+    max_inflight: Annotated[int, Field(ge=1)] = 64
     num_gpus: Annotated[float, Field(ge=0)] = 0
     num_cpus: Annotated[float, Field(ge=0)] = 1
     #: Bound on one phase's batch on the engine backend (a hung engine must not hang the job).

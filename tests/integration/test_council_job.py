@@ -1,7 +1,8 @@
 """A council job through the real Jobs API, real vLLM on CPU, real JetStream.
 
 Tests about delivery, ids and resuming run the server backend against the session's vLLM server;
-the tests about the engine backend (the README's line, replicas, a killed engine) start engines.
+the tests about the engine backend (the README's line, replicas, a killed engine) run on the
+session cluster's shared engine pool (started by the first of them, reused by the next).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from swe_fleet.llm.pool import pool_name
 from swe_fleet.local.stack import NatsServer, RayHead
 from swe_fleet.local.vllm_server import VLLMServer
 from swe_fleet.spec import CouncilSpec
@@ -27,6 +29,7 @@ from swe_fleet.submit.wait import wait_until_terminal
 from support.councils import (
     assert_complete_council,
     consume_all,
+    engine_cli,
     on_server_backend,
     ray_job_submit,
     saved_checkpoint,
@@ -240,9 +243,10 @@ def test_a_killed_engine_replica_loses_no_slot(
     tiny_spec: CouncilSpec,
     prepared_model: Path,
 ) -> None:
-    """Two engine replicas; SIGKILL one of them after the first phase: its share of the next
-    batch reruns on the other replica (``engine.replica_lost``), the job succeeds and every
-    planned slot completed exactly once."""
+    """Two replicas of the shared engine pool; SIGKILL one of them after the first phase: its
+    share of the next batch reruns on the other replica (``engine.replica_lost``), the job
+    succeeds and every planned slot completed exactly once; Ray restarts the killed replica
+    (a new process), and the pool serves on with both (``swe-fleet engine status``)."""
     import signal
 
     doc = tiny_spec.model_dump(mode="json")
@@ -256,6 +260,7 @@ def test_a_killed_engine_replica_loses_no_slot(
     pids = _engine_actor_pids(ray_head)
     assert len(pids) == 2, f"expected two engine actors under our Ray head, found {pids}"
     os.kill(pids[0], signal.SIGKILL)
+    killed = pids[0]
     status = wait_until_terminal(client, submitted.job_id, timeout_s=JOB_TIMEOUT_S)
     logs = client.logs(submitted.job_id)
     assert status.value == "SUCCEEDED", logs[-3000:]
@@ -263,6 +268,16 @@ def test_a_killed_engine_replica_loses_no_slot(
     events = consume_all(session_nats.url, "it-killengine", sid)
     assert_complete_council(events, spec)
     assert not [e for e in events if e["event"] == "agent.response.failed"], logs[-3000:]
+    pool = pool_name(spec.model)
+    deadline = time.monotonic() + 120
+    while True:  # the restarted replica loads its model again
+        replicas = {r["name"]: r for r in engine_cli(ray_head, "status")["replicas"]}
+        ready = [r for n, r in replicas.items() if n.startswith(f"{pool}/") and "error" not in r]
+        if len(ready) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert sorted(r["name"] for r in ready) == [f"{pool}/0", f"{pool}/1"], replicas
+    assert killed not in [r["pid"] for r in ready] and set(pids[1:]) <= {r["pid"] for r in ready}
 
 
 @pytest.mark.engine  # it starts the session vLLM server again

@@ -19,8 +19,9 @@ def test_concurrent_calls_share_the_engine_and_each_returns_when_its_own_request
 ) -> None:
     """A short call made while a long one runs comes back first (no waiting for the other
     call's requests), with both calls' requests in the batch at once; a prompt too long for the
-    context fails alone, naming the limit; a cancelled call's request leaves the engine; a closed
-    engine refuses further calls, saying why."""
+    context fails alone, naming the limit; a cancelled call's request leaves the engine; two
+    councils take turns (one capped at 2 running requests never exceeds it, and a later small
+    council is served before the big one ends); a closed engine refuses further calls, saying why."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
     proc = subprocess.run(
         [sys.executable, str(repo_root / "tests" / "support" / "engine_probe.py")],
@@ -37,5 +38,10 @@ def test_concurrent_calls_share_the_engine_and_each_returns_when_its_own_request
     assert "exceeds the model's context of 2048 tokens (model.max_model_len)" in error and tokens == 0
     assert ok_error is None and ok_tokens == 4
     assert out["cancelled"] and out["unfinished_after_cancel"] == 0
-    assert out["calls"] == 4
+    assert out["calls"] == 4 + 2
+    # Turns between councils: the one capped at 2 never had more running, and the small one
+    # that came later was served while the big one's requests were still waiting their turn.
+    assert out["peak_running_big"] == 2 and out["small_before_big"], out
+    assert out["small_tokens"] == [4] and len(out["big_tokens"]) == 6 and all(out["big_tokens"]), out
+    assert out["calls_by_client"] == {"big": 1, "small": 1}
     assert "failed earlier: the engine was closed" in out["after_close"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -135,6 +136,18 @@ def on_server_backend(spec: CouncilSpec, server_url: str, **model: Any) -> Counc
     doc["server"] = {**doc["server"], "url": server_url, "concurrency": 16}
     doc["model"] = {**doc["model"], **model}
     return CouncilSpec.from_dict(doc)
+
+
+def engine_cli(head: RayHead, *args: str, timeout: float = 600) -> dict[str, Any]:
+    """``swe-fleet engine ARGS --json`` against the session cluster; its report."""
+    swe_fleet = str(Path(sys.executable).parent / "swe-fleet")
+    proc = subprocess.run(
+        [swe_fleet, "engine", *args, "--address", head.dashboard_url, "--json"],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **head.client_env()},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report: dict[str, Any] = json.loads(proc.stdout)
+    return report
 
 
 def warm_runtime_env(head: RayHead, nats_url: str, repo_root: Path, timeout_s: float = 600) -> None:

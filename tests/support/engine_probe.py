@@ -45,6 +45,22 @@ async def probe() -> dict[str, object]:
     await asyncio.sleep(0.5)  # the step thread aborts it at its next turn
     out["unfinished_after_cancel"] = engine.llm.llm_engine.get_num_unfinished_requests()
     out["peak_in_flight"] = max(n for _, n in engine.timeline())
+    # Two councils on one replica: "big" may run 2 requests at once, "small" comes later.
+    big = asyncio.create_task(
+        engine.chat([ask(f"Count from 1 to 500, one per line ({i}).", 96) for i in range(6)], "big", 2)
+    )
+    await asyncio.sleep(0.3)
+    small = asyncio.create_task(engine.chat([ask("Say hello.", 4)], "small", 2))
+    peak_big = 0
+    while not big.done():
+        peak_big = max(peak_big, engine._admission.running_by_client().get("big", 0))
+        if small.done() and "small_before_big" not in out:
+            out["small_before_big"] = not big.done()
+        await asyncio.sleep(0.05)
+    out["small_tokens"] = [c.output_tokens for c in await small]
+    out["big_tokens"] = [c.output_tokens for c in await big]
+    out["peak_running_big"] = peak_big
+    out["calls_by_client"] = {c: engine.call_count(c) for c in ("big", "small")}
     out["calls"] = engine.call_count()
     engine.close()
     try:

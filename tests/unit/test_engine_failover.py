@@ -38,7 +38,7 @@ class FakeReplica:
         self.calls: list[list[str]] = []
         self.chat = self
 
-    def remote(self, batch: list[ChatRequest]) -> Any:
+    def remote(self, batch: list[ChatRequest], client: str = "", max_inflight: int | None = None) -> Any:
         prompts = [r.messages[-1]["content"] for r in batch]
         self.calls.append(prompts)
         failure = self.script.pop(0)() if self.script else None
@@ -59,6 +59,10 @@ def generator(*replicas: FakeReplica, batch_timeout_s: float = 30) -> EngineGene
     gen.replicas = list(replicas)
     gen._dead = set()
     gen._lost = set()
+    gen.shared = False
+    gen.client = "sub-1"
+    gen._reacquired = 0
+    gen.pool = ""
     return gen
 
 
@@ -130,3 +134,29 @@ async def test_a_replica_whose_engine_stopped_is_not_called_again_and_its_shard_
     assert len(b.calls) == 1 and gen.serving_replicas() == [0]
     with pytest.raises(LLMError, match="every vLLM engine replica died"):
         await generator(FakeReplica("c", [stopped])).generate(batch(1))
+
+
+async def test_a_shared_replica_stopped_for_good_is_created_anew_and_serves_the_shard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A shared pool's replica that stopped (idle time out, ``engine down``) between two calls:
+    the generator looks it up again (which creates it), skips it while it loads, and the shard
+    runs on the other replica; a per-job engine's replica that died is dead for good."""
+    fresh = FakeReplica("fresh")
+    created: list[tuple[int, object]] = []
+
+    def engine_replica(model: ModelSpec, replica: int, *, runtime_env: object = None) -> FakeReplica:
+        created.append((replica, runtime_env))
+        return fresh
+
+    monkeypatch.setattr(engine, "engine_replica", engine_replica)
+    a, b = FakeReplica("a"), FakeReplica("b", [died])
+    gen = generator(a, b)
+    gen.shared, gen._runtime_env = True, None
+    out = await gen.generate(batch(4))
+    assert [c.text for c in out] == ["a:q0", "a:q1", "a:q2", "a:q3"]
+    assert created == [(1, None)] and gen.replicas[1] is fresh and gen.serving_replicas() == [0]
+    assert a.calls[-1] == ["q2", "q3"]  # the stopped replica's shard, on the other one
+    per_job = generator(FakeReplica("c"), FakeReplica("d", [died]))
+    await per_job.generate(batch(2))
+    assert 1 in per_job._dead and len(created) == 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from swe_fleet.llm.engine_actor import engine_env, llm_options
+from swe_fleet.llm.engine_options import engine_env, llm_options
 from swe_fleet.spec import DEFAULT_KV_BLOCK_SIZE, ModelSpec
 
 

@@ -20,12 +20,18 @@ def _submission(**kw: object) -> CouncilSubmission:
     return CouncilSubmission(**{"spec": SPEC, "nats_url": "nats://10.0.0.1:4222", **kw})  # type: ignore[arg-type]
 
 
-def test_staged_runtime_env_holds_both_entrypoints_and_the_spec(repo_root: Path) -> None:
-    """The council's and the preflight's entrypoints and the effective spec are staged together;
+def test_staged_runtime_env_holds_the_entrypoints_and_the_spec(repo_root: Path) -> None:
+    """The council's, the preflight's and the engine pool's entrypoints and the effective spec
+    are staged together;
     pinned adds swe_fleet as py_modules and the pin list; the folder is gone after the block."""
     with staged_runtime_env(_submission(), repo_root) as env:
         staged = Path(env["working_dir"])
-        assert sorted(p.name for p in staged.iterdir()) == ["council.py", "preflight.py", "spec.json"]
+        assert sorted(p.name for p in staged.iterdir()) == [
+            "council.py",
+            "engine.py",
+            "preflight.py",
+            "spec.json",
+        ]
         assert json.loads((staged / "spec.json").read_text())["publish"]["nats_url"] == "nats://10.0.0.1:4222"
         assert env["py_modules"] == [str(Path(swe_fleet.__file__).parent)]
         assert "nats-py==2.16.0" in env["pip"]["packages"]
@@ -52,7 +58,7 @@ def test_fingerprint_follows_what_lands_on_nodes_not_the_spec(repo_root: Path) -
 
 def test_fingerprint_changes_when_an_entrypoint_changes(tmp_path: Path, repo_root: Path) -> None:
     """A different jobs/preflight.py is a different environment."""
-    for rel in ("jobs/council.py", "jobs/preflight.py", "runtime_envs/pinned.yaml"):
+    for rel in ("jobs/council.py", "jobs/preflight.py", "jobs/engine.py", "runtime_envs/pinned.yaml"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text((repo_root / rel).read_text())
     with staged_runtime_env(_submission(), tmp_path) as before:
@@ -66,3 +72,17 @@ def test_unknown_runtime_env_kind_is_refused(repo_root: Path) -> None:
     """Only pinned and image exist; anything else names the choices."""
     with pytest.raises(SubmissionError, match="pinned, image"):
         load_runtime_env("conda", repo_root)
+
+
+def test_the_engine_job_env_is_a_councils_without_a_spec_unless_given_one(repo_root: Path) -> None:
+    """``swe-fleet engine status``/``down`` stage no spec; ``up`` stages the one it starts."""
+    from swe_fleet.submit.runtime_env import staged_engine_env
+
+    with staged_engine_env("pinned") as env:
+        assert sorted(p.name for p in Path(env["working_dir"]).iterdir()) == [
+            "council.py", "engine.py", "preflight.py",
+        ]  # fmt: skip
+        assert env["py_modules"] == [str(Path(swe_fleet.__file__).parent)]
+    with staged_engine_env("image", SPEC.to_json()) as env:
+        assert json.loads((Path(env["working_dir"]) / "spec.json").read_text())["name"] == SPEC.name
+        assert "py_modules" not in env

@@ -1,5 +1,5 @@
-"""``swe-fleet``: run, submit, doctor, consume, dispatch, outbox replay, model prepare, local up,
-node start, nats keys. One module per command group; exit codes are :mod:`swe_fleet.exit_codes`.
+"""``swe-fleet``: run, submit, doctor, consume, dispatch, engine, outbox replay, model prepare,
+local up, node start, nats keys. One module per command group; exit codes are :mod:`swe_fleet.exit_codes`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from swe_fleet._logging import configure_logging
 from swe_fleet.cli.consume import consume
 from swe_fleet.cli.dispatch import dispatch
 from swe_fleet.cli.doctor import doctor
+from swe_fleet.cli.engine import engine
 from swe_fleet.cli.local import local
 from swe_fleet.cli.model import model
 from swe_fleet.cli.nats import nats_group
@@ -40,7 +41,7 @@ def cli() -> None:
     configure_logging(json=False)
 
 
-for _command in (run, submit, consume, doctor, dispatch, outbox, model, local, node, nats_group):
+for _command in (run, submit, consume, doctor, dispatch, engine, outbox, model, local, node, nats_group):
     cli.add_command(_command)
 
 

@@ -155,7 +155,7 @@ async def _run_council(
     """Run the deliberation; the exit code and, when it is not OK, why (one line)."""
     ckpt_nc, checkpoints = await _open_checkpoints(spec)
     try:
-        generator = build_generator(spec)
+        generator = build_generator(spec, client=submission_id)
     except BaseException:
         await close_nats(ckpt_nc)
         raise

