@@ -38,16 +38,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_batching import submit_and_wait
+from bench_batching import _done_line, submit_and_wait
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -83,7 +83,7 @@ def results_at(nats_url: str, submission_id: str) -> list[float]:
             nats_url=nats_url, durable=None, idle_timeout_s=1.5, fetch_wait_s=0.3, submission_id=submission_id
         )
         return [
-            datetime.fromisoformat(str(e.created_at)).timestamp()
+            float(e.created_at)  # epoch seconds, set by the job when it made the event
             async for e in iter_events(opts)
             if e.event == "council.deliberation.completed"
         ]
@@ -96,7 +96,7 @@ def one_council(jobs: Any, nats_url: str, doc: dict[str, Any], label: str) -> di
     spec, status, _wall, logs, done = submit_and_wait(jobs, nats_url, doc, label)
     if status != "SUCCEEDED":
         raise SystemExit(f"{label}: job {status}\n{logs[-3000:]}")
-    sid = next(json.loads(ln)["submission_id"] for ln in logs.splitlines() if '"council.done"' in ln)
+    sid = str(done["submission_id"])
     finished = results_at(nats_url, sid)
     if len(finished) != len(spec.tasks):
         raise SystemExit(f"{label}: {len(finished)} results for {len(spec.tasks)} tasks")
@@ -108,10 +108,8 @@ def one_council(jobs: Any, nats_url: str, doc: dict[str, Any], label: str) -> di
 
 
 def _engine_start(logs: str) -> float | None:
-    for line in logs.splitlines():
-        if '"engine.ready"' in line and line.lstrip().startswith("{"):
-            return float(json.loads(line)["replicas"][0]["start_seconds"])
-    return None
+    ready = _done_line(logs, "engine.ready")
+    return float(ready["replicas"][0]["start_seconds"]) if ready else None
 
 
 def at_once(jobs: Any, nats_url: str, docs: list[dict[str, Any]], label: str) -> dict[str, Any]:
@@ -139,7 +137,9 @@ def at_once(jobs: Any, nats_url: str, docs: list[dict[str, Any]], label: str) ->
         logs = jobs.logs(job.job_id)
         if status.value != "SUCCEEDED":
             raise SystemExit(f"{label}: job {status.value}\n{logs[-3000:]}")
-        done = next(json.loads(ln) for ln in logs.splitlines() if '"council.done"' in ln)
+        done = _done_line(logs, "council.done")
+        if done is None:
+            raise SystemExit(f"{label}: no council.done line\n{logs[-3000:]}")
         tokens += int(done["output_tokens"])
         finished = results_at(nats_url, job.submission_id)
         if len(finished) != len(doc["tasks"]):
@@ -177,6 +177,7 @@ def main() -> int:
         stack = LocalStack(Path(tmp)).start()
         server = VLLMServer(Path(tmp) / "vllm")
         try:
+            os.environ.update(stack.client_env)  # its NATS token and CA, for reading the results
             jobs = JobsApi(stack.ray.dashboard_url, auth_token=stack.ray.auth_token)
             url = stack.nats.url
             print("warming the runtime_env (an engine status job) ...", flush=True)
