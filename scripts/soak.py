@@ -65,20 +65,6 @@ def start_dispatcher(workdir: Path, nats_url: str, dashboard: str, env: dict[str
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def engine_pids(head_pid: int) -> list[int]:
-    """The engine replicas among the descendants of our own Ray head (nothing else)."""
-    import psutil
-
-    found = []
-    for proc in psutil.Process(head_pid).children(recursive=True):
-        try:
-            if "VLLMEngine" in " ".join(proc.cmdline()):
-                found.append(proc.pid)
-        except psutil.Error:
-            continue
-    return found
-
-
 async def stored(nats_url: str, stream: str, subject: str) -> list[tuple[str, dict[str, Any]]]:
     """(Nats-Msg-Id, payload) of every message of ``subject`` stored in ``stream``, in order."""
     from nats.errors import TimeoutError as NatsTimeout
@@ -184,9 +170,9 @@ async def soak(n_requests: int, seed: int, timeout_s: float) -> int:
                         nats.stop()
                         await asyncio.sleep(3)
                         nats.start(port=port, store_dir=store)
-                    else:
-                        assert ray.process is not None
-                        pids = engine_pids(ray.process.pid)
+                    else:  # the replica's pid, as the pool reports it (it runs on this host)
+                        replicas = run_engine_job(jobs, "status", env_kind="image")["replicas"]
+                        pids = [r["pid"] for r in replicas if "pid" in r]
                         fault["pids"] = pids
                         if pids:
                             os.kill(pids[0], signal.SIGKILL)

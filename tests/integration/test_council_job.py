@@ -41,16 +41,6 @@ JOB_TIMEOUT_S = 900
 
 
 @pytest.fixture(scope="module")
-def tiny_spec(repo_root: Path) -> CouncilSpec:
-    return CouncilSpec.from_file(repo_root / "tests" / "data" / "tiny.yaml")
-
-
-@pytest.fixture(scope="module")
-def client(council_cluster: RayHead) -> JobsApi:
-    return JobsApi(council_cluster.dashboard_url, auth_token=council_cluster.auth_token)
-
-
-@pytest.fixture(scope="module")
 def tiny_job(
     client: JobsApi, session_nats: NatsServer, tiny_spec: CouncilSpec, vllm_server: VLLMServer
 ) -> tuple[CouncilSubmission, str]:

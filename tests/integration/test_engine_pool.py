@@ -30,16 +30,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.llm, pytest.mark.slow, pytest
 JOB_TIMEOUT_S = 900
 
 
-@pytest.fixture(scope="module")
-def tiny_spec(repo_root: Path) -> CouncilSpec:
-    return CouncilSpec.from_file(repo_root / "tests" / "data" / "tiny.yaml")
-
-
-@pytest.fixture(scope="module")
-def client(council_cluster: RayHead) -> JobsApi:
-    return JobsApi(council_cluster.dashboard_url, auth_token=council_cluster.auth_token)
-
-
 def variant(spec: CouncilSpec, name: str, **model: Any) -> CouncilSpec:
     doc = spec.model_dump(mode="json")
     doc["name"] = name

@@ -63,6 +63,7 @@ def generator(*replicas: FakeReplica, batch_timeout_s: float = 30) -> EngineGene
     gen.client = "sub-1"
     gen._reacquired = 0
     gen.pool = ""
+    gen._max_inflight = None
     return gen
 
 
@@ -160,3 +161,36 @@ async def test_a_shared_replica_stopped_for_good_is_created_anew_and_serves_the_
     per_job = generator(FakeReplica("c"), FakeReplica("d", [died]))
     await per_job.generate(batch(2))
     assert 1 in per_job._dead and len(created) == 1
+
+
+async def test_a_shared_replica_whose_engine_failed_is_called_again_once_it_restarted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A shared pool's replica answers EngineStopped (its process is about to end and Ray
+    starts it again): with no other replica, the shard waits a pause and runs on it once it
+    serves again, instead of failing the council."""
+    from swe_fleet.llm.engine_actor import EngineStopped
+
+    monkeypatch.setattr(engine, "REPLICA_RETRY_PAUSE_S", 0.01)
+    only = FakeReplica("a", [lambda: EngineStopped("vLLM engine failed: boom")] * 2)
+    gen = generator(only)
+    gen.shared = True
+    out = await gen.generate(batch(2))
+    assert [c.text for c in out] == ["a:q0", "a:q1"] and len(only.calls) == 3
+    assert gen.serving_replicas() == [0] and not gen._dead
+
+
+async def test_a_shared_replica_whose_engine_keeps_failing_on_a_batch_ends_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request that makes the engine fail every time: after MAX_ENGINE_STOPS answers the
+    replica counts as dead for this council, and the batch is an LLMError (not a crash loop)."""
+    from swe_fleet.llm.engine_actor import EngineStopped
+
+    monkeypatch.setattr(engine, "REPLICA_RETRY_PAUSE_S", 0.01)
+    only = FakeReplica("a", [lambda: EngineStopped("vLLM engine failed: boom")] * 10)
+    gen = generator(only)
+    gen.shared = True
+    with pytest.raises(LLMError, match="every vLLM engine replica died"):
+        await gen.generate(batch(1))
+    assert len(only.calls) == engine.MAX_ENGINE_STOPS + 1

@@ -41,6 +41,8 @@ def test_a_council_at_its_bound_waits_while_the_others_go_on() -> None:
     assert adm.running_by_client() == {"big": 3, "small": 2} and adm.admit() == []
     adm.finished("big")
     assert adm.admit() == [("big", "x3")]
+    adm.finished("small", 2)  # done: its bound is forgotten, not kept for ever
+    assert "small" not in adm._limits and adm._limits == {"big": 3}
 
 
 def test_withdrawn_and_drained_items_never_run() -> None:

@@ -104,7 +104,16 @@ def print_replicas(replicas: list[dict[str, Any]]) -> None:
         out.print("no engine pool is running")
         return
     table = Table(title="engine pools", show_lines=False)
-    for column in ("replica", "model", "node", "running", "waiting", "councils", "idle s", "up s"):
+    for column in (
+        "replica",
+        "model",
+        "node",
+        "running",
+        "waiting",
+        "councils now / served",
+        "idle s",
+        "up s",
+    ):
         table.add_column(column)
     for r in replicas:
         if "error" in r:
@@ -117,7 +126,7 @@ def print_replicas(replicas: list[dict[str, Any]]) -> None:
             str(r.get("node_id", ""))[:12],
             str(sum(running.values())),
             str(sum(waiting.values())),
-            str(len(running.keys() | waiting.keys())),
+            f"{len(running.keys() | waiting.keys())} / {r.get('clients', 0)}",
             f"{r.get('idle_s', 0):g} / {r.get('idle_timeout_s') or '-'}",
             f"{r.get('up_s', 0):g}",
         )

@@ -12,6 +12,7 @@ latecomer's requests go in at the next free places, alternating with the big one
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
@@ -23,7 +24,8 @@ class FairAdmission(Generic[T]):
     """Round-robin admission across clients, bounded per client and in total.
 
     Items are opaque (the engine uses ``(call, position)`` pairs); the caller reports each
-    admitted item's end with :meth:`finished`.
+    admitted item's end with :meth:`finished`. Safe to read from another thread (the actor's
+    ``status`` while its step thread admits).
     """
 
     def __init__(self, capacity: int) -> None:
@@ -34,10 +36,15 @@ class FairAdmission(Generic[T]):
         self._waiting: OrderedDict[str, deque[T]] = OrderedDict()
         self._running: dict[str, int] = {}
         self._limits: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def add(self, client: str, items: Iterable[T], limit: int | None = None) -> None:
         """Queue ``items`` of ``client``; ``limit`` (when given) bounds its running requests
         from now on (at least 1). A new client takes its turn after those already waiting."""
+        with self._lock:
+            self._add(client, items, limit)
+
+    def _add(self, client: str, items: Iterable[T], limit: int | None) -> None:
         if limit is not None:
             self._limits[client] = max(1, limit)
         queued = self._waiting.get(client)
@@ -46,20 +53,27 @@ class FairAdmission(Generic[T]):
         queued.extend(items)
         if not queued:
             del self._waiting[client]
+            self._forget(client)
 
     def admit(self) -> list[tuple[str, T]]:
         """The items to start now, as ``(client, item)``, each client in turn while there is room."""
+        with self._lock:
+            return self._admit()
+
+    def _admit(self) -> list[tuple[str, T]]:
         admitted: list[tuple[str, T]] = []
-        while self._waiting and self.running < self.capacity:
+        running = sum(self._running.values())
+        while self._waiting and running < self.capacity:
             progressed = False
             for client in list(self._waiting):
-                if self.running >= self.capacity:
+                if running >= self.capacity:
                     break
                 if self._running.get(client, 0) >= self._limits.get(client, self.capacity):
                     continue  # at its own bound: the others go on
                 queued = self._waiting.pop(client)
                 admitted.append((client, queued.popleft()))
                 self._running[client] = self._running.get(client, 0) + 1
+                running += 1
                 progressed = True
                 if queued:
                     self._waiting[client] = queued  # to the back of the turn order
@@ -69,42 +83,56 @@ class FairAdmission(Generic[T]):
 
     def finished(self, client: str, count: int = 1) -> None:
         """``count`` of ``client``'s admitted items left the engine (done or aborted)."""
-        left = self._running.get(client, 0) - count
-        if left > 0:
-            self._running[client] = left
-        else:
-            self._running.pop(client, None)
+        with self._lock:
+            left = self._running.get(client, 0) - count
+            if left > 0:
+                self._running[client] = left
+            else:
+                self._running.pop(client, None)
+                self._forget(client)
+
+    def _forget(self, client: str) -> None:
+        """A client with nothing running or waiting: its bound goes (its next items bring it)."""
+        if client not in self._running and client not in self._waiting:
+            self._limits.pop(client, None)
 
     def withdraw(self, client: str, which: Callable[[T], bool]) -> int:
         """Drop ``client``'s waiting items for which ``which`` is true; how many were dropped."""
-        queued = self._waiting.get(client)
-        if not queued:
-            return 0
-        kept = deque(item for item in queued if not which(item))
-        dropped = len(queued) - len(kept)
-        if kept:
-            self._waiting[client] = kept
-        else:
-            del self._waiting[client]
-        return dropped
+        with self._lock:
+            queued = self._waiting.get(client)
+            if not queued:
+                return 0
+            kept = deque(item for item in queued if not which(item))
+            dropped = len(queued) - len(kept)
+            if kept:
+                self._waiting[client] = kept
+            else:
+                del self._waiting[client]
+                self._forget(client)
+            return dropped
 
     def drain(self) -> list[T]:
         """Every waiting item, taken out (the engine failed: they all get its error)."""
-        items = [item for queued in self._waiting.values() for item in queued]
-        self._waiting.clear()
-        return items
+        with self._lock:
+            items = [item for queued in self._waiting.values() for item in queued]
+            self._waiting.clear()
+            return items
 
     @property
     def waiting(self) -> int:
         """Items waiting for their turn."""
-        return sum(len(items) for items in self._waiting.values())
+        with self._lock:
+            return sum(len(items) for items in self._waiting.values())
 
     @property
     def running(self) -> int:
-        return sum(self._running.values())
+        with self._lock:
+            return sum(self._running.values())
 
     def running_by_client(self) -> dict[str, int]:
-        return dict(self._running)
+        with self._lock:
+            return dict(self._running)
 
     def waiting_by_client(self) -> dict[str, int]:
-        return {client: len(items) for client, items in self._waiting.items()}
+        with self._lock:
+            return {client: len(items) for client, items in self._waiting.items()}

@@ -30,8 +30,11 @@ log = structlog.get_logger(__name__)
 ENGINE_START_TIMEOUT_S = 600.0
 #: Pause before calling lost replicas again when no other replica is left (a restart takes ~15 s).
 REPLICA_RETRY_PAUSE_S = 2.0
-#: Times one generator looks a stopped shared replica up again (it is then created anew).
+#: Times one batch looks a stopped shared replica up again (it is then created anew), and
+#: answers "engine failed" a shared replica may give one batch before it counts as dead for
+#: that batch's council (a request that crashes the engine every time must not loop).
 MAX_REACQUIRE = 3
+MAX_ENGINE_STOPS = 2
 
 
 def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
@@ -68,10 +71,12 @@ class EngineGenerator:
         self._lost: set[int] = set()
         self._reacquired = 0
         self._started_at = time.time()
+        #: A per-job engine serves this council alone: no bound but the engine's own.
+        self._max_inflight = model.max_inflight if self.shared else None
 
     def _reacquire(self, replica: int) -> bool:
         """A shared replica that was stopped (idle, ``engine down``) or died for good: look it up
-        again, which creates it anew. False when this generator did so too often already."""
+        again, which creates it anew. False when this batch did so too often already."""
         if not self.shared or self._reacquired >= MAX_REACQUIRE:
             return False
         self._reacquired += 1
@@ -141,6 +146,8 @@ class EngineGenerator:
         deadline = started + self.model.batch_timeout_s
         results: list[Completion | None] = [None] * len(batch)
         todo = list(range(len(batch)))
+        self._reacquired = 0
+        engine_stops = 0
         while todo:
             serving = self.serving_replicas()
             if not serving:
@@ -170,8 +177,11 @@ class EngineGenerator:
                                 requests=len(positions), error=error)  # fmt: skip
                     continue
                 if _engine_stopped(outcome):
-                    # Its engine failed inside: the actor lives on but serves nothing more.
-                    self._dead.add(replica)
+                    # Its engine failed inside. A per-job actor lives on but serves nothing more;
+                    # a shared one restarts with a fresh engine: skipped while it does.
+                    engine_stops += 1
+                    restarts = self.shared and engine_stops <= MAX_ENGINE_STOPS
+                    (self._lost if restarts else self._dead).add(replica)
                     todo += positions
                     log.warning("engine.replica_stopped", replica=replica, requests=len(positions),
                                 error=str(outcome).splitlines()[0][:300])  # fmt: skip
@@ -201,7 +211,7 @@ class EngineGenerator:
     ) -> list[list[Completion] | BaseException]:
         """One ``chat`` call per shard, concurrently, until ``deadline``; exceptions are returned."""
         refs = [
-            self.replicas[r].chat.remote([batch[i] for i in positions], self.client, self.model.max_inflight)
+            self.replicas[r].chat.remote([batch[i] for i in positions], self.client, self._max_inflight)
             for r, positions in shards
         ]
         try:

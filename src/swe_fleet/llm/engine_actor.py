@@ -15,7 +15,8 @@ pair gives the same continuous batching in the actor's own process, with ``LLM.c
 rendering unchanged.
 
 A failure inside ``step`` is fatal for the replica: every call in flight and every later call
-gets it (the generator turns it into :class:`~swe_fleet.errors.LLMError`). A request that does
+gets :class:`EngineStopped` (the generator moves them to the replicas still serving); a shared
+pool's replica then ends its process and Ray starts it again with a fresh engine. A request that does
 not fit the context fails alone, naming the limit. A cancelled call's requests are aborted.
 """
 
@@ -27,6 +28,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,11 +40,23 @@ from swe_fleet.spec import ModelSpec
 
 #: Seconds between two samples of an unchanged running batch's size (:meth:`VLLMEngine.timeline`).
 TIMELINE_STEP_S = 0.25
+#: Seconds a shared replica whose engine failed waits (its calls get their EngineStopped answer)
+#: before its process ends and Ray restarts it.
+RESTART_AFTER_FAILURE_S = 2.0
+#: Samples a replica keeps of its running batch (a few hours of steady load), and councils it
+#: keeps counts for: a shared replica lives long, its memory must not grow with it.
+TIMELINE_SAMPLES = 50_000
+CLIENTS_KEPT = 10_000
+
+
+class _Closed(RuntimeError):
+    """:meth:`VLLMEngine.close` was called: the engine stops on purpose."""
 
 
 class EngineStopped(RuntimeError):
-    """This replica's engine failed (or was closed) and serves nothing more: the generator moves
-    the call's requests to the replicas still serving."""
+    """This replica's engine failed (or was closed, or a shared replica is stopping) and serves
+    nothing more in this process: the generator moves the call's requests to the replicas still
+    serving (a shared replica comes back: restarted by Ray, or created anew)."""
 
 
 @dataclass(eq=False)
@@ -106,7 +120,7 @@ class VLLMEngine:
         #: (wall time, requests in the engine's running batch) at every change, and every
         #: TIMELINE_STEP_S while busy: how full the batch stayed (statistics for benchmarks,
         #: read with :meth:`timeline`).
-        self._timeline: list[tuple[float, int]] = []
+        self._timeline: deque[tuple[float, int]] = deque(maxlen=TIMELINE_SAMPLES)
         self._inbox: queue.SimpleQueue[_Call | _Abort | None] = queue.SimpleQueue()
         self._by_request: dict[str, _Call] = {}
         #: vLLM queues what it cannot run first come, first served: admit no more than it runs.
@@ -119,6 +133,9 @@ class VLLMEngine:
         self._failing = threading.Lock()
         self._open_calls = 0
         self._last_activity = time.monotonic()
+        #: Orders a call coming in against the idle stop deciding there is none.
+        self._activity = threading.Lock()
+        self._stopping = False
         self.idle_timeout_s = idle_timeout_s
         self._thread = threading.Thread(target=self._serve, name=f"vllm-steps-{replica}", daemon=True)
         self._thread.start()
@@ -142,15 +159,18 @@ class VLLMEngine:
         :class:`Completion` with ``error`` naming the limit; the rest still run.
 
         Raises:
-            EngineStopped: the engine failed (now or earlier); the replica serves nothing more.
+            EngineStopped: the engine failed (now or earlier), or the idle replica is stopping.
             RuntimeError: vLLM refused this call's requests (the engine goes on).
         """
+        with self._activity:
+            if self._stopping:
+                raise EngineStopped(f"replica {self.replica} of pool {self.pool!r} is stopping (idle)")
+            self._open_calls += 1
+            self._last_activity = time.monotonic()
         self.calls += 1
-        self.calls_by_client[client] = self.calls_by_client.get(client, 0) + 1
+        _count(self.calls_by_client, client)
         call = _Call(batch=list(batch), done=concurrent.futures.Future(), client=client,
                      max_inflight=max_inflight)  # fmt: skip
-        self._open_calls += 1
-        self._last_activity = time.monotonic()
         try:
             with self._failing:
                 if self._failure is not None:
@@ -164,8 +184,9 @@ class VLLMEngine:
                 self._inbox.put(_Abort(call))  # the caller gave up: free the engine of its requests
                 raise
         finally:
-            self._open_calls -= 1
-            self._last_activity = time.monotonic()
+            with self._activity:
+                self._open_calls -= 1
+                self._last_activity = time.monotonic()
 
     def call_count(self, client: str | None = None) -> int:
         """How many ``chat`` calls this replica served (of ``client`` only, when given)."""
@@ -211,7 +232,10 @@ class VLLMEngine:
         assert self.idle_timeout_s is not None
         while True:
             time.sleep(min(1.0, self.idle_timeout_s / 4))
-            if self._open_calls == 0 and time.monotonic() - self._last_activity >= self.idle_timeout_s:
+            with self._activity:
+                idle = time.monotonic() - self._last_activity
+                self._stopping = self._open_calls == 0 and idle >= self.idle_timeout_s
+            if self._stopping:  # from now on, a call that comes is told so (and looks again)
                 print(f"swe-fleet engine pool {self.pool!r} replica {self.replica}: idle for "
                       f"{self.idle_timeout_s:g} s, stopping", flush=True)  # fmt: skip
                 ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
@@ -234,11 +258,11 @@ class VLLMEngine:
                         break
                 for item in items:
                     if item is None:
-                        raise RuntimeError("the engine was closed")
+                        raise _Closed("the engine was closed")
                     if isinstance(item, _Abort):
                         self._abort(item.call)
                     else:
-                        self._accept(item)
+                        self._accept_or_refuse(item)
                 self._admit_waiting()
                 if engine.has_unfinished_requests():
                     now, running = time.time(), len(self._by_request)
@@ -252,6 +276,22 @@ class VLLMEngine:
             with self._failing:
                 self._failure = exc
                 self._fail_all(exc, [i for i in items if isinstance(i, _Call)])
+            if self.pool and not isinstance(exc, _Closed):
+                # A shared replica serves many councils: rather than answer EngineStopped to
+                # each of them until it idles out, its process ends (once the answers above
+                # are out) and Ray starts it again with a fresh engine (max_restarts=-1).
+                print(f"swe-fleet engine pool {self.pool!r} replica {self.replica}: engine failed "
+                      f"({type(exc).__name__}: {exc}); restarting", flush=True)  # fmt: skip
+                threading.Timer(RESTART_AFTER_FAILURE_S, os._exit, (1,)).start()
+
+    def _accept_or_refuse(self, call: _Call) -> None:
+        """Take ``call`` in; if its requests cannot even be read (e.g. messages the model's chat
+        template refuses), that call fails alone and the engine goes on."""
+        try:
+            self._accept(call)
+        except Exception as exc:
+            self._abort(call)
+            _settle(call.done, error=RuntimeError(f"vLLM refused the requests: {type(exc).__name__}: {exc}"))
 
     def _accept(self, call: _Call) -> None:
         """Answer at once the requests that cannot fit the context; queue the rest for admission."""
@@ -339,7 +379,7 @@ class VLLMEngine:
         withdrawn = self._admission.withdraw(call.client, lambda item: item[0] is call)
         taken = withdrawn + len(call.running)
         if taken:
-            self.aborted_by_client[call.client] = self.aborted_by_client.get(call.client, 0) + taken
+            _count(self.aborted_by_client, call.client, taken)
         ids = [call.internal[request_id] for request_id in call.running]
         for request_id in call.running:
             self._by_request.pop(request_id, None)
@@ -372,6 +412,13 @@ class VLLMEngine:
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
         return len(ids)
+
+
+def _count(counts: dict[str, int], client: str, n: int = 1) -> None:
+    """Add ``n`` to ``client``'s count, keeping the :data:`CLIENTS_KEPT` latest clients."""
+    counts[client] = counts.pop(client, 0) + n  # to the end: the latest
+    while len(counts) > CLIENTS_KEPT:
+        del counts[next(iter(counts))]
 
 
 def _settle(

@@ -2,14 +2,17 @@
 
 A pool's replicas are detached, named Ray actors in the namespace ``swe-fleet-engines``, named
 ``<model>-<digest>/<replica>`` (the digest covers everything that makes two engines differ: the
-model, its ``vllm.LLM`` options, CPUs/GPUs per replica, swe-fleet's version), so the Ray
+model, its ``vllm.LLM`` options, CPUs/GPUs per replica, swe-fleet's version and code), so the Ray
 dashboard shows each replica and its reservation under that name. The first council that needs
 a replica creates it (``get_if_exists``: two councils racing get the same actor), every later
 council with the same model options reuses it, and its requests batch with theirs. A council with
-``model.replicas: N`` uses replicas ``0..N-1``. A replica stops itself after
-``model.pool_idle_timeout_s`` without a call (or by ``swe-fleet engine down``); one that
-dies is restarted by Ray (``max_restarts=-1``), or created anew by the next council if it was
-stopped.
+``model.replicas: N`` uses replicas ``0..N-1``. A replica stops itself after the
+``model.pool_idle_timeout_s`` of the council that created it without a call (or by ``swe-fleet
+engine down``); one whose process dies, or whose engine failed, is restarted by Ray
+(``max_restarts=-1``); one that was stopped is created anew by the next council's call.
+
+The replicas run in the runtime_env of the job that created them (its environment variables
+included): councils sharing a pool share that environment.
 
 Per-job engines (``model.engine: per-job``) are the same actor class, unnamed, owned by the job
 and killed at its end.
@@ -18,9 +21,11 @@ and killed at its end.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -44,10 +49,23 @@ def pool_name(model: ModelSpec) -> str:
         "num_cpus": float(model.num_cpus),
         "num_gpus": float(model.num_gpus),
         "swe_fleet": swe_fleet.__version__,
+        # The code the replicas run: a changed swe_fleet (same version number while it is being
+        # developed, or shipped as py_modules without metadata) gets replicas of its own.
+        "code": code_digest(),
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", model.name.rstrip("/").rsplit("/", 1)[-1]).strip("-.")
     return f"{readable[:40] or 'model'}-{digest}"
+
+
+@functools.cache
+def code_digest() -> str:
+    """sha256 of swe_fleet's own Python files (what a pool replica runs)."""
+    root = Path(swe_fleet.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def replica_name(pool: str, replica: int) -> str:
