@@ -77,7 +77,8 @@ async def stored(nats_url: str, stream: str, subject: str) -> list[tuple[str, di
         js = nc.jetstream(timeout=10)
         sub = await js.pull_subscribe(
             subject, stream=stream,
-            config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL, ack_policy=api.AckPolicy.NONE),
+            config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL, ack_policy=api.AckPolicy.NONE,
+                                      inactive_threshold=30),
         )  # fmt: skip
         out = []
         while True:
@@ -87,6 +88,8 @@ async def stored(nats_url: str, stream: str, subject: str) -> list[tuple[str, di
                 break
             for m in batch:
                 out.append(((m.headers or {}).get("Nats-Msg-Id", ""), json.loads(m.data)))
+            if batch[-1].metadata.num_pending == 0:
+                break
         return out
     finally:
         await close_nats(nc)
@@ -202,8 +205,12 @@ async def soak(n_requests: int, seed: int, timeout_s: float) -> int:
 
 async def count(nats_url: str, jobs: Any, prefix: str, rids: list[str]) -> dict[str, Any]:
     """What the streams and Ray's job list hold, per request."""
-    requests = [p for _, p in await stored(nats_url, "COUNCIL_REQUESTS", "council.request")]
-    events = await stored(nats_url, "AGENT_RESPONSES", ">")
+    from swe_fleet.events import AGENT_RESPONSES_SUBJECTS, COUNCIL_REQUEST, COUNCIL_REQUESTS_STREAM
+
+    requests = [p for _, p in await stored(nats_url, COUNCIL_REQUESTS_STREAM, COUNCIL_REQUEST)]
+    events = [
+        m for subject in AGENT_RESPONSES_SUBJECTS for m in await stored(nats_url, "AGENT_RESPONSES", subject)
+    ]
     ids = Counter(msg_id for msg_id, _ in events if msg_id)
     ray_jobs = [j for j in jobs.list_jobs() if prefix in (j.submission_id or "")]
     by_sid: dict[str, list[dict[str, Any]]] = {}
