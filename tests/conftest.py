@@ -9,10 +9,12 @@ nats-server), so tests stay independent.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,13 +73,32 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     of the engine group only send a few small requests to the running session server: they
     run while the netns cluster runs a council."""
     starts_server = "vllm_server" in getattr(item, "fixturenames", ()) and not _VLLM_SERVER_STARTED
+    asked = time.time()
     if item.get_closest_marker("netns") or not (item.get_closest_marker("engine") or starts_server):
-        return (yield)
-    with engine_lock():
         result = yield
+        _timeline(item, asked, asked, locked=False)
+        return result
+    with engine_lock():
+        got = time.time()
+        result = yield
+    _timeline(item, asked, got, locked=True)
     if starts_server:
         _VLLM_SERVER_STARTED.append(True)
     return result
+
+
+def _timeline(item: pytest.Item, asked: float, started: float, *, locked: bool) -> None:
+    """With ``SWF_TEST_TIMELINE=DIR``: one JSON line per test in ``DIR/<worker>.jsonl`` (when it
+    asked for the engine lock, when it started, when it ended), to see where a run's time goes
+    (``python scripts/suite_timeline.py DIR``)."""
+    folder = os.environ.get("SWF_TEST_TIMELINE")
+    if not folder:
+        return
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    line = {"test": item.nodeid, "worker": worker, "asked": asked, "started": started,
+            "ended": time.time(), "locked": locked}  # fmt: skip
+    with (Path(folder) / f"{worker}.jsonl").open("a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 #: Whether this worker's session vLLM server has started (its first user held the lock).

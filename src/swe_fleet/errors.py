@@ -220,6 +220,19 @@ class UndecodableEvent(SweFleetError):
         super().__init__(reason)
 
 
+class ResultNotFound(SweFleetError):
+    """Nothing is known of a submission: no result in the results store (``swe-fleet result``),
+    or neither a result nor an event (``swe-fleet report``).
+
+    Attributes:
+        submission_id: the submission asked for.
+    """
+
+    def __init__(self, message: str, *, submission_id: str):
+        self.submission_id = submission_id
+        super().__init__(message)
+
+
 class InvalidVote(SweFleetError):
     """A vote that cannot be read: no JSON object, a candidate missing, a score out of range.
 

@@ -9,7 +9,8 @@ code  name                   meaning
 1     JOB_FAILED             the job FAILED; the driver: the council did not really run
 2     USAGE                  usage error (unknown option, missing argument)
 3     BAD_INPUT              unreadable or invalid spec, wrong address, conflict, bad stream,
-                             outbox or configuration, bad ``node start`` environment
+                             outbox or configuration, bad ``node start`` environment,
+                             a submission with no stored result (``result``, ``report``)
 4     JOB_STOPPED            the job was STOPPED
 5     UNREACHABLE            the dashboard or NATS did not answer within the bound, or
                              refused our credentials (the message says which);

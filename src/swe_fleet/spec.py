@@ -213,6 +213,13 @@ class PublishSpec(_Strict):
     #: Total seconds of retrying one publish before it is an error.
     retry_budget_s: Annotated[float, Field(gt=0)] = 60.0
     connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    #: How long the results store keeps a council's result (the bucket's TTL, set by the job
+    #: that creates the bucket: swe_fleet.nats.results).
+    results_ttl_s: Annotated[float, Field(gt=0)] = 30 * 24 * 3600.0
+    #: What the events stream keeps, when a job creates it (None: no limit; an existing stream
+    #: keeps its own: swe_fleet.nats.streams.StreamRetention).
+    stream_max_age_s: Annotated[float, Field(gt=0)] | None = None
+    stream_max_bytes: Annotated[int, Field(gt=0)] | None = None
 
 
 class CouncilSpec(_Strict):

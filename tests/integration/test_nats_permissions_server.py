@@ -325,15 +325,28 @@ def test_a_dispatched_council_over_the_permission_model_leaks_no_secret(
         )
         as_role("producer")
 
-        async def produce() -> tuple[str, list[Any]]:
+        async def produce() -> tuple[str, str, list[Any]]:
             ticket = await request_council(spec, nats_url=model.url, timeout_s=600)
-            return ticket.submission_id, await ticket
+            return ticket.request_id, ticket.submission_id, await ticket
 
-        sid, results = asyncio.run(produce())
+        async def ask_again(request_id: str) -> tuple[bool, list[Any]]:
+            ticket = await request_council(spec, nats_url=model.url, request_id=request_id, timeout_s=600)
+            return ticket.done(), await ticket
+
+        rid, sid, results = asyncio.run(produce())
         assert [r.task_id for r in results] == [t.id for t in spec.tasks]
+        # The job stored its result; the producer may read it: asked again, the ticket is done at once.
+        assert asyncio.run(ask_again(rid)) == (True, results)
         as_role("consumer")
         events = [e for e in consume_all(model.url, None, sid) if e["event"] != "council.job.status"]
         assert_complete_council(events, spec)
+        stored = _cli(model, "consumer", "result", sid, "--json", "--nats-url", model.url)
+        assert stored.returncode == 0, stored.stderr[-2000:]
+        assert json.loads(stored.stdout)["results"] == [r.model_dump(mode="json") for r in results]
+        written = _cli(
+            model, "consumer", "report", sid, "--md", str(tmp_path / "r.md"), "--nats-url", model.url
+        )
+        assert written.returncode == 0 and f"# Council {spec.name}: {sid}" in (tmp_path / "r.md").read_text()
 
         jobs = JobsApi(head.dashboard_url, auth_token=head.auth_token)
         job_id = attempt_job_id(sid, 0)

@@ -73,3 +73,26 @@ async def test_new_stream_gets_file_storage_and_the_requested_duplicate_window(
         await nc.close()
     assert (info.config.storage, info.config.duplicate_window) == (api.StorageType.FILE, 600)
     assert other.config.duplicate_window == 900
+
+
+async def test_a_spec_s_retention_limits_the_stream_its_publisher_creates_and_not_an_existing_one(
+    nats_server: NatsServer,
+) -> None:
+    """``publish.stream_max_age_s`` / ``stream_max_bytes`` are the new stream's limits; a stream
+    that already exists keeps its own."""
+    from swe_fleet.nats.publisher import JetStreamPublisher
+    from swe_fleet.spec import PublishSpec
+
+    spec = PublishSpec(nats_url=nats_server.url, stream_max_age_s=3600, stream_max_bytes=10_000_000)
+    publisher = await JetStreamPublisher.connect(spec)
+    await publisher.close()
+    nc = await nats.connect(nats_server.url)
+    try:
+        info = await nc.jetstream().stream_info(STREAM)
+        assert (info.config.max_age, info.config.max_bytes) == (3600, 10_000_000)
+        other = PublishSpec(nats_url=nats_server.url, stream_max_age_s=60)
+        publisher = await JetStreamPublisher.connect(other)
+        await publisher.close()
+        assert (await nc.jetstream().stream_info(STREAM)).config.max_age == 3600
+    finally:
+        await nc.close()

@@ -4,6 +4,7 @@
 
     cli                                        entry point (nothing imports it)
     dispatch  preflight  local  node  driver   orchestration
+    report                                     (and a council's transcript, pure)
     council  llm  nats  submit                 mechanisms (council and llm.base are pure)
     errors reasons spec events addresses       the contract (pure), and exit_codes
 
@@ -30,13 +31,13 @@ LAYERS: dict[str, int] = {
         ["errors", "reasons", "exit_codes", "spec", "events", "addresses", "_logging", "_processes"], 0
     ),
     **dict.fromkeys(["council", "llm", "nats", "submit"], 1),
-    **dict.fromkeys(["dispatch", "preflight", "local", "node", "driver"], 2),
+    **dict.fromkeys(["dispatch", "preflight", "local", "node", "driver", "report"], 2),
     "cli": 3,
 }
 #: Sideways arrows allowed within a layer: (importer unit, imported module).
 SIDEWAYS = {("council", "swe_fleet.llm.base")}
 #: Modules that must stay pure: no I/O library, no swe_fleet I/O package.
-PURE = ("errors", "reasons", "exit_codes", "spec", "events", "addresses", "council", "llm.base")
+PURE = ("errors", "reasons", "exit_codes", "spec", "events", "addresses", "council", "llm.base", "report")
 #: Libraries (or their modules) that do I/O: network, processes, engines.
 IO_LIBRARIES = (
     "nats", "ray", "vllm", "aiohttp", "requests", "httpx", "socket", "subprocess",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,6 +16,17 @@ from swe_fleet.events import AgentResponseCompleted, AgentResponseFailed, Delibe
 from swe_fleet.llm.base import ChatRequest, Completion
 from swe_fleet.spec import CouncilSpec
 
+from support.scripted_council import (
+    Recorder,
+    ScriptedLLM,
+    _agent_of,
+    _phase,
+    _targets,
+    _task_of,
+    default_answer,
+    run_scripted,
+)
+
 BASE = """
 name: p
 tasks: [{id: t1, prompt: first task}, {id: t2, prompt: second task}]
@@ -24,73 +34,8 @@ agents: [{id: a, role: architect}, {id: b, role: developer}, {id: c, role: qa}]
 """
 
 
-def _phase(req: ChatRequest) -> str:
-    user = req.messages[-1]["content"]
-    if req.json_schema:
-        return "vote"
-    if "Critique each" in user:
-        return "critique"
-    if "revised proposal" in user:
-        return "revise"
-    return "propose"
-
-
-class ScriptedLLM:
-    """Answers by phase; records every batch it was given."""
-
-    def __init__(self, answer: Callable[[str, ChatRequest], str]) -> None:
-        self.answer = answer
-        self.batches: list[list[ChatRequest]] = []
-
-    async def generate(self, batch: Sequence[ChatRequest]) -> list[Completion]:
-        self.batches.append(list(batch))
-        await asyncio.sleep(0)  # like a real backend: other tasks' calls go on meanwhile
-        return [Completion(text=self.answer(_phase(r), r), output_tokens=5) for r in batch]
-
-    async def close(self) -> None:
-        return None
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-
-    async def publish_all(self, events: Sequence[Any], concurrency: int = 64) -> list[Any]:
-        self.events.extend(events)
-        return list(events)
-
-
-def _task_of(req: ChatRequest) -> str:
-    return re.search(r"Task (\w+):", req.messages[-1]["content"]).group(1)  # type: ignore[union-attr]
-
-
-def _agent_of(req: ChatRequest) -> str:
-    return re.search(r"You are (\w+), the council's", req.messages[-1]["content"]).group(1)  # type: ignore[union-attr]
-
-
-def _targets(req: ChatRequest) -> list[str]:
-    """The headings a critique is asked for (the listing above it also shows the critic's own)."""
-    asked = re.search(r"under its own heading \(([^)]*)\)", req.messages[-1]["content"])
-    return re.findall(r"### (\w+)", asked.group(1)) if asked else []
-
-
-def default_answer(phase: str, req: ChatRequest) -> str:
-    task = _task_of(req)
-    if phase == "vote":
-        cands = req.json_schema["properties"]["scores"]["required"]  # type: ignore[index]
-        return json.dumps({"scores": {c: 3 + "abc".index(c) + (task == "t2") for c in cands}})
-    if phase == "critique":
-        return "\n".join(f"### {t}\n{t} in {task} misses edge cases." for t in _targets(req))
-    if phase == "revise":
-        return f"revised plan for {task}"
-    return f"plan for {task}"
-
-
 async def _run(spec_text: str, answer: Callable[[str, ChatRequest], str] = default_answer):  # type: ignore[no-untyped-def]
-    spec = CouncilSpec.from_text(spec_text)
-    llm, pub = ScriptedLLM(answer), Recorder()
-    report = await run_deliberation(spec, submission_id="sub", generator=llm, publisher=pub)
-    return spec, llm, pub, report
+    return await run_scripted(spec_text, answer)
 
 
 async def test_barrier_phases_run_in_order_one_batch_each_across_all_tasks() -> None:

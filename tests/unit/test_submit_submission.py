@@ -34,6 +34,13 @@ def test_a_new_submission_is_one_job_whose_entrypoint_and_metadata_name_the_deli
     assert job.entrypoint == "python council.py --spec spec.json --submission-id delib"
     assert job.metadata["request_hash"] == SUBMISSION.request_hash()
     assert (job.metadata["deliberation_id"], job.metadata["attempt"]) == ("delib", "0")
+    # What the Ray dashboard's job list shows about it.
+    assert (job.metadata["council"], job.metadata["tasks"], job.metadata["agents"]) == (
+        "council",
+        "t",
+        "a (x), b (y)",
+    )
+    assert job.metadata["report"] == "swe-fleet report delib --html delib.html"
 
 
 def test_the_same_submission_again_finds_the_job_and_skips_the_preflight(repo_root: Path) -> None:

@@ -1,5 +1,6 @@
-"""``swe-fleet``: run, submit, doctor, consume, dispatch, engine, outbox replay, model prepare,
-local up, node start, nats keys. One module per command group; exit codes are :mod:`swe_fleet.exit_codes`.
+"""``swe-fleet``: run, submit, doctor, consume, result, report, dispatch, engine, outbox replay,
+model prepare, local up, node start, nats keys. One module per command group; exit codes are
+:mod:`swe_fleet.exit_codes`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from swe_fleet.cli.nats import nats_group
 from swe_fleet.cli.node import node
 from swe_fleet.cli.outbox import outbox
 from swe_fleet.cli.render import format_event
+from swe_fleet.cli.report import report, result
 from swe_fleet.cli.run import run
 from swe_fleet.cli.submit import submit
 
@@ -41,7 +43,21 @@ def cli() -> None:
     configure_logging(json=False)
 
 
-for _command in (run, submit, consume, doctor, dispatch, engine, outbox, model, local, node, nats_group):
+for _command in (
+    run,
+    submit,
+    consume,
+    result,
+    report,
+    doctor,
+    dispatch,
+    engine,
+    outbox,
+    model,
+    local,
+    node,
+    nats_group,
+):
     cli.add_command(_command)
 
 

@@ -30,6 +30,7 @@ from swe_fleet.errors import (
     NoHeadFound,
     OutboxError,
     PreflightFailed,
+    ResultNotFound,
     SpecError,
     StreamConfigMismatch,
     SubmissionConflict,
@@ -53,6 +54,7 @@ _BAD_INPUT = (
     StreamConfigMismatch,
     OutboxError,
     NodeConfigError,
+    ResultNotFound,
 )
 
 

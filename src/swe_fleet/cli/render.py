@@ -19,6 +19,7 @@ from swe_fleet.events import (
     DeliberationCompleted,
     RankedAgent,
 )
+from swe_fleet.report.words import task_outcome
 
 
 def format_event(event: AnyEvent) -> str:
@@ -46,15 +47,6 @@ def format_event(event: AnyEvent) -> str:
     ranking = ", ".join(f"{r.rank}. {r.agent_id} ({score(r)})" for r in event.ranking)
     votes = f"{event.votes_counted}/{event.votes_expected} by {event.ranked_by}"
     return f"{'result':<8} {event.task_id:<14} {task_outcome(event)} votes={votes}  {ranking}"
-
-
-def task_outcome(result: DeliberationCompleted) -> str:
-    """``decided: winner X``, ``tied: a, b`` or ``failed: why``."""
-    if result.outcome == "decided":
-        return f"decided: winner {result.winner}"
-    if result.outcome == "tied":
-        return f"tied: {', '.join(result.tied)}"
-    return f"failed: {result.reason}"
 
 
 def print_event(event: AnyEvent, *, as_json: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,8 +16,11 @@ from swe_fleet.cli._common import (
     guard,
     info,
     load_spec,
+    out,
 )
 from swe_fleet.cli.render import print_event, print_rankings
+from swe_fleet.cli.report import REPORT_FILE, write_report
+from swe_fleet.errors import SweFleetError
 from swe_fleet.exit_codes import for_job_status
 from swe_fleet.local import LOCAL_ENV_KIND
 from swe_fleet.submit import RUNTIME_ENV_KINDS
@@ -45,12 +49,25 @@ if TYPE_CHECKING:
     default=None,
     help="keep the stack's logs here (default: a temp dir, removed at the end)",
 )
-def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir: str | None) -> None:
+@click.option(
+    "--html", "html_path", type=REPORT_FILE, help="write the council's HTML report here (swe-fleet report)"
+)
+@click.option("--md", "md_path", type=REPORT_FILE, help="write the council's Markdown report here")
+def run(
+    spec_path: str,
+    env_kind: str,
+    timeout_s: float,
+    as_json: bool,
+    workdir: str | None,
+    html_path: Path | None,
+    md_path: Path | None,
+) -> None:
     """Run a council on the embedded local stack (nats-server, Ray head, vLLM on CPU).
 
     Starts the stack, prepares the model, submits through the Jobs API exactly as to a remote
     cluster, shows events as they arrive, prints the ranking per task, and tears everything
-    down (also on Ctrl-C, SIGTERM or SIGHUP, when the job is stopped first).
+    down (also on Ctrl-C, SIGTERM or SIGHUP, when the job is stopped first). With --html or
+    --md, the council's report is written before the stack goes, and its path is the last line.
     """
     from swe_fleet._processes import stop_on_signals
     from swe_fleet.local.run import run_locally
@@ -65,8 +82,22 @@ def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir:
         ):  # fmt: skip
             info(line)
 
+    written: list[Path] = []
+
     def body() -> int:
         spec = load_spec(spec_path)
+
+        def write_reports(nats_url: str, submission_id: str) -> None:
+            if html_path is None and md_path is None:
+                return
+            try:
+                report = write_report(
+                    nats_url, submission_id, spec.publish.stream, html=html_path, md=md_path
+                )
+                written.extend(asyncio.run(report))
+            except SweFleetError as exc:
+                info(f"the report was not written: {exc}")
+
         check_budget(spec, spec_path)  # before any process starts: exit 3
         check_local_model(spec, spec_path)
         with stop_on_signals():
@@ -79,7 +110,10 @@ def run(spec_path: str, env_kind: str, timeout_s: float, as_json: bool, workdir:
                 on_info=info,
                 on_results=(lambda r: None) if as_json else print_rankings,
                 on_failure=say_why,
+                on_finished=write_reports,
             )
+        for path in written:
+            out.print(f"report: {path}", markup=False)
         return int(for_job_status(status))
 
     guard(body)

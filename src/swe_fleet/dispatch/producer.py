@@ -15,9 +15,9 @@ a ``spec_ref`` request, when the job succeeded), and raises
 :class:`~swe_fleet.errors.RequestRejected` (dead-lettered), :class:`~swe_fleet.errors.CouncilIncomplete`
 (the job failed or was stopped) or :class:`~swe_fleet.errors.DispatchTimeout`.
 
-Only events published after the call are seen: asking again for a ``request_id`` whose job
-already finished waits until ``timeout_s`` (read its events with ``swe-fleet consume
---submission-id`` instead).
+A request whose results are already in the results store (:mod:`swe_fleet.nats.results`: its job
+finished, the same council under the same ``request_id``) gets a ticket that is done at once,
+and nothing is published. Otherwise only events published after the call are seen.
 """
 
 from __future__ import annotations
@@ -40,7 +40,13 @@ from swe_fleet.dispatch.requests import (
     decode_request,
     submission_id_for,
 )
-from swe_fleet.errors import CouncilIncomplete, DispatchTimeout, RequestRejected, UndecodableEvent
+from swe_fleet.errors import (
+    CouncilIncomplete,
+    DispatchTimeout,
+    PublishError,
+    RequestRejected,
+    UndecodableEvent,
+)
 from swe_fleet.events import (
     AGENT_RESPONSES_STREAM,
     AGENT_RESPONSES_SUBJECTS,
@@ -55,9 +61,11 @@ from swe_fleet.events import (
     decode_event,
 )
 from swe_fleet.nats.connection import JetStreamConnection, open_jetstream
+from swe_fleet.nats.history import read_stream
 from swe_fleet.nats.policy import PublishPolicy
 from swe_fleet.nats.publisher import JetStreamPublisher
 from swe_fleet.nats.pull import FETCH_ERRORS, OutagePolicy, PullLoop, Subscription
+from swe_fleet.nats.results import ResultsStore
 from swe_fleet.nats.streams import StreamRequirement
 from swe_fleet.spec import CouncilSpec
 
@@ -84,7 +92,9 @@ class CouncilTicket:
         submission_id: the job's submission id (event keys, ``swe-fleet consume --submission-id``).
     """
 
-    def __init__(self, request_id: str, submission_id: str, task: asyncio.Task[list[DeliberationCompleted]]):
+    def __init__(
+        self, request_id: str, submission_id: str, task: asyncio.Future[list[DeliberationCompleted]]
+    ):
         self.request_id = request_id
         self.submission_id = submission_id
         self._task = task
@@ -139,6 +149,15 @@ async def request_council(
             StreamRequirement(events_stream, AGENT_RESPONSES_SUBJECTS),
         ],
     )
+    sid = submission_id_for(request.request_id)
+    async with conn.setting_up():
+        stored = await _stored_results(conn, sid, spec)
+    if stored is not None:
+        log.info("request.already_done", request_id=request.request_id, submission_id=sid)
+        await conn.close()
+        done: asyncio.Future[list[DeliberationCompleted]] = asyncio.get_running_loop().create_future()
+        done.set_result(stored)
+        return CouncilTicket(request.request_id, sid, done)
     async with conn.setting_up():
         # Listening starts before the request exists: nothing it causes can be missed.
         events = Subscription(
@@ -152,12 +171,39 @@ async def request_council(
         )
         publisher = JetStreamPublisher(conn.nc, requests_stream, PublishPolicy(), url=nats_url)
         ack = await publisher.publish(request)
-    sid = submission_id_for(request.request_id)
     log.info("request.published", request_id=request.request_id, seq=ack.seq, duplicate=ack.duplicate)
     waiter = _Waiter(request, sid, ack.seq, spec, timeout_s, nats_url)
     recheck = _Recheck(conn, events_stream, since)
     task = asyncio.create_task(waiter.run(conn, events, dead, recheck), name=f"council-{request.request_id}")
     return CouncilTicket(request.request_id, sid, task)
+
+
+#: A look in the results store before a request is one quick try: a store that does not answer
+#: (or that this producer may not read) only means the ticket waits for the events as usual.
+STORE_LOOKUP_POLICY = PublishPolicy(ack_timeout_s=2.0, max_attempts=1, budget_s=2.0)
+_STORE_ERRORS: tuple[type[BaseException], ...] = (PublishError, UndecodableEvent, TimeoutError, *FETCH_ERRORS)
+#: The parts of a spec that make two councils the same council (not where they publish).
+_SAME_COUNCIL = ("name", "tasks", "agents", "protocol")
+
+
+async def _stored_results(
+    conn: JetStreamConnection, submission_id: str, spec: CouncilSpec | None
+) -> list[DeliberationCompleted] | None:
+    """The results of a request that already finished, from the results store (None: not
+    there, for another council, or the store did not answer in time: the ticket waits as usual)."""
+    try:
+        store = await ResultsStore.bind(conn.js, STORE_LOOKUP_POLICY)
+        record = await store.get(submission_id) if store is not None else None
+    except _STORE_ERRORS as exc:
+        log.warning("request.results_store_unread", submission_id=submission_id, error=str(exc))
+        return None
+    if record is None:
+        return None
+    if spec is not None:
+        mine = spec.model_dump(mode="json")
+        if any(record.spec.get(k) != mine[k] for k in _SAME_COUNCIL):
+            return None  # another council under this id: the dispatcher dead-letters the request
+    return list(record.results)
 
 
 def _build_request(spec: CouncilSpec | None, spec_ref: str | None, request_id: str) -> CouncilRequested:
@@ -206,27 +252,12 @@ class _Recheck:
                 log.warning("request.recheck_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _read(self) -> list[bytes]:
-        config = api.ConsumerConfig(
-            ack_policy=api.AckPolicy.NONE,
-            deliver_policy=api.DeliverPolicy.BY_START_TIME,
-            opt_start_time=self._since,
-            filter_subjects=[DELIBERATION_COMPLETED, *COUNCIL_JOB_STATUS_SUBJECTS],
-            inactive_threshold=RECHECK_S,
+        return await read_stream(
+            self._conn.js,
+            self._stream,
+            [DELIBERATION_COMPLETED, *COUNCIL_JOB_STATUS_SUBJECTS],
+            since=self._since,
         )
-        sub = await self._conn.js.pull_subscribe("", stream=self._stream, config=config)
-        found: list[bytes] = []
-        try:
-            while True:
-                try:
-                    msgs = await sub.fetch(256, timeout=1.0)
-                except TimeoutError:
-                    return found
-                found += [m.data for m in msgs]
-                if not msgs or msgs[-1].metadata.num_pending == 0:
-                    return found
-        finally:
-            with contextlib.suppress(*FETCH_ERRORS):
-                await sub.unsubscribe()
 
 
 class _Waiter:

@@ -20,12 +20,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import ray
 import structlog
 
 from swe_fleet._logging import configure_logging
 from swe_fleet.addresses import DEFAULT_NAMESPACE
-from swe_fleet.council.deliberation import run_deliberation
+from swe_fleet.council.deliberation import DeliberationReport, run_deliberation
 from swe_fleet.errors import ConfigError, LLMError, OutboxWritten, PublishError, SpecError
 from swe_fleet.events import CouncilJobFailed
 from swe_fleet.exit_codes import ExitCode
@@ -35,6 +36,8 @@ from swe_fleet.nats.checkpoints import KVCheckpoints
 from swe_fleet.nats.connection import close_nats, connect_nats
 from swe_fleet.nats.policy import PublishPolicy
 from swe_fleet.nats.publisher import JetStreamPublisher
+from swe_fleet.nats.results import BUCKET as RESULTS_BUCKET
+from swe_fleet.nats.results import CouncilRecord, ResultsStore
 from swe_fleet.reasons import one_line
 from swe_fleet.spec import CouncilSpec
 
@@ -149,6 +152,31 @@ async def _open_checkpoints(spec: CouncilSpec) -> tuple[Any, KVCheckpoints]:
         raise
 
 
+async def _store_results(nc: Any, spec: CouncilSpec, report: DeliberationReport) -> None:
+    """Keep the council's result in the results store once every task has one (their events are
+    on the stream already). A store that cannot be written is logged, not fatal: it is a late
+    reader's shortcut, the events are the record."""
+    if {r.task_id for r in report.results} != {t.id for t in spec.tasks}:
+        return
+    record = CouncilRecord(
+        submission_id=report.submission_id,
+        council=spec.name,
+        spec=spec.model_dump(mode="json"),
+        results=report.results,
+    )
+    try:
+        store = await ResultsStore.open(
+            nc.jetstream(timeout=spec.publish.ack_timeout_s),
+            PublishPolicy.from_spec(spec.publish),
+            ttl_s=spec.publish.results_ttl_s,
+        )
+        stored = await store.put(record)
+    except (PublishError, TimeoutError, nats.errors.Error) as exc:
+        log.warning("results.unstored", error=str(exc) or type(exc).__name__)
+        return
+    log.info("results.stored", bucket=RESULTS_BUCKET, stored=stored)
+
+
 async def _run_council(
     spec: CouncilSpec, submission_id: str, publisher: JetStreamPublisher
 ) -> tuple[ExitCode, str]:
@@ -171,6 +199,7 @@ async def _run_council(
         report = await run_deliberation(
             spec, submission_id=submission_id, generator=active, publisher=publisher, checkpoints=checkpoints
         )
+        await _store_results(ckpt_nc, spec, report)
     except OutboxWritten as exc:
         # Nothing is lost: the unacknowledged events wait in the outbox for `swe-fleet outbox replay`.
         nats_failed = True

@@ -39,11 +39,13 @@ def run_locally(
     on_info: Callable[[str], None] = lambda m: None,
     on_results: Callable[[Sequence[DeliberationCompleted]], None] = lambda r: None,
     on_failure: Callable[[JobsApi, SubmittedJob, str, str], None] = lambda j, s, status, url: None,
+    on_finished: Callable[[str, str], None] = lambda url, sid: None,
 ) -> str:
     """Run ``spec`` on a fresh local stack; return the job's terminal status (``SUCCEEDED`` ...).
 
     ``on_failure(jobs, submitted, status, nats_url)`` runs, while the stack is still up, when
-    the job did not succeed (to say why)."""
+    the job did not succeed (to say why); ``on_finished(nats_url, submission_id)`` runs after
+    the job ended, whatever its status, while the stack is still up (to read it back: a report)."""
     started = time.monotonic()
     if spec.model.name == LOCAL_MODEL_ALIAS:
         cached = is_prepared()
@@ -74,6 +76,7 @@ def run_locally(
             tail = "\n".join(jobs.logs(submitted.job_id).splitlines()[-25:])
             on_info(f"job {submitted.job_id} ended {status}; last log lines:\n{tail}")
             on_failure(jobs, submitted, status, stack.nats.url)
+        on_finished(stack.nats.url, submitted.submission_id)
         on_results(results)
         on_info(f"done in {time.monotonic() - started:.1f} s: {status}")
         return status

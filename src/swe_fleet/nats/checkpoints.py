@@ -13,25 +13,17 @@ operation, the attempts, the time spent and the last error.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import zlib
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import nats.errors
 import nats.js.errors
 import structlog
-from tenacity import RetryError
 
-from swe_fleet.errors import PublishError
-from swe_fleet.nats.kv import open_bucket
-from swe_fleet.nats.policy import PublishPolicy, describe_error
+from swe_fleet.nats.kv import kv_key, open_bucket, retried_kv_call
+from swe_fleet.nats.policy import PublishPolicy
 
 log = structlog.get_logger(__name__)
-
-T = TypeVar("T")
 
 BUCKET = "COUNCIL_CHECKPOINTS"
 #: NATS refuses messages over max_payload (1 MiB by default); stay clear of it.
@@ -41,8 +33,8 @@ TTL_S = 7 * 24 * 3600.0
 
 
 def checkpoint_key(submission_id: str) -> str:
-    """KV keys allow ``[-/_=.a-zA-Z0-9]``: anything else becomes ``_``."""
-    return "".join(c if c.isalnum() or c in "-_=." else "_" for c in submission_id)
+    """The checkpoint's key: the submission id with what KV keys do not allow made ``_``."""
+    return kv_key(submission_id)
 
 
 class KVCheckpoints:
@@ -66,8 +58,12 @@ class KVCheckpoints:
         """
         key = checkpoint_key(submission_id)
         try:
-            entry = await self._retried(
-                f"loading the checkpoint of {submission_id}", key, lambda: self._kv.get(key)
+            entry = await retried_kv_call(
+                self._policy,
+                f"loading the checkpoint of {submission_id}",
+                BUCKET,
+                key,
+                lambda: self._kv.get(key),
             )
         except nats.js.errors.KeyNotFoundError:
             return None
@@ -90,31 +86,4 @@ class KVCheckpoints:
             log.warning("checkpoint.too_large", key=key, bytes=len(value), limit=MAX_CHECKPOINT_BYTES)
             return
         what = f"saving the checkpoint of {submission_id}" + (f" after {after}" if after else "")
-        await self._retried(what, key, lambda: self._kv.put(key, value))
-
-    async def _retried(self, what: str, key: str, call: Callable[[], Awaitable[T]]) -> T:
-        """``call()`` with one bound per attempt, retried on transient errors within the budget."""
-        policy = self._policy
-        started = time.monotonic()
-        attempts = 0
-        try:
-            async for attempt in policy.retrying():
-                with attempt:
-                    attempts += 1
-                    return await asyncio.wait_for(call(), policy.ack_timeout_s)
-        except RetryError as exc:
-            last = exc.last_attempt.exception()
-            raise PublishError(
-                f"{what} failed: NATS did not take it in {attempts} attempts over "
-                f"{time.monotonic() - started:.0f} s (retry budget {policy.budget_s:.0f} s); last error: "
-                f"{describe_error(last)}",
-                subject=f"$KV.{BUCKET}.{key}",
-                key=key,
-            ) from last
-        except nats.errors.Error as exc:  # not worth retrying (e.g. a permission error)
-            if isinstance(exc, nats.js.errors.KeyNotFoundError):
-                raise
-            raise PublishError(
-                f"{what} failed: {describe_error(exc)}", subject=f"$KV.{BUCKET}.{key}", key=key
-            ) from exc
-        raise AssertionError("unreachable: tenacity either returns, retries or raises")  # pragma: no cover
+        await retried_kv_call(self._policy, what, BUCKET, key, lambda: self._kv.put(key, value))

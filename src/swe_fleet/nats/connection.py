@@ -304,6 +304,13 @@ async def open_jetstream(
     async with conn.setting_up():
         for stream in streams:
             await conn.bounded(
-                ensure_stream(conn.js, stream.name, stream.subjects, stream.duplicate_window_s, policy=policy)
+                ensure_stream(
+                    conn.js,
+                    stream.name,
+                    stream.subjects,
+                    stream.duplicate_window_s,
+                    policy=policy,
+                    retention=stream.retention,
+                )
             )
     return conn

@@ -24,7 +24,7 @@ from swe_fleet.errors import NatsRefused, OutboxError, OutboxWritten, PublishErr
 from swe_fleet.nats.connection import close_nats, connect_nats, open_jetstream, permission_denial
 from swe_fleet.nats.outbox import append_to_outbox, default_outbox_path, entries_of
 from swe_fleet.nats.policy import TRANSIENT_ERRORS, PublishPolicy
-from swe_fleet.nats.streams import StreamRequirement
+from swe_fleet.nats.streams import StreamRequirement, StreamRetention
 from swe_fleet.spec import PublishSpec
 
 log = structlog.get_logger(__name__)
@@ -117,6 +117,7 @@ class JetStreamPublisher:
             connect_timeout_s=spec.connect_timeout_s,
             duplicate_window_s=duplicate_window_s,
             outbox=outbox,
+            retention=StreamRetention(max_age_s=spec.stream_max_age_s, max_bytes=spec.stream_max_bytes),
         )
 
     @classmethod
@@ -129,6 +130,7 @@ class JetStreamPublisher:
         connect_timeout_s: float = 5.0,
         duplicate_window_s: float | None = None,
         outbox: Path | None = None,
+        retention: StreamRetention | None = None,
     ) -> JetStreamPublisher:
         """Connect to ``nats_url`` and ensure ``stream`` exists (see
         :func:`~swe_fleet.nats.connection.open_jetstream`; ``duplicate_window_s`` is the window
@@ -142,7 +144,7 @@ class JetStreamPublisher:
             nats_url,
             connect_timeout_s=connect_timeout_s,
             js_timeout_s=policy.ack_timeout_s,
-            streams=[StreamRequirement(stream, duplicate_window_s=duplicate_window_s)],
+            streams=[StreamRequirement(stream, duplicate_window_s=duplicate_window_s, retention=retention)],
             policy=policy,
         )
         return cls(conn.nc, stream, policy, url=nats_url, connect_timeout_s=connect_timeout_s, outbox=outbox)

@@ -39,6 +39,21 @@ class StreamRequirement:
     name: str
     subjects: Sequence[str] = AGENT_RESPONSES_SUBJECTS
     duplicate_window_s: float | None = None
+    retention: StreamRetention | None = None
+
+
+@dataclass(frozen=True)
+class StreamRetention:
+    """How long and how much a stream created now keeps (None: no limit, JetStream's default).
+
+    Set when the stream is created, by whichever client creates it first; an existing stream
+    keeps its own (change it with ``nats stream edit``). A consumer that falls further behind
+    than this loses the oldest events, which is why the results store exists
+    (:mod:`swe_fleet.nats.results`).
+    """
+
+    max_age_s: float | None = None
+    max_bytes: int | None = None
 
 
 def default_duplicate_window_s(policy: PublishPolicy | None = None) -> float:
@@ -93,6 +108,7 @@ async def ensure_stream(
     duplicate_window_s: float | None = None,
     *,
     policy: PublishPolicy | None = None,
+    retention: StreamRetention | None = None,
 ) -> api.StreamInfo:
     """Create the stream if missing (file storage, ``duplicate_window_s``); check an existing one.
 
@@ -101,6 +117,7 @@ async def ensure_stream(
             :func:`default_duplicate_window_s` of ``policy``. Must cover ``policy``'s retry horizon.
         policy: the retry policy of the publishers; an existing stream's window must cover its
             :attr:`~swe_fleet.nats.policy.PublishPolicy.retry_horizon_s` (default policy when None).
+        retention: the limits of a stream this call creates (:class:`StreamRetention`).
 
     Raises:
         StreamConfigMismatch: the stream exists with subjects that do not cover ours, memory
@@ -114,6 +131,7 @@ async def ensure_stream(
             f"duplicate_window_s={window:g} is shorter than the retry horizon {policy.retry_horizon_s:g} s",
             setting="duplicate_window_s",
         )
+    keep = retention or StreamRetention()
     try:
         info = await js.stream_info(name)
     except nats.js.errors.NotFoundError:
@@ -126,6 +144,8 @@ async def ensure_stream(
                         subjects=list(subjects),
                         storage=api.StorageType.FILE,
                         duplicate_window=window,
+                        max_age=keep.max_age_s,
+                        max_bytes=keep.max_bytes,
                     )
                 ),
             )

@@ -94,16 +94,27 @@ def submit_council(
 
 
 def job_metadata(submission: CouncilSubmission, submission_id: str, attempt: int) -> dict[str, str]:
-    """What a council job carries in its Jobs API metadata (read back to find it again)."""
+    """What a council job carries in its Jobs API metadata: what finds it again (hashes, ids)
+    and what the Ray dashboard shows about it (council, tasks, agents, how to read its report)."""
+    spec = submission.spec
     return {
         "swe_fleet_version": swe_fleet.__version__,
-        "council": submission.spec.name,
+        "council": spec.name,
+        "tasks": _listed([t.id for t in spec.tasks]),
+        "agents": _listed([f"{a.id} ({a.role})" for a in spec.agents]),
+        "report": f"swe-fleet report {submission_id} --html {submission_id}.html",
         "deliberation_id": submission_id,
         "attempt": str(attempt),
         "spec_hash": submission.effective_spec().spec_hash(),
         "request_hash": submission.request_hash(),
         "runtime_env": submission.env_kind,
     }
+
+
+def _listed(items: list[str], limit: int = 400) -> str:
+    """Comma-separated, cut to ``limit`` characters (metadata is for a glance, not the spec)."""
+    text = ", ".join(items)
+    return text if len(text) <= limit else text[: limit - 20] + f"... ({len(items)} in all)"
 
 
 def find_latest_attempt(jobs: JobsApi, submission_id: str) -> tuple[int, JobDetails | None]:

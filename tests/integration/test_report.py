@@ -1,0 +1,172 @@
+"""A finished council for a late reader: its result from the results store (``swe-fleet result``,
+a ``request_council`` ticket that is done at once), and its report rendered by headless
+Chromium, with Japanese and Spanish task text, every event of the council in the DOM.
+
+One real council (server backend on the session vLLM server) runs once for the module.
+"""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swe_fleet.dispatch.producer import request_council
+from swe_fleet.dispatch.requests import submission_id_for
+from swe_fleet.local.stack import NatsServer
+from swe_fleet.local.vllm_server import VLLMServer
+from swe_fleet.spec import CouncilSpec
+from swe_fleet.submit.jobs_api import JobsApi
+from swe_fleet.submit.request import CouncilSubmission
+from swe_fleet.submit.submission import submit_council
+from swe_fleet.submit.wait import wait_until_terminal
+
+from support.councils import consume_all, on_server_backend
+
+pytestmark = [pytest.mark.integration, pytest.mark.llm, pytest.mark.slow]
+
+JAPANESE = "東京の週末の天気を一文で要約してください。"
+SPANISH = "¿Cómo se dice «añadir» en inglés? Explícalo en una línea, señor."
+REQUEST_ID = "report-i18n"
+
+
+@pytest.fixture(scope="module")
+def council(
+    client: JobsApi, session_nats: NatsServer, tiny_spec: CouncilSpec, vllm_server: VLLMServer
+) -> tuple[CouncilSpec, str]:
+    """The tiny council with Japanese and Spanish tasks, run to the end under the submission id a
+    dispatcher gives request ``REQUEST_ID``."""
+    doc = on_server_backend(tiny_spec, vllm_server.base_url, max_tokens=32).model_dump(mode="json")
+    doc["name"] = "report-i18n"
+    doc["tasks"] = [{"id": "ja", "prompt": JAPANESE}, {"id": "es", "prompt": SPANISH}]
+    spec = CouncilSpec.from_dict(doc)
+    sid = submission_id_for(REQUEST_ID)
+    submitted = submit_council(
+        client, CouncilSubmission(spec=spec, nats_url=session_nats.url, submission_id=sid)
+    )
+    status = wait_until_terminal(client, submitted.job_id, timeout_s=900)
+    assert status.value == "SUCCEEDED", client.logs(submitted.job_id)[-3000:]
+    return spec, sid
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    swe_fleet = str(Path(sys.executable).parent / "swe-fleet")
+    return subprocess.run([swe_fleet, *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_result_prints_the_stored_result_of_every_task(
+    council: tuple[CouncilSpec, str], session_nats: NatsServer
+) -> None:
+    _, sid = council
+    started = time.monotonic()
+    proc = _cli("result", sid, "--json", "--nats-url", session_nats.url)
+    took = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    events = consume_all(session_nats.url, None, sid)
+    stored_results = {r["task_id"]: r for r in record["results"]}
+    published = {e["task_id"]: e for e in events if e["event"] == "council.deliberation.completed"}
+    assert stored_results == published  # the very payloads on the stream
+    assert [t["prompt"] for t in record["spec"]["tasks"]] == [JAPANESE, SPANISH]
+    print(f"swe-fleet result --json: {took:.2f} s (process start included)")
+
+    unknown = _cli("result", "no-such-submission", "--nats-url", session_nats.url)
+    assert unknown.returncode == 3
+    assert "no stored result for submission no-such-submission" in unknown.stderr
+
+
+async def test_a_ticket_for_a_finished_request_is_done_at_once_and_publishes_nothing(
+    council: tuple[CouncilSpec, str], session_nats: NatsServer
+) -> None:
+    spec, sid = council
+    started = time.monotonic()
+    ticket = await request_council(spec, nats_url=session_nats.url, request_id=REQUEST_ID, timeout_s=600)
+    took = time.monotonic() - started
+    assert ticket.done() and ticket.submission_id == sid
+    results = await ticket
+    assert [r.task_id for r in results] == ["ja", "es"]
+    print(f"request_council for a finished request: done in {took:.3f} s")
+    import nats
+
+    nc = await nats.connect(session_nats.url)
+    try:
+        info = await nc.jetstream().stream_info("COUNCIL_REQUESTS")
+        assert info.state.messages == 0  # the request was never published
+    except nats.js.errors.NotFoundError:
+        pass  # no request was ever published on this server
+    finally:
+        await nc.close()
+
+
+class _Dom(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.keys += [v for k, v in attrs if k == "data-key" and v is not None]
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium")
+    if found is None:
+        pytest.fail("chromium is not installed: `make test` installs it (apt-get install chromium)")
+    return found
+
+
+def _headless(html_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium on the file, with every network request sent to a closed port (the
+    report must need none)."""
+    cmd = [
+        _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--no-first-run", "--proxy-server=127.0.0.1:9", f"--user-data-dir={html_file.parent / 'profile'}",
+        *args, html_file.as_uri(),
+    ]  # fmt: skip
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(html_file.parent)}
+    )
+
+
+def test_the_report_in_chromium_shows_every_event_and_the_japanese_and_spanish_text(
+    council: tuple[CouncilSpec, str], session_nats: NatsServer, tmp_path: Path
+) -> None:
+    _, sid = council
+    html_file, md_file = tmp_path / "report.html", tmp_path / "report.md"
+    proc = _cli("report", sid, "--html", str(html_file), "--md", str(md_file), "--nats-url", session_nats.url)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(html_file), str(md_file)]
+
+    dumped = _headless(html_file, "--dump-dom")
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    dom = _Dom()
+    dom.feed(dumped.stdout)
+    events: list[dict[str, Any]] = consume_all(session_nats.url, None, sid)
+    keys = [e.get("key") or _key_of(e) for e in events]
+    assert sorted(dom.keys) == sorted(keys)  # every event of the council, once
+    text = "".join(dom.text)
+    assert JAPANESE in text and SPANISH in text
+
+    screenshot = tmp_path / "report.png"
+    shot = _headless(html_file, f"--screenshot={screenshot}", "--window-size=1280,2400", "--hide-scrollbars")
+    assert shot.returncode == 0 and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
+    print(f"screenshot: {screenshot}")
+    assert JAPANESE in md_file.read_text(encoding="utf-8")
+
+
+def _key_of(e: dict[str, Any]) -> str:
+    """An event's key from its JSON payload (the consumer's dump has no ``key`` field)."""
+    from swe_fleet.events import decode_event
+
+    return decode_event(json.dumps(e).encode()).key
