@@ -170,3 +170,97 @@ def _key_of(e: dict[str, Any]) -> str:
     from swe_fleet.events import decode_event
 
     return decode_event(json.dumps(e).encode()).key
+
+
+def _in_a_terminal(argv: list[str], timeout_s: float = 300) -> tuple[int, str]:
+    """Run ``argv`` with a pseudo-terminal (200 x 50) as stdin, stdout and stderr; its exit code
+    and everything it wrote (escape codes included)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "200", "LINES": "50"}
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        code = proc.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return code, b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def _last_frame(output: str) -> str:
+    """The live view's last drawing, without escape codes (rich moves the cursor up to redraw)."""
+    import re
+
+    last = output.rsplit("\x1b[1A", 1)[-1]
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", last)
+
+
+def test_watch_draws_a_finished_council_s_final_grid_in_a_terminal(
+    council: tuple[CouncilSpec, str], session_nats: NatsServer
+) -> None:
+    spec, sid = council
+    swe_fleet = str(Path(sys.executable).parent / "swe-fleet")
+    code, output = _in_a_terminal(
+        [swe_fleet, "watch", sid, "--nats-url", session_nats.url, "--timeout", "120"]
+    )
+    assert code == 0, output[-3000:]
+    frame = _last_frame(output)
+    assert "waiting" not in frame and "running" not in frame, frame
+    for task in spec.tasks:
+        row = next(line for line in frame.splitlines() if f" {task.id} " in line)
+        assert row.count("done 2/2") == 4 and ("decided" in row or "tied" in row), frame
+
+
+def test_watch_follows_a_running_council_until_every_task_has_its_result(
+    client: JobsApi, session_nats: NatsServer, tiny_spec: CouncilSpec, vllm_server: VLLMServer, tmp_path: Path
+) -> None:
+    """Watching starts before the council does: the grid grows from the events, states change
+    (something is running, later everything is done) and the watch ends by itself."""
+    spec = on_server_backend(tiny_spec, vllm_server.base_url, max_tokens=24)
+    sid = f"watch-live-{int(time.time())}"
+    swe_fleet = str(Path(sys.executable).parent / "swe-fleet")
+    import threading
+
+    watched: dict[str, Any] = {}
+    argv = [swe_fleet, "watch", sid, "--nats-url", session_nats.url, "--timeout", "600"]
+
+    def watch() -> None:
+        watched["code"], watched["output"] = _in_a_terminal(argv, timeout_s=660)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    time.sleep(3)  # the watch is listening before the first event exists
+    submitted = submit_council(
+        client, CouncilSubmission(spec=spec, nats_url=session_nats.url, submission_id=sid)
+    )
+    status = wait_until_terminal(client, submitted.job_id, timeout_s=900)
+    assert status.value == "SUCCEEDED", client.logs(submitted.job_id)[-3000:]
+    watcher.join(120)
+    assert not watcher.is_alive() and watched["code"] == 0, watched.get("output", "")[-3000:]
+    output = watched["output"]
+    assert "running" in output  # an earlier drawing had a phase under way
+    frame = _last_frame(output)
+    assert "running" not in frame and "waiting" not in frame, frame
+    assert all(f" {t.id} " in frame for t in spec.tasks), frame

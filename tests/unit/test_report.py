@@ -5,6 +5,7 @@ HTML by its key, text escaped, and the parts of the report that only the spec kn
 from __future__ import annotations
 
 import html.parser
+from typing import Any
 
 from swe_fleet.events import (
     AgentResponseCompleted,
@@ -16,7 +17,9 @@ from swe_fleet.llm.base import ChatRequest
 from swe_fleet.nats.results import CouncilRecord
 from swe_fleet.report.html import render_html
 from swe_fleet.report.markdown import render_markdown
+from swe_fleet.report.progress import CouncilProgress
 from swe_fleet.report.transcript import build_transcript
+from swe_fleet.spec import CouncilSpec
 
 from support.scripted_council import _task_of, default_answer, run_scripted
 
@@ -128,3 +131,71 @@ async def test_a_stored_record_reads_back_as_it_was_written() -> None:
     assert again == record
     assert all(isinstance(r, DeliberationCompleted) for r in again.results)
     assert again.task_ids == ["t1", "t2"]
+
+
+def _folded(spec: CouncilSpec, events: list[Any], n: int, now: float | None = None) -> CouncilProgress:
+    progress = CouncilProgress(spec.model_dump(mode="json"), clock=lambda: now or events[n - 1].created_at)
+    for e in events[:n]:
+        progress.apply(e)
+    return progress
+
+
+async def test_the_grid_moves_from_waiting_to_running_to_done_phase_by_phase() -> None:
+    spec, events, _ = await _council()
+    t1_propose = [i for i, e in enumerate(events, 1) if e.key.startswith("sub-1/t1/propose/")]
+    mid = _folded(spec, events, t1_propose[0])  # one proposal of t1 in
+    t1 = mid.tasks["t1"]
+    assert [mid.state(t1, p) for p in mid.phases] == ["running", "waiting", "waiting", "waiting"]
+    assert (t1.cells["propose"].completed, t1.cells["propose"].planned) == (1, 3)
+    after = _folded(spec, events, t1_propose[-1])  # every proposal of t1 in
+    t1 = after.tasks["t1"]
+    assert [after.state(t1, p) for p in after.phases] == ["done", "running", "waiting", "waiting"]
+    assert not after.done
+    end = _folded(spec, events, len(events))
+    assert end.done and all(end.state(t, p) == "done" for t in end.tasks.values() for p in end.phases)
+    assert end.outcome(end.tasks["t1"]).startswith("decided: winner ")
+
+
+async def test_an_early_stopped_task_shows_its_unneeded_round_as_skipped() -> None:
+    text = SPEC.replace("{critique_rounds: 1, early_stop: false}", "{critique_rounds: 2, early_stop: true}")
+    spec, _, pub, _ = await run_scripted(
+        text,
+        lambda phase, req: "NO OBJECTION" if phase == "critique" else _answer(phase, req),
+        submission_id="sub-2",
+    )
+    progress = _folded(spec, pub.events, len(pub.events))
+    t1 = progress.tasks["t1"]
+    assert t1.result is not None and t1.result.early_stopped
+    states = {p: progress.state(t1, p) for p in progress.phases}
+    assert (states["critique.1"], states["critique.2"], states["revise.2"], states["vote"]) == (
+        "done", "skipped", "skipped", "done",
+    )  # fmt: skip
+
+
+async def test_a_failed_job_ends_the_grid_saying_why() -> None:
+    spec, events, _ = await _council()
+    progress = _folded(spec, events, 3)
+    assert not progress.done
+    progress.apply(CouncilJobFailed(submission_id="sub-1", council="c", task_id="*", reason="engine died"))
+    assert progress.done and progress.job_ended == "job failed: engine died"
+
+
+def test_the_view_names_each_state_tokens_and_the_outcome() -> None:
+    from rich.console import Console
+
+    from swe_fleet.cli.watch import CouncilView
+
+    spec = CouncilSpec.from_text(
+        "tasks: [{id: t, prompt: p}]\nagents: [{id: a, role: x}, {id: b, role: y}]\n"
+    )
+    progress = CouncilProgress(spec.model_dump(mode="json"))
+    progress.apply(
+        AgentResponseCompleted(
+            submission_id="s", council="c", task_id="t", phase="propose", agent_id="a", role="x",
+            content="c", output_tokens=7,
+        )
+    )  # fmt: skip
+    console = Console(record=True, width=200)
+    console.print(CouncilView(progress, "council s"))
+    text = console.export_text()
+    assert "running 1/2" in text and "7 tok" in text and "waiting 0/2" in text

@@ -1,5 +1,5 @@
-"""``swe-fleet``: run, submit, doctor, consume, result, report, dispatch, engine, outbox replay,
-model prepare, local up, node start, nats keys. One module per command group; exit codes are
+"""``swe-fleet``: run, submit, doctor, consume, watch, result, report, dispatch, engine, outbox
+replay, model prepare, local up, node start, nats keys. One module per command group; exit codes are
 :mod:`swe_fleet.exit_codes`.
 """
 
@@ -25,6 +25,7 @@ from swe_fleet.cli.render import format_event
 from swe_fleet.cli.report import report, result
 from swe_fleet.cli.run import run
 from swe_fleet.cli.submit import submit
+from swe_fleet.cli.watch import watch
 
 __all__ = ["cli", "format_event", "main"]
 
@@ -47,6 +48,7 @@ for _command in (
     run,
     submit,
     consume,
+    watch,
     result,
     report,
     doctor,

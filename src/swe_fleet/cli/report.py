@@ -34,7 +34,8 @@ def _not_found(submission_id: str, what: str) -> ResultNotFound:
     )
 
 
-async def _record(nats_url: str, submission_id: str) -> CouncilRecord | None:
+async def read_record(nats_url: str, submission_id: str) -> CouncilRecord | None:
+    """The results store's record of ``submission_id`` (None: none stored, or no bucket yet)."""
     from swe_fleet.nats.connection import open_jetstream
     from swe_fleet.nats.results import ResultsStore
 
@@ -56,7 +57,7 @@ def result(submission_id: str, nats_url: str, as_json: bool) -> None:
     """Print the stored result of a finished council: one ranking per task (exit 3 when none is stored)."""
 
     def body() -> int:
-        record = asyncio.run(_record(nats_url, submission_id))
+        record = asyncio.run(read_record(nats_url, submission_id))
         if record is None:
             raise _not_found(submission_id, "stored result")
         if as_json:

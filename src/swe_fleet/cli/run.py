@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,9 +21,11 @@ from swe_fleet.cli._common import (
 )
 from swe_fleet.cli.render import print_event, print_rankings
 from swe_fleet.cli.report import REPORT_FILE, write_report
+from swe_fleet.cli.watch import live_council
 from swe_fleet.errors import SweFleetError
 from swe_fleet.exit_codes import for_job_status
 from swe_fleet.local import LOCAL_ENV_KIND
+from swe_fleet.report.progress import CouncilProgress
 from swe_fleet.submit import RUNTIME_ENV_KINDS
 
 if TYPE_CHECKING:
@@ -66,7 +69,8 @@ def run(
 
     Starts the stack, prepares the model, submits through the Jobs API exactly as to a remote
     cluster, shows events as they arrive, prints the ranking per task, and tears everything
-    down (also on Ctrl-C, SIGTERM or SIGHUP, when the job is stopped first). With --html or
+    down (also on Ctrl-C, SIGTERM or SIGHUP, when the job is stopped first). In a terminal the
+    events are a live grid of tasks x phases (as swe-fleet watch draws it). With --html or
     --md, the council's report is written before the stack goes, and its path is the last line.
     """
     from swe_fleet._processes import stop_on_signals
@@ -100,13 +104,17 @@ def run(
 
         check_budget(spec, spec_path)  # before any process starts: exit 3
         check_local_model(spec, spec_path)
-        with stop_on_signals():
+        # In a terminal the council is a live grid (swe-fleet watch); elsewhere one line per event.
+        live = out.is_terminal and not as_json
+        progress = CouncilProgress(spec.model_dump(mode="json"))
+        view = live_council(progress, f"council {spec.name}") if live else contextlib.nullcontext()
+        with stop_on_signals(), view:
             status = run_locally(
                 spec,
                 env_kind=env_kind,
                 timeout_s=timeout_s,
                 workdir=Path(workdir) if workdir else None,
-                on_event=lambda e: print_event(e, as_json=as_json),
+                on_event=progress.apply if live else lambda e: print_event(e, as_json=as_json),
                 on_info=info,
                 on_results=(lambda r: None) if as_json else print_rankings,
                 on_failure=say_why,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import click
 
 from swe_fleet.cli._common import (
@@ -20,7 +22,9 @@ from swe_fleet.cli._common import (
     out,
 )
 from swe_fleet.cli.render import print_lines
+from swe_fleet.cli.watch import FOLLOW_DRAIN_S, Follower, live_council
 from swe_fleet.exit_codes import ExitCode, for_job_status
+from swe_fleet.report.progress import CouncilProgress
 from swe_fleet.submit import DEFAULT_REQUEST_TIMEOUT_S
 
 
@@ -82,7 +86,9 @@ def submit(
     preflight is cached per cluster (its alive nodes) and runtime_env.
 
     The same request twice finds the existing job (no second job); --retry-failed reruns a
-    failed or stopped one, resuming from its checkpoint. Exit code follows the job.
+    failed or stopped one, resuming from its checkpoint. Exit code follows the job. In a
+    terminal (without --logs) the council is drawn live as a grid of tasks x phases while it
+    runs, from its events on NATS (--client-nats-url where this machine reaches it).
     """
     from swe_fleet.addresses import auth_token_from_env, client_jobs_api_url
     from swe_fleet.cli.outcome import RETRY_HINT
@@ -119,14 +125,28 @@ def submit(
         out.print(done.submission_id)
         if not wait:
             return int(ExitCode.OK)
+        # In a terminal the council is a live grid of tasks x phases (swe-fleet watch) while the
+        # job runs, its events read from NATS where this client reaches it.
+        follower = None
+        if out.is_terminal and not logs:
+            follower = Follower(
+                CouncilProgress(spec.model_dump(mode="json")),
+                client_nats_url or nats_url or spec.publish.nats_url,
+                spec.publish.stream,
+                done.submission_id,
+            ).start()
+        view = live_council(follower.progress, f"council {done.submission_id}") if follower else nullcontext()
         try:
-            status = wait_until_terminal(
-                jobs,
-                done.job_id,
-                timeout_s=timeout_s,
-                on_status=lambda s: err.print(f"job {done.job_id}: {s.value}"),
-                on_log_lines=print_lines if logs else None,
-            )
+            with view:
+                status = wait_until_terminal(
+                    jobs,
+                    done.job_id,
+                    timeout_s=timeout_s,
+                    on_status=lambda s: err.print(f"job {done.job_id}: {s.value}"),
+                    on_log_lines=print_lines if logs else None,
+                )
+                if follower is not None:  # the job's last events may still be on their way
+                    follower.stop(drain_s=FOLLOW_DRAIN_S)
         except KeyboardInterrupt:
             try:
                 jobs.stop(done.job_id)
@@ -134,6 +154,10 @@ def submit(
             except SweFleetError as exc:
                 err.print(f"could not stop job {done.job_id}: {exc}")
             raise
+        if follower is not None:
+            follower.stop()
+            if follower.error:
+                err.print(f"(the live view stopped: {follower.error})", markup=False)
         if status.value != "SUCCEEDED":
             from swe_fleet.cli.outcome import failure_lines
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,7 +196,7 @@ class _Subscription:
             await self.conn.close(drain=False, timeout_s=5)
 
 
-async def iter_events(opts: ConsumerOptions) -> AsyncIterator[Event]:
+async def iter_events(opts: ConsumerOptions) -> AsyncGenerator[Event, None]:
     """Yield typed events from the stream until ``idle_timeout_s`` passes without one.
 
     Each fetch waits at most ``fetch_wait_s``; connecting waits at most ``connect_timeout_s``.
