@@ -76,12 +76,8 @@ def result(submission_id: str, nats_url: str, as_json: bool) -> None:
 @nats_auth_options
 @NATS_URL_OPTION
 @STREAM_OPTION
-@click.option(
-    "--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), help="write the HTML report here"
-)
-@click.option(
-    "--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), help="write the Markdown report here"
-)
+@click.option("--html", "html_path", type=REPORT_FILE, help="write the HTML report here")
+@click.option("--md", "md_path", type=REPORT_FILE, help="write the Markdown report here")
 @click.option(
     "--timeout",
     "timeout_s",
