@@ -39,7 +39,7 @@ model: venv
 	$(BIN)/swe-fleet model prepare
 
 ## Headless Chromium (Debian's package, as root) and CJK fonts: the report test renders a council's
-## HTML report in it and takes a screenshot (tests/integration/test_report.py).
+## HTML report in it and takes a screenshot (tests/integration/test_report_server.py).
 browser:
 	@command -v chromium >/dev/null && fc-list | grep -q "Noto Sans CJK" || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-noto-cjk; }

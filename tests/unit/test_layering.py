@@ -276,3 +276,25 @@ def test_a_library_module_importing_the_cli_is_reported(tmp_path: Path):
     """Only the CLI itself may import swe_fleet.cli."""
     root = _tree(tmp_path, {"cli/run.py": "", "local/run.py": "from swe_fleet.cli import run\n"})
     assert cli_importers(root) == ["swe_fleet.local.run:1"]
+
+
+def test_the_console_script_starts_on_a_node_without_nats_py() -> None:
+    """``swe-fleet node start`` runs on workers whose environment lacks nats-py (the preflight
+    reports it missing there): importing the CLI must not need it; only the commands that talk
+    to NATS import it, when they run."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Missing:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'nats' or name.startswith('nats.'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}')\n"
+        "sys.meta_path.insert(0, Missing())\n"
+        "from swe_fleet.cli import main\n"
+        "main(['node', 'start', '--help'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Usage: swe-fleet node start" in proc.stdout

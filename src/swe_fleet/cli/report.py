@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,7 +18,9 @@ from swe_fleet.cli._common import NATS_URL_OPTION, STREAM_OPTION, guard, nats_au
 from swe_fleet.cli.render import print_rankings
 from swe_fleet.errors import NatsUnreachable, ResultNotFound
 from swe_fleet.exit_codes import ExitCode
-from swe_fleet.nats.results import CouncilRecord
+
+if TYPE_CHECKING:
+    from swe_fleet.nats.results import CouncilRecord
 
 #: Where a report goes (``report``, ``run``).
 REPORT_FILE = click.Path(dir_okay=False, path_type=Path)
