@@ -194,3 +194,47 @@ async def test_a_shared_replica_whose_engine_keeps_failing_on_a_batch_ends_it(
     with pytest.raises(LLMError, match="every vLLM engine replica died"):
         await gen.generate(batch(1))
     assert len(only.calls) == engine.MAX_ENGINE_STOPS + 1
+
+
+class _Starting:
+    """``.ready.remote()``: raises the next of ``failures``, then answers."""
+
+    def __init__(self, failures: list[BaseException]) -> None:
+        self.failures = failures
+        self.ready = self
+        self.asked = 0
+
+    def remote(self) -> Any:
+        self.asked += 1
+        failure = self.failures.pop(0) if self.failures else None
+
+        async def answer() -> dict[str, Any]:
+            if failure is not None:
+                raise failure
+            return {"replica": 0, "start_seconds": 1.0, "pool": "p"}
+
+        return answer()
+
+
+async def test_a_shared_replica_whose_engine_failed_to_load_is_not_created_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At start, a replica that stopped just now (idle) is created anew and waited for; one whose
+    engine could not load (its creation failed: a model that is not there) fails the start at
+    once: creating it again would fail the same way, each time after loading vLLM."""
+    fresh = _Starting([])
+    monkeypatch.setattr(engine, "engine_replica", lambda model, replica, runtime_env=None: fresh)
+    stopped = _Starting([ray.exceptions.ActorDiedError()])
+    gen = generator(FakeReplica("x"))
+    gen.shared, gen._runtime_env, gen.replicas = True, None, [stopped]
+    await gen.start(timeout_s=5)
+    assert gen.replicas == [fresh] and fresh.asked == 1
+
+    init_failed = ray.exceptions.ActorDiedError()
+    init_failed._actor_init_failed = True
+    broken = _Starting([init_failed])
+    gen = generator(FakeReplica("x"))
+    gen.shared, gen._runtime_env, gen.replicas = True, None, [broken]
+    with pytest.raises(LLMError, match="vLLM engine failed to start"):
+        await gen.start(timeout_s=5)
+    assert gen.replicas == [broken] and gen._reacquired == 0

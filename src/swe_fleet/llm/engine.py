@@ -114,13 +114,16 @@ class EngineGenerator:
 
     async def _ready(self, replica: int) -> dict[str, Any]:
         """Wait for one replica; a shared one that stopped just now (its idle time ran out
-        between the lookup and this call) is created anew."""
+        between the lookup and this call) is created anew, one whose engine failed to load is
+        not (that would fail again)."""
         while True:
             try:
                 info: dict[str, Any] = await self.replicas[replica].ready.remote()
                 return info
-            except ray.exceptions.ActorDiedError:
-                if not self._reacquire(replica):
+            except ray.exceptions.ActorDiedError as exc:
+                # Its engine could not even load (a model that is not there, too little memory):
+                # creating it anew fails the same way; say so now, not after every retry.
+                if exc.actor_init_failed or not self._reacquire(replica):
                     raise
 
     def serving_replicas(self) -> list[int]:
