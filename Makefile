@@ -50,12 +50,10 @@ demo: model
 	$(BIN)/swe-fleet run examples/council.yaml --html council-report.html
 
 ## The whole suite: unit, integration (real Ray + nats-server) and end to end (real vLLM).
-## Three workers: the councils on the session vLLM server on one, the tests that start engines
-## of their own on another, the multi-host tests on the third, the rest spread around them
-## (tests/conftest.py groups them; one engine starts at a time). `pytest` alone runs the same
-## tests one by one.
+## Two workers: every test that runs vLLM on one, in order (one engine at a time), the rest on
+## the other (tests/conftest.py groups them). `pytest` alone runs the same tests one by one.
 test: model browser
-	$(BIN)/python -m pytest -n 3 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 ## The baked image built and the compose topology run for real with podman, reached from the host
 ## (tests/containers). Installs what it needs: Debian's podman, runc and debootstrap (as root)

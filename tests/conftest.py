@@ -39,21 +39,17 @@ def _runs_vllm(item: pytest.Item) -> bool:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (it runs in the same hook)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``pytest -n 3 --dist loadgroup`` (``make test``) three groups each go to one worker,
-    in collection order, so that what they share is built once: "server", the councils on the
-    session's vLLM server (server backend; its council cluster and that server start once);
-    "engine", the tests that start vLLM engines of their own (the engine backend, the shared
-    pool, ``swe-fleet run``; their council cluster starts once); "netns", the multi-host
-    cluster's tests. The tests without an engine spread over the workers around them. Two
-    engines never start, nor two councils run on engines, at once: whatever does holds the
-    engine lock (tests/support/engine_lock.py); councils on the running session server go on
-    meanwhile (a few small requests each)."""
+    """Under ``pytest -n 2 --dist loadgroup`` (``make test``): the tests that share the session's
+    vLLM server and council cluster go to one worker ("engine"), the multi-host cluster's tests to
+    the other ("netns", beside the tests without an engine), each group in collection order, so
+    that the session fixtures and the netns cluster are built once. Two engines never start or
+    run a council at once: whatever does holds the engine lock (tests/support/engine_lock.py), so
+    the netns cluster comes up, builds its runtime_envs and checks its nodes beside the engine
+    tests, and runs its councils between them (or beside a test that only sends the running
+    session server a few small requests)."""
     for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
         if item.get_closest_marker("netns"):
             item.add_marker(pytest.mark.xdist_group("netns"))
-        elif "vllm_server" in fixtures:
-            item.add_marker(pytest.mark.xdist_group("server"))
         elif _runs_vllm(item):
             item.add_marker(pytest.mark.xdist_group("engine"))
 

@@ -1,8 +1,7 @@
 """One vLLM engine at a time across the pytest-xdist workers of a run (2 cores, 24 GiB here).
 
-``make test`` runs three workers: the councils on the session vLLM server on one, the tests that
-start engines of their own on another, the multi-host cluster on the third (tests/conftest.py),
-the tests without an engine around them. Whatever starts a vLLM engine (a test marked ``engine``,
+``make test`` runs two workers: the session's engine tests on one, the multi-host cluster and the
+tests without an engine on the other. Whatever starts a vLLM engine (a test marked ``engine``,
 the session server's first user, a netns council) holds this lock: an exclusive ``flock``
 on a file named after the run's id (``PYTEST_XDIST_TESTRUNUID``, the same in every worker of a
 run). A serial run (no xdist) needs no lock and takes none.

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from swe_fleet.cli._common import ADDRESS_OPTION, ENV_OPTION, SPEC_ARGUMENT, err, guard, load_spec, out
 from swe_fleet.exit_codes import ExitCode
-from swe_fleet.submit.engine_jobs import DEFAULT_ENGINE_JOB_TIMEOUT_S
+from swe_fleet.submit import DEFAULT_ENGINE_JOB_TIMEOUT_S
 
 _TIMEOUT = click.option(
     "--timeout", "timeout_s", type=float, default=DEFAULT_ENGINE_JOB_TIMEOUT_S, show_default=True,

@@ -17,3 +17,6 @@ wire field); ``job_id`` is Ray's Jobs API submission id of one attempt of it.
 RUNTIME_ENV_KINDS = ("pinned", "image")
 #: Seconds for each Jobs API request.
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
+#: Seconds an engine pool job (``swe-fleet engine up | status | down``) may take: ``up`` loads the
+#: model on every replica it creates.
+DEFAULT_ENGINE_JOB_TIMEOUT_S = 900.0

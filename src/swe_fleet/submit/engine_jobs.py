@@ -18,6 +18,7 @@ import swe_fleet
 from swe_fleet.errors import JobWaitTimeout, SubmissionError, SweFleetError
 from swe_fleet.reasons import one_line
 from swe_fleet.spec import CouncilSpec
+from swe_fleet.submit import DEFAULT_ENGINE_JOB_TIMEOUT_S
 from swe_fleet.submit.jobs_api import JobsApi
 from swe_fleet.submit.runtime_env import ENGINE_FILE, STAGED_SPEC_FILE, staged_engine_env
 from swe_fleet.submit.wait import wait_until_terminal
@@ -25,8 +26,6 @@ from swe_fleet.submit.wait import wait_until_terminal
 #: The line the engine job prints (and the client looks for in its logs).
 ENGINE_REPORT_MARKER = "SWE_FLEET_ENGINE_REPORT "
 ENGINE_JOB_PREFIX = "swe-fleet-engine-"
-#: Seconds an engine job may take: ``up`` loads the model on every replica it creates.
-DEFAULT_ENGINE_JOB_TIMEOUT_S = 900.0
 
 
 def parse_engine_report(logs: str) -> dict[str, Any] | None:
