@@ -7,6 +7,7 @@ One real council (server backend on the session vLLM server) runs once for the m
 
 from __future__ import annotations
 
+import asyncio
 import html.parser
 import json
 import os
@@ -264,3 +265,33 @@ def test_watch_follows_a_running_council_until_every_task_has_its_result(
     frame = _last_frame(output)
     assert "running" not in frame and "waiting" not in frame, frame
     assert all(f" {t.id} " in frame for t in spec.tasks), frame
+
+
+def test_result_of_a_council_still_running_says_so_and_exits_3(nats_server: NatsServer) -> None:
+    """The record a job stores at its start (the spec, no results yet) is not a result."""
+    from swe_fleet.nats.connection import close_nats, connect_nats
+    from swe_fleet.nats.results import CouncilRecord, ResultsStore
+
+    spec = CouncilSpec.from_text(
+        "tasks: [{id: t, prompt: p}]\nagents: [{id: a, role: x}, {id: b, role: y}]\n"
+    )
+
+    async def started() -> None:
+        nc = await connect_nats(nats_server.url)
+        try:
+            store = await ResultsStore.open(nc.jetstream())
+            record = CouncilRecord(
+                submission_id="still-running", council="c", spec=spec.model_dump(mode="json"), results=[],
+                complete=False,
+            )  # fmt: skip
+            await store.put(record)
+        finally:
+            await close_nats(nc)
+
+    asyncio.run(started())
+    proc = _cli("result", "still-running", "--nats-url", nats_server.url)
+    assert proc.returncode == 3
+    assert (
+        "council still-running has not finished" in proc.stderr
+        and "swe-fleet watch still-running" in proc.stderr
+    )

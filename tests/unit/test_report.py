@@ -199,3 +199,22 @@ def test_the_view_names_each_state_tokens_and_the_outcome() -> None:
     console.print(CouncilView(progress, "council s"))
     text = console.export_text()
     assert "running 1/2" in text and "7 tok" in text and "waiting 0/2" in text
+
+
+async def test_a_plan_learnt_late_keeps_what_the_events_counted() -> None:
+    """The watch began before the job stored its spec: the grid drawn from the events so far gets
+    every planned cell, the counts stay."""
+    spec, events, _ = await _council()
+    progress = CouncilProgress(None)
+    t1_propose = [e for e in events if e.key.startswith("sub-1/t1/propose/")]
+    for e in t1_propose[:2]:
+        progress.apply(e)
+    assert progress.phases == ["propose"] and progress.tasks["t1"].cells["propose"].planned == 2
+    progress.plan(spec.model_dump(mode="json"))
+    t1 = progress.tasks["t1"]
+    assert progress.phases == ["propose", "critique.1", "revise.1", "vote"] and list(progress.tasks) == [
+        "t1",
+        "t2",
+    ]
+    assert (t1.cells["propose"].completed, t1.cells["propose"].planned) == (2, 3)
+    assert [progress.state(t1, p) for p in progress.phases] == ["running", "waiting", "waiting", "waiting"]

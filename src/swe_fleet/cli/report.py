@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,13 @@ def result(submission_id: str, nats_url: str, as_json: bool) -> None:
         record = asyncio.run(read_record(nats_url, submission_id))
         if record is None:
             raise _not_found(submission_id, "stored result")
+        if not record.complete:
+            raise ResultNotFound(
+                f"council {submission_id} has not finished: it started at "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record.stored_at))}; follow it with "
+                f"swe-fleet watch {submission_id}",
+                submission_id=submission_id,
+            )
         if as_json:
             out.print(
                 json.dumps(record.model_dump(mode="json"), ensure_ascii=False), markup=False, soft_wrap=True

@@ -121,12 +121,16 @@ class Follower:
                 self.error = str(exc)
 
 
-async def _follow(progress: CouncilProgress, opts: Any, on_event: Any) -> None:
-    """Fold the consumer's events into ``progress`` until it is done."""
+async def _follow(progress: CouncilProgress, opts: Any, on_event: Any, first: Any = None) -> None:
+    """Fold the consumer's events into ``progress`` until it is done; ``first()`` is awaited
+    when the first event came."""
     from swe_fleet.nats.consumer import iter_events
 
     async with contextlib.aclosing(iter_events(opts)) as events:
         async for event in events:
+            if first is not None:
+                await first()
+                first = None
             progress.apply(event)
             on_event(event)
             if progress.done:
@@ -168,15 +172,22 @@ async def _watch(submission_id: str, nats_url: str, stream: str, timeout_s: floa
     progress = CouncilProgress(record.spec if record is not None else None)
     opts = ConsumerOptions(nats_url=nats_url, stream=stream, durable=None, submission_id=submission_id)
 
+    async def learn_the_plan() -> None:
+        """Watching began before the job stored its record: it has by its first event."""
+        if not progress.planned:
+            started = await read_record(nats_url, submission_id)
+            if started is not None:
+                progress.plan(started.spec)
+
     def plain(event: AnyEvent) -> None:
         print_event(event, as_json=False)
 
     try:
         if out.is_terminal:
             with live_council(progress, f"council {submission_id}"):
-                await asyncio.wait_for(_follow(progress, opts, lambda e: None), timeout_s)
+                await asyncio.wait_for(_follow(progress, opts, lambda e: None, learn_the_plan), timeout_s)
         else:
-            await asyncio.wait_for(_follow(progress, opts, plain), timeout_s)
+            await asyncio.wait_for(_follow(progress, opts, plain, learn_the_plan), timeout_s)
     except TimeoutError:
         raise JobWaitTimeout(
             f"council {submission_id} had not ended after {timeout_s:.0f} s (--timeout)",

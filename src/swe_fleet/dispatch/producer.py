@@ -197,7 +197,7 @@ async def _stored_results(
     except _STORE_ERRORS as exc:
         log.warning("request.results_store_unread", submission_id=submission_id, error=str(exc))
         return None
-    if record is None:
+    if record is None or not record.complete:
         return None
     if spec is not None:
         mine = spec.model_dump(mode="json")

@@ -152,17 +152,21 @@ async def _open_checkpoints(spec: CouncilSpec) -> tuple[Any, KVCheckpoints]:
         raise
 
 
-async def _store_results(nc: Any, spec: CouncilSpec, report: DeliberationReport) -> None:
-    """Keep the council's result in the results store once every task has one (their events are
-    on the stream already). A store that cannot be written is logged, not fatal: it is a late
-    reader's shortcut, the events are the record."""
-    if {r.task_id for r in report.results} != {t.id for t in spec.tasks}:
+async def _store_results(
+    nc: Any, spec: CouncilSpec, submission_id: str, report: DeliberationReport | None
+) -> None:
+    """Keep the council in the results store: at its start (``report`` None: the spec, no
+    results) and once every task has its result (their events are on the stream already). A
+    store that cannot be written is logged, not fatal: it is a late reader's shortcut, the
+    events are the record."""
+    if report is not None and {r.task_id for r in report.results} != {t.id for t in spec.tasks}:
         return
     record = CouncilRecord(
-        submission_id=report.submission_id,
+        submission_id=submission_id,
         council=spec.name,
         spec=spec.model_dump(mode="json"),
-        results=report.results,
+        results=report.results if report is not None else [],
+        complete=report is not None,
     )
     try:
         store = await ResultsStore.open(
@@ -174,7 +178,7 @@ async def _store_results(nc: Any, spec: CouncilSpec, report: DeliberationReport)
     except (PublishError, TimeoutError, nats.errors.Error) as exc:
         log.warning("results.unstored", error=str(exc) or type(exc).__name__)
         return
-    log.info("results.stored", bucket=RESULTS_BUCKET, stored=stored)
+    log.info("results.stored", bucket=RESULTS_BUCKET, stored=stored, complete=record.complete)
 
 
 async def _run_council(
@@ -196,10 +200,11 @@ async def _run_council(
             start_error = str(exc)
             log.error("backend.unavailable", error=start_error)
         active = UnavailableBackend(f"LLM backend unavailable: {start_error}") if start_error else generator
+        await _store_results(ckpt_nc, spec, submission_id, None)
         report = await run_deliberation(
             spec, submission_id=submission_id, generator=active, publisher=publisher, checkpoints=checkpoints
         )
-        await _store_results(ckpt_nc, spec, report)
+        await _store_results(ckpt_nc, spec, submission_id, report)
     except OutboxWritten as exc:
         # Nothing is lost: the unacknowledged events wait in the outbox for `swe-fleet outbox replay`.
         nats_failed = True

@@ -1,16 +1,18 @@
 """The results store: each council's final result in a JetStream key-value bucket, keyed by
 submission id, for readers who come after the events (``swe-fleet result``, ``swe-fleet report``,
-a ``request_council`` ticket for a request that already finished).
+``swe-fleet watch``, a ``request_council`` ticket for a request that already finished).
 
 One entry per submission (bucket ``COUNCIL_RESULTS``, key: the submission id with what KV keys do
 not allow made ``_``): a :class:`CouncilRecord`, JSON, with every task's
 ``council.deliberation.completed`` payload (its ``transcript`` holds the keys of the task's
 agent-response events) and the spec it ran (tasks, agents, protocol, model). The job's driver
-writes it once every task has its result, after those results are on the stream; a retried job
-of the same submission writes it again, whole. Entries expire after the bucket's time to live
-(``publish.results_ttl_s`` of the job that created the bucket, default 30 days: a bucket's TTL is
-set when it is created). The events stay the source of truth: a store that cannot be written
-costs a late reader its shortcut, never an event.
+writes it when the council starts (the spec, ``complete: false``, no results: a live view can
+draw the whole plan) and again once every task has its result, after those results are on the
+stream (``complete: true``); a retried job of the same submission writes it again, whole.
+Entries expire after the bucket's time to live (``publish.results_ttl_s`` of the job that
+created the bucket, default 30 days: a bucket's TTL is set when it is created). The events stay
+the source of truth: a store that cannot be written costs a late reader its shortcut, never an
+event.
 """
 
 from __future__ import annotations
@@ -36,16 +38,20 @@ MAX_RECORD_BYTES = 900 * 1024
 
 
 class CouncilRecord(BaseModel):
-    """A council's final result as stored: one per submission."""
+    """A council's final result as stored: one per submission. Fields a newer swe-fleet adds are
+    ignored (a reader older than the job that wrote the record still reads it)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     submission_id: str
     council: str
     #: The spec as it ran (``CouncilSpec.model_dump(mode="json")``: no credentials in it).
     spec: dict[str, Any]
-    #: One per task, in the spec's order.
+    #: One per task, in the spec's order (none yet while the council runs).
     results: list[DeliberationCompleted]
+    #: Every task has its result. The driver stores the record once when the council starts
+    #: (the spec, no results: what ``swe-fleet watch`` draws from) and again when it is done.
+    complete: bool = True
     stored_at: float = Field(default_factory=time.time)
 
     @property

@@ -84,14 +84,27 @@ class CouncilProgress:
         #: The job ended without every result (failed or stopped): what it said.
         self.job_ended: str | None = None
         self.first_at: float | None = None
+        self.planned = False
         if spec is not None:
-            self.phases = planned_phases(int(spec.get("protocol", {}).get("critique_rounds", 1)))
-            every = [a["id"] for a in spec.get("agents", [])]
-            for t in spec.get("tasks", []):
-                agents = [a for a in every if a in t["agents"]] if t.get("agents") else every
-                self.tasks[t["id"]] = TaskProgress(
-                    t["id"], agents, {p: Cell(planned=len(agents)) for p in self.phases}
-                )
+            self.plan(spec)
+
+    def plan(self, spec: dict[str, Any]) -> None:
+        """Draw every planned cell of ``spec`` (``CouncilSpec.model_dump(mode="json")``), keeping
+        what events already counted: learnt late, when the watch began before the job stored it."""
+        self.planned = True
+        planned = planned_phases(int(spec.get("protocol", {}).get("critique_rounds", 1)))
+        self.phases = sorted(set(self.phases) | set(planned), key=_order)
+        every = [a["id"] for a in spec.get("agents", [])]
+        seen = self.tasks
+        self.tasks = {}
+        for t in spec.get("tasks", []):
+            agents = [a for a in every if a in t["agents"]] if t.get("agents") else every
+            task = seen.pop(t["id"], None) or TaskProgress(t["id"], [])
+            task.agents = agents + [a for a in task.agents if a not in agents]
+            for name in planned:
+                task.cells.setdefault(name, Cell(planned=0)).planned = len(task.agents)
+            self.tasks[t["id"]] = task
+        self.tasks.update(seen)  # tasks the spec does not name (none, unless it is another council's)
 
     @property
     def done(self) -> bool:
