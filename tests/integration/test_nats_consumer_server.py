@@ -24,12 +24,30 @@ STREAM = "AGENT_RESPONSES"
 pytestmark = pytest.mark.integration
 
 
+async def _no_reader_waiting(url: str, durable: str, timeout_s: float = 10) -> None:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        async with asyncio.timeout(timeout_s):
+            while True:
+                info = await js.consumer_info(STREAM, durable)
+                if not (info.num_waiting or info.num_ack_pending):
+                    return
+                await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+
+
 async def test_durable_consumer_resumes_after_acked_events(nats_server: NatsServer) -> None:
     """A durable consumer that read 10 events gets only the 5 new ones next time."""
     pub = await JetStreamPublisher.connect(PublishSpec(nats_url=nats_server.url))
     try:
         await pub.publish_all(propose_events("sub-a", 10))
         first = await collect_events(nats_server.url, "dur-resume")
+        # The first reader's last pull request may still be open on the server for a moment
+        # after it stopped: a message published then goes to it and comes back only after the
+        # ack wait (30 s). What this test is about starts once the durable has no reader.
+        await _no_reader_waiting(nats_server.url, "dur-resume")
         await pub.publish_all(propose_events("sub-b", 5))
         second = await collect_events(nats_server.url, "dur-resume")
     finally:

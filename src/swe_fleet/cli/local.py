@@ -38,21 +38,26 @@ def local_up(workdir: str | None, num_cpus: int) -> None:
 
     def body() -> int:
         root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="swe-fleet-local-"))
-        with stop_on_signals(), local_stack(root, num_cpus=num_cpus) as stack:
-            # NATS_URL last: a script reading the exports knows they are complete once it came.
-            env = {**stack.ray.client_env(), **stack.client_env, "NATS_URL": stack.nats.url}
-            for k, v in env.items():
-                out.print(f"export {k}={v}", markup=False)
-            err.print(f"Ray Client: {stack.ray.client_url}   logs: {root}   (Ctrl-C stops the stack)")
-            out.file.flush()
-            procs = [p for p in (stack.ray.process, stack.nats.process) if p is not None]
+        with stop_on_signals():
             try:
-                while all(p.alive() for p in procs):
-                    time.sleep(1)
-            except KeyboardInterrupt:  # also SIGTERM and SIGHUP (StopSignal): the stack stops below
+                with local_stack(root, num_cpus=num_cpus) as stack:
+                    # NATS_URL last: a script reading the exports knows they are complete once it came.
+                    env = {**stack.ray.client_env(), **stack.client_env, "NATS_URL": stack.nats.url}
+                    for k, v in env.items():
+                        out.print(f"export {k}={v}", markup=False)
+                    err.print(f"Ray Client: {stack.ray.client_url}   logs: {root}   (Ctrl-C stops the stack)")
+                    out.file.flush()
+                    procs = [p for p in (stack.ray.process, stack.nats.process) if p is not None]
+                    while all(p.alive() for p in procs):
+                        time.sleep(1)
+                    dead = next(p for p in procs if not p.alive())
+                    err.print(
+                        f"{dead.name} exited with code {dead.popen.returncode}:\n{dead.tail()}", markup=False
+                    )
+            except KeyboardInterrupt:
+                # Also SIGTERM and SIGHUP (StopSignal), whenever it came (even just after the
+                # exports were printed): the stack has stopped on the way out of its block.
                 return int(ExitCode.OK)
-            dead = next(p for p in procs if not p.alive())
-            err.print(f"{dead.name} exited with code {dead.popen.returncode}:\n{dead.tail()}", markup=False)
         return int(ExitCode.LOCAL_STACK)
 
     guard(body)
