@@ -128,3 +128,28 @@ def test_refusal_names_every_failing_node_check_and_fix() -> None:
     assert (exc.node, exc.check) == ("10.0.0.2 (ab)", "module nats")
     assert "10.0.0.2 (ab): module nats: nats-py==2.16.0 is not importable. Fix: use --env pinned" in str(exc)
     assert len(exc.failures) == 2 and "was not submitted" in str(exc)
+
+
+def test_a_passed_job_whose_delete_fails_is_deleted_on_a_later_try(
+    repo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy dashboard that misses the first delete (an error, or an answer that it deleted
+    nothing) does not leave the passed job in the list: it is tried again."""
+    from swe_fleet.errors import DashboardUnreachable
+    from swe_fleet.preflight import job as preflight_job
+
+    monkeypatch.setattr(preflight_job, "DELETE_PAUSE_S", 0.0)
+    jobs = FakeJobsApi(on_submit=_reporting(PASS))
+    delete, answers = jobs.delete, [DashboardUnreachable("timed out", url=jobs.url), False]
+
+    def flaky_delete(job_id: str) -> bool:
+        if answers:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        return delete(job_id)
+
+    jobs.delete = flaky_delete  # type: ignore[method-assign]
+    assert _ensure(jobs, repo_root, PreflightCache(tmp_path / "pf"), []) == [PASS]
+    assert jobs.deleted == jobs.submitted and jobs.jobs == {}

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 import swe_fleet
 from swe_fleet.errors import JobWaitTimeout, SubmissionError, SweFleetError
@@ -38,6 +41,8 @@ from swe_fleet.submit.jobs_api import JobsApi
 from swe_fleet.submit.request import CouncilSubmission
 from swe_fleet.submit.runtime_env import PREFLIGHT_FILE, project_root
 from swe_fleet.submit.wait import wait_until_terminal
+
+log = structlog.get_logger(__name__)
 
 #: The one pin list (relative to the checkout).
 WORKER_PINS = Path("images") / "requirements-worker.txt"
@@ -184,6 +189,24 @@ def run_preflight_job(
     if not checks:
         checks = [Check("preflight-job", FAIL, f"{job_id} found no alive node", "start the cluster's nodes")]
     if not any(c.failed for c in checks):
-        with contextlib.suppress(SweFleetError):
-            jobs.delete(job_id)
+        _delete_passed(jobs, job_id)
     return checks
+
+
+#: Tries at deleting a passed preflight job (a busy dashboard can miss one), and the pause between.
+DELETE_TRIES, DELETE_PAUSE_S = 3, 1.0
+
+
+def _delete_passed(jobs: JobsApi, job_id: str) -> None:
+    """A passed preflight job is deleted (it is noise in the job list); a delete that fails is
+    tried again, then logged: the preflight passed either way."""
+    for attempt in range(1, DELETE_TRIES + 1):
+        try:
+            if jobs.delete(job_id):
+                return
+            why = "the dashboard did not delete it"
+        except SweFleetError as exc:
+            why = str(exc)
+        if attempt < DELETE_TRIES:
+            time.sleep(DELETE_PAUSE_S)
+    log.warning("preflight.job_not_deleted", job_id=job_id, error=why)
