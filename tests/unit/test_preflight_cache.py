@@ -46,3 +46,18 @@ def test_only_passing_results_are_cached_and_they_expire(tmp_path: Path) -> None
     doc["passed_at"] = time.time() - 120
     (tmp_path / "pf" / "good.json").write_text(json.dumps(doc))
     assert cache.passed_age("good") is None
+
+
+def test_a_cluster_that_lists_no_alive_node_has_no_key(repo_root: Path) -> None:
+    """A head that just started may not list its node yet: no key, so nothing is looked up or
+    filed under no nodes (a suite run found a pass filed so, and the next preflight missed it)."""
+    from swe_fleet.preflight.cache import cluster_preflight_key
+
+    from support.fake_jobs import FakeJobsApi
+
+    with staged_runtime_env(_submission(), repo_root) as env:
+        exp = node_expectations(_submission(), root=repo_root)
+        jobs = FakeJobsApi()
+        assert cluster_preflight_key(jobs, env, exp) is not None  # type: ignore[arg-type]
+        jobs.nodes = []
+        assert cluster_preflight_key(jobs, env, exp) is None  # type: ignore[arg-type]

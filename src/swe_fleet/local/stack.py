@@ -241,7 +241,27 @@ class RayHead:
             headers={"Authorization": f"Bearer {self.auth_token}"},
             what="the Ray dashboard",
         )
+        self._wait_for_its_node()
         return self
+
+    def _wait_for_its_node(self) -> None:
+        """The dashboard answers a moment before it lists the head's node as alive; a head is up
+        once it does (a preflight run before that would be filed under no nodes at all)."""
+        from swe_fleet.errors import LocalStackError, SweFleetError
+        from swe_fleet.submit.jobs_api import JobsApi
+
+        jobs = JobsApi(self.dashboard_url, auth_token=self.auth_token)
+        deadline = time.monotonic() + RAY_READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(SweFleetError):
+                if jobs.alive_nodes():
+                    return
+            time.sleep(0.2)
+        raise LocalStackError(
+            f"the Ray head's dashboard listed no alive node within {RAY_READY_TIMEOUT_S:.0f} s "
+            f"(log: {self.workdir / 'ray-head.log'})",
+            process="ray-head",
+        )
 
     def client_env(self) -> dict[str, str]:
         """Environment for a client process of this cluster (``ray job submit``, ``swe-fleet submit``)."""

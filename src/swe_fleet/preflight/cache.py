@@ -42,13 +42,19 @@ def preflight_key(
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def cluster_preflight_key(jobs: JobsApi, runtime_env: dict[str, Any], expectations: NodeExpectations) -> str:
-    """:func:`preflight_key` of the cluster ``jobs`` talks to, with the nodes alive now.
+def cluster_preflight_key(
+    jobs: JobsApi, runtime_env: dict[str, Any], expectations: NodeExpectations
+) -> str | None:
+    """:func:`preflight_key` of the cluster ``jobs`` talks to, with the nodes alive now; None when
+    the dashboard lists no alive node yet (a head that just started): a result is then neither
+    looked up nor stored, since it would be filed under no nodes at all.
 
     Raises:
         DashboardUnreachable / SubmissionError: the nodes could not be listed.
     """
     node_ids = [str(n["node_id"]) for n in jobs.alive_nodes()]
+    if not node_ids:
+        return None
     return preflight_key(jobs.url, node_ids, runtime_env, expectations)
 
 
