@@ -46,8 +46,7 @@ async def read_record(nats_url: str, submission_id: str) -> CouncilRecord | None
     conn = await open_jetstream(nats_url, name="swe-fleet-result")
     try:
         async with conn.setting_up():
-            store = await ResultsStore.bind(conn.js)
-            return await store.get(submission_id) if store is not None else None
+            return await ResultsStore.lookup(conn.js, submission_id)
     finally:
         await conn.close()
 
@@ -146,8 +145,7 @@ async def write_report(
     conn = await open_jetstream(nats_url, name="swe-fleet-report")
     try:
         async with conn.setting_up():
-            store = await ResultsStore.bind(conn.js)
-            record = await store.get(submission_id) if store is not None else None
+            record = await ResultsStore.lookup(conn.js, submission_id)
         try:
             events = await submission_events(conn.js, stream, submission_id, timeout_s=timeout_s)
         except TimeoutError:

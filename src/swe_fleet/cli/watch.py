@@ -83,7 +83,7 @@ def live_council(progress: CouncilProgress, title: str, console: Console = out) 
 class Follower:
     """Fold a submission's events into ``progress`` on a thread of its own, until :meth:`stop`
     (``submit`` waits on the job meanwhile). A follower that cannot reach NATS only stops
-    drawing: it says why once (``on_info``), the job is followed as before."""
+    drawing: :attr:`error` says why (``submit`` prints it once), the job is followed as before."""
 
     def __init__(self, progress: CouncilProgress, nats_url: str, stream: str, submission_id: str) -> None:
         from swe_fleet.nats.consumer import ConsumerOptions

@@ -192,8 +192,7 @@ async def _stored_results(
     """The results of a request that already finished, from the results store (None: not
     there, for another council, or the store did not answer in time: the ticket waits as usual)."""
     try:
-        store = await ResultsStore.bind(conn.js, STORE_LOOKUP_POLICY)
-        record = await store.get(submission_id) if store is not None else None
+        record = await ResultsStore.lookup(conn.js, submission_id, STORE_LOOKUP_POLICY)
     except _STORE_ERRORS as exc:
         log.warning("request.results_store_unread", submission_id=submission_id, error=str(exc))
         return None

@@ -80,14 +80,22 @@ class ResultsStore:
         return cls(await open_bucket(js, BUCKET, ttl_s=ttl_s, timeout_s=policy.ack_timeout_s), policy)
 
     @classmethod
-    async def bind(cls, js: Any, policy: PublishPolicy | None = None) -> ResultsStore | None:
-        """Bind to the bucket without creating it (readers may not): None when it does not exist."""
+    async def lookup(
+        cls, js: Any, submission_id: str, policy: PublishPolicy | None = None
+    ) -> CouncilRecord | None:
+        """The record of ``submission_id`` for a reader, without creating the bucket (readers may
+        not): None when there is no bucket yet or no record in it.
+
+        Raises:
+            PublishError / TimeoutError: the bucket did not answer in time (see :meth:`get`).
+            UndecodableEvent: the entry is not a record.
+        """
         policy = policy or PublishPolicy()
         try:
             kv = await asyncio.wait_for(js.key_value(BUCKET), policy.ack_timeout_s)
         except nats.js.errors.BucketNotFoundError:
             return None
-        return cls(kv, policy)
+        return await cls(kv, policy).get(submission_id)
 
     async def put(self, record: CouncilRecord) -> bool:
         """Store ``record`` (replacing an earlier one of the same submission).
