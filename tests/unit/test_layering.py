@@ -28,7 +28,18 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 #: Top-level unit of swe_fleet (a subpackage or a top-level module) -> its layer.
 LAYERS: dict[str, int] = {
     **dict.fromkeys(
-        ["errors", "reasons", "exit_codes", "spec", "events", "addresses", "_logging", "_processes"], 0
+        [
+            "errors",
+            "reasons",
+            "exit_codes",
+            "spec",
+            "events",
+            "addresses",
+            "_logging",
+            "_processes",
+            "_tasks",
+        ],
+        0,
     ),
     **dict.fromkeys(["council", "llm", "nats", "submit"], 1),
     **dict.fromkeys(["dispatch", "preflight", "local", "node", "driver", "report"], 2),
@@ -37,7 +48,10 @@ LAYERS: dict[str, int] = {
 #: Sideways arrows allowed within a layer: (importer unit, imported module).
 SIDEWAYS = {("council", "swe_fleet.llm.base")}
 #: Modules that must stay pure: no I/O library, no swe_fleet I/O package.
-PURE = ("errors", "reasons", "exit_codes", "spec", "events", "addresses", "council", "llm.base", "report")
+PURE = (
+    "errors", "reasons", "exit_codes", "spec", "events", "addresses", "_tasks",
+    "council", "llm.base", "report",
+)  # fmt: skip
 #: Libraries (or their modules) that do I/O: network, processes, engines.
 IO_LIBRARIES = (
     "nats", "ray", "vllm", "aiohttp", "requests", "httpx", "socket", "subprocess",

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from swe_fleet._tasks import cancel_and_wait
 from swe_fleet.council import protocol as council
 from swe_fleet.council.state import CouncilState, TaskState
 from swe_fleet.errors import CheckpointMismatch, LLMError
@@ -256,10 +257,8 @@ async def _all_or_first_error(coros: list[Coroutine[Any, Any, None]]) -> None:
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
-        for t in tasks:
-            t.cancel()
         # Let the cancelled ones unwind (their exceptions are not news: the first one is).
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
     for t in tasks:
         if t in done and not t.cancelled() and t.exception() is not None:
             raise t.exception()  # type: ignore[misc]

@@ -27,13 +27,13 @@ import contextlib
 import json
 import uuid
 from collections.abc import Generator, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from nats.js import api
 from pydantic import ValidationError
 
+from swe_fleet._tasks import cancel_and_wait
 from swe_fleet.dispatch.requests import (
     CouncilRequestDead,
     CouncilRequested,
@@ -61,7 +61,6 @@ from swe_fleet.events import (
     decode_event,
 )
 from swe_fleet.nats.connection import JetStreamConnection, open_jetstream
-from swe_fleet.nats.history import read_stream
 from swe_fleet.nats.policy import PublishPolicy
 from swe_fleet.nats.publisher import JetStreamPublisher
 from swe_fleet.nats.pull import FETCH_ERRORS, OutagePolicy, PullLoop, Subscription
@@ -73,12 +72,6 @@ log = structlog.get_logger(__name__)
 
 #: A ticket's consumers outlive a vanished producer by this long, then the server removes them.
 CONSUMER_INACTIVE_S = 300.0
-#: How often a waiting ticket reads its subjects again from the stream (see ``_Recheck``).
-RECHECK_S = 30.0
-#: What a failed re-read may raise (it is tried again at the next one).
-_RECHECK_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, OSError, *FETCH_ERRORS)
-#: The re-read starts this long before the request (clocks of client and server may differ).
-RECHECK_SKEW_S = 5.0
 #: How a ticket's consumers ride out NATS reconnecting: a fetch every half second with no time
 #: bound of their own (the ticket's ``timeout_s`` is one); a connection closed for good ends them.
 TICKET_OUTAGE_POLICY = OutagePolicy(budget_s=None, initial_wait_s=0.5, max_wait_s=0.5)
@@ -138,8 +131,6 @@ async def request_council(
         NatsUnreachable / PublishError / StreamConfigMismatch: the request could not be published.
     """
     request = _build_request(spec, spec_ref, request_id or f"req-{uuid.uuid4().hex}")
-    # What a re-read of the stream starts from (a little before: clocks of client and server).
-    since = datetime.now(UTC) - timedelta(seconds=RECHECK_SKEW_S)
     conn = await open_jetstream(
         nats_url,
         name="swe-fleet-request",
@@ -173,8 +164,7 @@ async def request_council(
         ack = await publisher.publish(request)
     log.info("request.published", request_id=request.request_id, seq=ack.seq, duplicate=ack.duplicate)
     waiter = _Waiter(request, sid, ack.seq, spec, timeout_s, nats_url)
-    recheck = _Recheck(conn, events_stream, since)
-    task = asyncio.create_task(waiter.run(conn, events, dead, recheck), name=f"council-{request.request_id}")
+    task = asyncio.create_task(waiter.run(conn, events, dead), name=f"council-{request.request_id}")
     return CouncilTicket(request.request_id, sid, task)
 
 
@@ -226,41 +216,8 @@ async def _listen(js: Any, stream: str, subjects: Sequence[str]) -> Any:
     return await js.pull_subscribe("", stream=stream, config=config)
 
 
-class _Recheck:
-    """Every :data:`RECHECK_S`, read the ticket's subjects again from the events stream, from
-    just before the request on, with a consumer of its own, into the ticket's queue.
-
-    A second way to the same messages: the ticket's long-lived consumer was seen, once in many
-    runs, never to deliver one ticket's results (its dead-letter consumer gone from the server,
-    cause not found). Results and statuses are idempotent in :meth:`_Waiter._take`, so messages
-    seen twice change nothing. Failures are logged and tried again next time: it is a backup.
-    """
-
-    def __init__(self, conn: JetStreamConnection, stream: str, since: datetime) -> None:
-        self._conn = conn
-        self._stream = stream
-        self._since = since
-
-    async def run(self, queue: asyncio.Queue[tuple[str, bytes]]) -> None:
-        while True:
-            await asyncio.sleep(RECHECK_S)
-            try:
-                for data in await asyncio.wait_for(self._read(), RECHECK_S):
-                    await queue.put(("event", data))
-            except _RECHECK_ERRORS as exc:
-                log.warning("request.recheck_failed", error=f"{type(exc).__name__}: {exc}")
-
-    async def _read(self) -> list[bytes]:
-        return await read_stream(
-            self._conn.js,
-            self._stream,
-            [DELIBERATION_COMPLETED, *COUNCIL_JOB_STATUS_SUBJECTS],
-            since=self._since,
-        )
-
-
 class _Waiter:
-    """Reads a ticket's two consumers (and :class:`_Recheck`) until the outcome is known."""
+    """Reads a ticket's two consumers until the outcome is known."""
 
     def __init__(
         self,
@@ -280,14 +237,13 @@ class _Waiter:
         self.results: dict[str, DeliberationCompleted] = {}
 
     async def run(
-        self, conn: JetStreamConnection, events: Subscription, dead: Subscription, recheck: _Recheck
+        self, conn: JetStreamConnection, events: Subscription, dead: Subscription
     ) -> list[DeliberationCompleted]:
         """Wait for the outcome (see :func:`request_council`); closes ``conn`` at the end."""
         queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         pumps = [
             asyncio.create_task(self._pump(events, "event", queue)),
             asyncio.create_task(self._pump(dead, "dead", queue)),
-            asyncio.create_task(recheck.run(queue)),
         ]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
@@ -317,11 +273,7 @@ class _Waiter:
                 if outcome is not None:
                     return outcome
         finally:
-            for p in pumps:
-                p.cancel()
-            for p in pumps:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await p
+            await cancel_and_wait(pumps)
             for sub in (events, dead):
                 await sub.unsubscribe()
             await conn.close()

@@ -45,6 +45,7 @@ from typing import Any
 
 import structlog
 
+from swe_fleet._tasks import cancel_and_wait
 from swe_fleet.council.budget import check_token_budget
 from swe_fleet.dispatch.config import DispatcherConfig
 from swe_fleet.dispatch.follower import RETRYABLE_ERRORS, JobFollower, first_job_id
@@ -373,9 +374,7 @@ async def _heartbeat(msg: Any, ack_wait_s: float) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])
 
 
 def run_dispatcher(config: DispatcherConfig) -> signal.Signals | None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from swe_fleet._tasks import cancel_and_wait
 from swe_fleet.events import DeliberationCompleted
 from swe_fleet.llm.model import is_prepared, prepare_local_model
 from swe_fleet.local import LOCAL_ENV_KIND
@@ -144,8 +145,5 @@ async def _follow(
         if consumer.done():
             consumer.result()
     finally:
-        for task in (waiter, consumer):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait([waiter, consumer])
     return status.value, sorted(results, key=lambda r: [t.id for t in spec.tasks].index(r.task_id))

@@ -1,9 +1,8 @@
-"""Reading a stream back: every stored message of some subjects, from the start (or a moment) to
-what is there now, with a consumer of its own that acknowledges nothing and goes away by itself.
+"""Reading a stream back: every stored message of some subjects, from the start to what is there
+now, with a consumer of its own that acknowledges nothing and goes away by itself.
 
 Used where a reader needs what was already published: a council's transcript for ``swe-fleet
-report``, and the ticket of :func:`~swe_fleet.dispatch.producer.request_council` re-reading its
-subjects as a backup of its live consumer.
+report``.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from nats.js import api
@@ -29,20 +27,18 @@ async def read_stream(
     stream: str,
     subjects: Sequence[str],
     *,
-    since: datetime | None = None,
     batch: int = 256,
     fetch_timeout_s: float = 1.0,
 ) -> list[bytes]:
-    """The payload of every message of ``subjects`` stored in ``stream`` (from ``since`` when
-    given), in stream order, up to what was pending when the read began.
+    """The payload of every message of ``subjects`` stored in ``stream``, in stream order, up to
+    what was pending when the read began.
 
     Each fetch is bounded by ``fetch_timeout_s``; the read ends at the first fetch that finds
     nothing more. Bound the whole read with ``asyncio.wait_for`` where it matters.
     """
     config = api.ConsumerConfig(
         ack_policy=api.AckPolicy.NONE,
-        deliver_policy=api.DeliverPolicy.BY_START_TIME if since else api.DeliverPolicy.ALL,
-        opt_start_time=since,
+        deliver_policy=api.DeliverPolicy.ALL,
         filter_subjects=list(subjects),
         inactive_threshold=INACTIVE_S,
     )
