@@ -97,6 +97,7 @@ def _timeline(item: pytest.Item, asked: float, started: float, *, locked: bool) 
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     line = {"test": item.nodeid, "worker": worker, "asked": asked, "started": started,
             "ended": time.time(), "locked": locked}  # fmt: skip
+    Path(folder).mkdir(parents=True, exist_ok=True)
     with (Path(folder) / f"{worker}.jsonl").open("a") as f:
         f.write(json.dumps(line) + "\n")
 
