@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swe_fleet.llm.admission import FairAdmission
-from swe_fleet.llm.base import ChatRequest, Completion, TokenChoice
+from swe_fleet.llm.base import ChatRequest, Completion
 from swe_fleet.llm.cpu_threads import apply_env_defaults
 from swe_fleet.llm.engine_options import engine_env, llm_options
+from swe_fleet.llm.vllm_io import completion, count_prompt_tokens, external_id, sampling_params
 from swe_fleet.spec import ModelSpec
 
 #: Seconds between two samples of an unchanged running batch's size (:meth:`VLLMEngine.timeline`).
@@ -298,7 +299,7 @@ class VLLMEngine:
         call.results = [None] * len(call.batch)
         fitting: list[tuple[_Call, int]] = []
         for i, req in enumerate(call.batch):
-            prompt_tokens = self._count_prompt_tokens([dict(m) for m in req.messages])
+            prompt_tokens = count_prompt_tokens(self.tokenizer, [dict(m) for m in req.messages])
             if prompt_tokens + req.max_tokens > self.max_model_len:
                 call.results[i] = Completion(
                     text="",
@@ -331,23 +332,11 @@ class VLLMEngine:
                 )
 
     def _enqueue(self, call: _Call, positions: list[int]) -> None:
-        from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
         conversations = [[dict(m) for m in call.batch[i].messages] for i in positions]
-        params = [
-            SamplingParams(
-                max_tokens=req.max_tokens,
-                temperature=req.temperature,
-                seed=req.seed,
-                structured_outputs=StructuredOutputsParams(json=req.json_schema) if req.json_schema else None,
-                logprobs=req.top_logprobs or None,
-            )
-            for req in (call.batch[i] for i in positions)
-        ]
+        params = [sampling_params(call.batch[i]) for i in positions]
         internal_ids = self.llm.enqueue_chat(conversations, sampling_params=params, use_tqdm=False)
         for internal, pos in zip(internal_ids, positions, strict=True):
-            request_id = _external_id(internal)
+            request_id = external_id(internal)
             call.running[request_id] = pos
             call.internal[request_id] = internal
             self._by_request[request_id] = call
@@ -356,15 +345,8 @@ class VLLMEngine:
         call = self._by_request.pop(out.request_id, None)
         if call is None:
             return  # aborted meanwhile
-        first = out.outputs[0]
         call.internal.pop(out.request_id, None)
-        call.results[call.running.pop(out.request_id)] = Completion(
-            text=first.text,
-            prompt_tokens=len(out.prompt_token_ids or []),
-            output_tokens=len(first.token_ids),
-            finish_reason=first.finish_reason,
-            tokens=_token_choices(first.token_ids, first.logprobs),
-        )
+        call.results[call.running.pop(out.request_id)] = completion(out)
         call.open -= 1
         self._admission.finished(call.client)
         self._maybe_done(call)
@@ -404,15 +386,6 @@ class VLLMEngine:
         for call in calls.values():
             _settle(call.done, error=EngineStopped(f"vLLM engine failed: {type(exc).__name__}: {exc}"))
 
-    def _count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        # transformers 5 returns a BatchEncoding unless asked for plain ids.
-        ids = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return len(ids)
-
 
 def _count(counts: dict[str, int], client: str, n: int = 1) -> None:
     """Add ``n`` to ``client``'s count, keeping the :data:`CLIENTS_KEPT` latest clients."""
@@ -436,23 +409,3 @@ def _settle(
             done.set_result(result or [])
     except concurrent.futures.InvalidStateError:
         pass  # cancelled meanwhile: its requests are being aborted
-
-
-def _external_id(internal: str) -> str:
-    """The request id vLLM's outputs carry, from the internal one ``enqueue_chat`` returns: vLLM
-    appends ``-`` and 8 random characters to the id it was given (``LLM``'s counter: digits
-    only), unless ``VLLM_DISABLE_REQUEST_ID_RANDOMIZATION`` is set."""
-    return internal.rsplit("-", 1)[0]
-
-
-def _token_choices(token_ids: Any, logprobs: Any) -> tuple[TokenChoice, ...]:
-    """vLLM's per-position ``{token_id: Logprob}`` (top-k plus the sampled token) as
-    :data:`~swe_fleet.llm.base.TokenChoice` s; empty when none were asked for."""
-    if not logprobs:
-        return ()
-    out = []
-    for token_id, position in zip(token_ids, logprobs, strict=False):
-        chosen = position.get(token_id)
-        alternatives = tuple((lp.decoded_token or "", float(lp.logprob)) for lp in position.values())
-        out.append(((chosen.decoded_token or "") if chosen is not None else "", alternatives))
-    return tuple(out)

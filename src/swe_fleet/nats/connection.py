@@ -26,6 +26,7 @@ import nats.errors
 import nats.js.errors
 import structlog
 
+from swe_fleet._tasks import cancel_and_wait
 from swe_fleet.errors import NatsPermissionDenied, NatsRefused, NatsUnreachable
 from swe_fleet.nats.auth import NatsAuth, refuse_credentials_in_url
 from swe_fleet.nats.policy import PublishPolicy
@@ -194,10 +195,7 @@ async def connect_nats(
 async def _abandon(connecting: asyncio.Future[Any], nc: Any) -> None:
     """Stop a connection attempt and close its client (bounded; raises nothing of its own, and
     never swallows a cancellation of the caller)."""
-    connecting.cancel()
-    await asyncio.wait({connecting}, timeout=2.0)  # its own CancelledError stays in the task
-    if connecting.done() and not connecting.cancelled():
-        connecting.exception()  # retrieved: no "exception was never retrieved" at exit
+    await cancel_and_wait({connecting}, timeout_s=2.0)
     with contextlib.suppress(Exception):
         await asyncio.wait_for(nc.close(), 2.0)
 
