@@ -32,7 +32,7 @@ def test_concurrent_calls_share_the_engine_and_each_returns_when_its_own_request
     out = json.loads(line.removeprefix("PROBE "))
     assert out["long_running_when_short_done"], out
     assert out["short_done_s"] < out["long_done_s"]
-    assert out["short_tokens"] == [4, 4] and all(n > 4 for n in out["long_tokens"]), out
+    assert out["short_tokens"] == [4, 4] and all(n > 100 for n in out["long_tokens"]), out
     assert out["peak_in_flight"] >= 5, out  # the long call's 3 and the short call's 2 together
     (error, tokens), (ok_error, ok_tokens) = out["mixed"]
     assert "exceeds the model's context of 2048 tokens (model.max_model_len)" in error and tokens == 0
