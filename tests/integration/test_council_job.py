@@ -12,6 +12,7 @@ import os
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -314,8 +315,8 @@ def test_nats_paused_within_then_beyond_the_budget_loses_and_duplicates_nothing(
 ) -> None:
     """A real council (server backend) on its own nats-server, with a 12 s publish budget:
     SIGSTOP once every task has proposed, for 8 s (longer than one 5 s acknowledgement wait,
-    within the budget): it carries on. SIGSTOP once every task has critiqued, for 40 s (beyond the
-    budget): the attempt fails naming what it could not do; ``--retry-failed`` resumes each task
+    within the budget): it carries on. SIGSTOP once every task has critiqued, until the attempt
+    has ended (beyond the budget): it fails naming what it could not do; ``--retry-failed`` resumes each task
     after its own last saved phase and completes it. Every planned slot is stored exactly once."""
     import signal
 
@@ -341,20 +342,26 @@ def test_nats_paused_within_then_beyond_the_budget_loses_and_duplicates_nothing(
             assert not client.status(first.job_id).is_terminal(), client.logs(first.job_id)[-3000:]
             time.sleep(0.1)
 
-    def paused(seconds: float) -> None:
+    def paused(seconds: float, until: Callable[[], bool] = lambda: False) -> float:
+        """Stop nats-server for ``seconds``, or less once ``until()`` holds; the seconds it was stopped."""
         os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
         try:
-            time.sleep(seconds)
+            while time.monotonic() - stopped < seconds and not until():
+                time.sleep(0.5)
         finally:
             os.kill(pid, signal.SIGCONT)
+        return time.monotonic() - stopped
 
     wait_for_done("propose")
     paused(8)  # within the budget: only delays the next publishes
     wait_for_done("critique.1")
     # Beyond it: the revise events' publish gives up after 12 s (they go to the outbox) and the
-    # attempt fails. What it sent meanwhile waits in its TCP connection to the stopped server
-    # (the kernel buffers it) and lands when the server continues: deduplicated by key.
-    paused(40)
+    # attempt fails, all while the server is stopped (at most 90 s). What it sent meanwhile waits
+    # in its TCP connection to the stopped server (the kernel buffers it) and lands when the
+    # server continues: deduplicated by key.
+    stopped_s = paused(90, until=lambda: client.status(first.job_id).is_terminal())
+    assert stopped_s < 90, f"the attempt did not end within 90 s of NATS stopping: {client.logs(first.job_id)[-3000:]}"
     status = wait_until_terminal(client, first.job_id, timeout_s=JOB_TIMEOUT_S)
     logs = client.logs(first.job_id)
     assert status.value == "FAILED", logs[-3000:]
