@@ -23,12 +23,11 @@ async def probe() -> dict[str, object]:
     started = time.monotonic()
     # ignore_eos is not asked for: "count to 500" keeps SmolLM2 going past 100 tokens (the same
     # prompt three times: a variant of it ended after 9 tokens, before the short call came).
-    long_call = asyncio.create_task(
-        engine.chat([ask("Count from 1 to 500, one number per line.", 160) for _ in range(3)])
-    )
+    counting = [ask("Count from 1 to 500, one number per line.", 160) for _ in range(3)]
+    long_call = asyncio.create_task(engine.chat(counting))
     deadline = time.monotonic() + 120
     while not any(n == 3 for _, n in engine.timeline()):  # the long call's 3 requests are running
-        assert time.monotonic() < deadline, "the long call's requests never ran"
+        assert time.monotonic() < deadline and not long_call.done(), "the long call's requests never ran"
         await asyncio.sleep(0.01)
     short = await engine.chat([ask("Say hello.", 4), ask("Name a colour.", 4)])
     out["short_done_s"] = time.monotonic() - started
