@@ -15,10 +15,14 @@ early stop on, 2 critique rounds, temperature 0, seed 0, the SmolLM2 model on vL
   (r) ray data   Ray Data LLM (``ray.data.llm.build_processor``, vLLM engine stage on CPU), one
                  pass per phase over the same prompts, in a child process with a Ray of its own
 
+Every configuration sends the same requests with the same sampling parameters (the votes ask
+for 20 top logprobs per token, for expected scores: work every configuration does).
 Every configuration runs REPEATS times (median reported, every run kept), each with a cold
 prefix cache (a fresh engine for (b), (p), (r); a cache reset for (a) and (c)). Reported per run:
 output tokens, deliberation seconds (first request to last task's result, engine start apart),
 output tokens/s, p50/p95 seconds until a task's result. Ratios: p/a, p/c, p/r (tokens/s).
+Also measured, to read the ratios by: the engine alone, output tokens/s by running batch size
+(1 to 32 equal requests of 64 tokens; ``engine_tokens_per_s_by_batch``).
 Writes benchmarks/results/pipeline.json and benchmarks/results/pipeline_inflight.png (requests in
 the engine's running batch over time for (a), (b) and (p): each running request gets one token
 per engine step, so this is the tokens in flight per step).
@@ -148,14 +152,14 @@ class Null:
 
 def run_ceiling(repeats: int) -> list[dict[str, Any]]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from vllm import LLM, SamplingParams
-    from vllm.sampling_params import StructuredOutputsParams
+    from vllm import LLM
 
     from swe_fleet.council.deliberation import run_deliberation
     from swe_fleet.llm.base import ChatRequest, Completion
     from swe_fleet.llm.cpu_threads import apply_env_defaults
     from swe_fleet.llm.engine_options import engine_env, llm_options
     from swe_fleet.llm.model import prepare_local_model
+    from swe_fleet.llm.vllm_io import sampling_params
     from swe_fleet.spec import CouncilSpec
 
     spec = CouncilSpec.from_dict(bench_spec("barrier"))
@@ -174,13 +178,8 @@ def run_ceiling(repeats: int) -> list[dict[str, Any]]:
     class Raw:
         async def generate(self, batch: list[ChatRequest]) -> list[Completion]:
             nonlocal tokens
-            params = [
-                SamplingParams(
-                    max_tokens=r.max_tokens, temperature=r.temperature, seed=r.seed,
-                    structured_outputs=StructuredOutputsParams(json=r.json_schema) if r.json_schema else None,
-                )
-                for r in batch
-            ]  # fmt: skip
+            # The engine's own parameters: the votes' top logprobs are work the ceiling does too.
+            params = [sampling_params(r) for r in batch]
             busy.set()
             try:
                 outs = llm.chat([list(r.messages) for r in batch], sampling_params=params, use_tqdm=False)
@@ -205,6 +204,41 @@ def run_ceiling(repeats: int) -> list[dict[str, Any]]:
         runs.append(summary(tokens, time.monotonic() - started, report.task_seconds, timeline=list(timeline)))
     stop.set()
     return runs
+
+
+# ---- the engine alone: output tokens/s by running batch size, in a child process -------------------
+
+SCALING_BATCHES = (1, 2, 4, 8, 16, 32)
+
+
+def run_scaling(repeats: int) -> list[dict[str, Any]]:
+    """How much a fuller batch buys on this machine: n equal requests of 64 output tokens each
+    (``ignore_eos``; the prompt is in the prefix cache after the first), decode tokens/s."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from vllm import LLM, SamplingParams
+
+    from swe_fleet.llm.cpu_threads import apply_env_defaults
+    from swe_fleet.llm.engine_options import engine_env, llm_options
+    from swe_fleet.llm.model import prepare_local_model
+    from swe_fleet.spec import CouncilSpec
+
+    spec = CouncilSpec.from_dict(bench_spec("barrier"))
+    apply_env_defaults(engine_env(spec.model, os.sched_getaffinity(0)), os.environ)
+    llm = LLM(model=str(prepare_local_model()), **llm_options(spec.model))
+    prompt = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+    params = SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True)
+    llm.chat([prompt], params, use_tqdm=False)  # warm, and the prompt in the prefix cache
+    rows = []
+    for n in SCALING_BATCHES:
+        rates = []
+        for _ in range(repeats):
+            started = time.monotonic()
+            outs = llm.chat([prompt] * n, params, use_tqdm=False)
+            rates.append(
+                round(sum(len(o.outputs[0].token_ids) for o in outs) / (time.monotonic() - started), 1)
+            )
+        rows.append({"batch": n, "tokens_per_s": sorted(rates)[len(rates) // 2], "runs_tokens_per_s": rates})
+    return rows
 
 
 # ---- (b), (p): council jobs through the Jobs API --------------------------------------------------
@@ -295,7 +329,8 @@ def run_ray_data(repeats: int) -> list[dict[str, Any]]:
                  "sampling_params": {"max_tokens": r.max_tokens, "temperature": r.temperature, "seed": r.seed,
                                      # a string: Arrow would turn the schema into a struct
                                      **({"structured_outputs": {"json": json.dumps(r.json_schema)}}
-                                        if r.json_schema else {})}}
+                                        if r.json_schema else {}),
+                                     **({"logprobs": r.top_logprobs} if r.top_logprobs else {})}}
                 for i, r in enumerate(batch)
             ]  # fmt: skip
             processor = build_processor(
@@ -353,10 +388,13 @@ def main() -> int:
     parser.add_argument(
         "--ray-data-timeout", type=float, default=900.0, help="bound on all (r) runs, seconds"
     )
-    parser.add_argument("--part", choices=["ceiling", "ray-data"], help=argparse.SUPPRESS)
+    parser.add_argument("--part", choices=["ceiling", "scaling", "ray-data"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part == "ceiling":
         print("RUNS " + json.dumps(run_ceiling(args.repeats)), flush=True)
+        return 0
+    if args.part == "scaling":
+        print("RUNS " + json.dumps(run_scaling(args.repeats)), flush=True)
         return 0
     if args.part == "ray-data":
         print("RUNS " + json.dumps(run_ray_data(args.repeats)), flush=True)
@@ -382,6 +420,11 @@ def main() -> int:
     if ceiling is None:
         raise SystemExit(f"(a) failed: {error}")
     runs["ceiling"] = ceiling
+    print("the engine alone, tokens/s by batch size ...", flush=True)
+    scaling, error = child("scaling", args.repeats, 1800)
+    if scaling is None:
+        raise SystemExit(f"batch scaling failed: {error}")
+    out["engine_tokens_per_s_by_batch"] = scaling
 
     with tempfile.TemporaryDirectory(prefix="swf-bench-") as tmp:
         stack = LocalStack(Path(tmp)).start()
@@ -452,6 +495,10 @@ def print_table(out: dict[str, Any], names: list[str]) -> None:
               f"{r['task_result_p50_s']:>7.1f} {r['task_result_p95_s']:>7.1f}  {every}")  # fmt: skip
     if "ray_data" not in names:
         print(f"(r) Ray Data LLM: {out['ray_data_error']}")
+    print("\nthe engine alone, output tokens/s by running batch size (64 tokens each; every run):")
+    for row in out["engine_tokens_per_s_by_batch"]:
+        every = ", ".join(f"{x:.1f}" for x in row["runs_tokens_per_s"])
+        print(f"  batch {row['batch']:>3}: {row['tokens_per_s']:>7.1f}  ({every})")
     print(f"\np/a = {out['ratio_vs_ceiling']} (target >= 1.15)   p/c = {out['ratio_vs_concurrent']} "
           f"(target >= 1.15)   p/r = {out['ratio_vs_ray_data']} (target >= 1.0)   "
           f"p/b = {out['ratio_vs_barrier']}")  # fmt: skip
