@@ -150,21 +150,27 @@ class Null:
 # ---- (a) raw LLM.chat per phase, in a child process (vLLM offline needs __main__) ----------------
 
 
-def run_ceiling(repeats: int) -> list[dict[str, Any]]:
+def council_llm() -> tuple[Any, Any]:
+    """(the barrier council's spec, a ``vllm.LLM`` built as its engine is) in this process."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from vllm import LLM
-
-    from swe_fleet.council.deliberation import run_deliberation
-    from swe_fleet.llm.base import ChatRequest, Completion
     from swe_fleet.llm.cpu_threads import apply_env_defaults
     from swe_fleet.llm.engine_options import engine_env, llm_options
     from swe_fleet.llm.model import prepare_local_model
-    from swe_fleet.llm.vllm_io import sampling_params
     from swe_fleet.spec import CouncilSpec
 
     spec = CouncilSpec.from_dict(bench_spec("barrier"))
     apply_env_defaults(engine_env(spec.model, os.sched_getaffinity(0)), os.environ)
-    llm = LLM(model=str(prepare_local_model()), **llm_options(spec.model))
+    from vllm import LLM  # after the engine's environment is set
+
+    return spec, LLM(model=str(prepare_local_model()), **llm_options(spec.model))
+
+
+def run_ceiling(repeats: int) -> list[dict[str, Any]]:
+    from swe_fleet.council.deliberation import run_deliberation
+    from swe_fleet.llm.base import ChatRequest, Completion
+    from swe_fleet.llm.vllm_io import sampling_params
+
+    spec, llm = council_llm()
     tokens = 0
     timeline: list[tuple[float, int]] = []
     busy = threading.Event()
@@ -214,17 +220,9 @@ SCALING_BATCHES = (1, 2, 4, 8, 16, 32)
 def run_scaling(repeats: int) -> list[dict[str, Any]]:
     """How much a fuller batch buys on this machine: n equal requests of 64 output tokens each
     (``ignore_eos``; the prompt is in the prefix cache after the first), decode tokens/s."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from vllm import LLM, SamplingParams
+    _spec, llm = council_llm()
+    from vllm import SamplingParams
 
-    from swe_fleet.llm.cpu_threads import apply_env_defaults
-    from swe_fleet.llm.engine_options import engine_env, llm_options
-    from swe_fleet.llm.model import prepare_local_model
-    from swe_fleet.spec import CouncilSpec
-
-    spec = CouncilSpec.from_dict(bench_spec("barrier"))
-    apply_env_defaults(engine_env(spec.model, os.sched_getaffinity(0)), os.environ)
-    llm = LLM(model=str(prepare_local_model()), **llm_options(spec.model))
     prompt = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
     params = SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True)
     llm.chat([prompt], params, use_tqdm=False)  # warm, and the prompt in the prefix cache

@@ -316,8 +316,9 @@ def test_nats_paused_within_then_beyond_the_budget_loses_and_duplicates_nothing(
     """A real council (server backend) on its own nats-server, with a 12 s publish budget:
     SIGSTOP once every task has proposed, for 8 s (longer than one 5 s acknowledgement wait,
     within the budget): it carries on. SIGSTOP once every task has critiqued, until the attempt
-    has ended (beyond the budget): it fails naming what it could not do; ``--retry-failed`` resumes each task
-    after its own last saved phase and completes it. Every planned slot is stored exactly once."""
+    has ended (beyond the budget): it fails naming what it could not do; ``--retry-failed``
+    resumes each task after its own last saved phase and completes it. Every planned slot is
+    stored exactly once."""
     import signal
 
     doc = on_server_backend(tiny_spec, vllm_server.base_url, max_tokens=64).model_dump(mode="json")

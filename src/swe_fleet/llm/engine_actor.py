@@ -93,14 +93,16 @@ class VLLMEngine:
     call has been open for that long.
     """
 
+    #: Set by the step thread once it has built the engine, before ``__init__`` returns.
+    llm: Any
+    tokenizer: Any
+    _admission: FairAdmission[tuple[_Call, int]]
+
     def __init__(
         self, model: ModelSpec, replica: int, *, idle_timeout_s: float | None = None, pool: str = ""
     ) -> None:
         # Before vLLM is imported; a runtime_env's env_vars or the node's environment still win.
         apply_env_defaults(engine_env(model, os.sched_getaffinity(0)), os.environ)
-        # Imported here: the driver process never needs vLLM, only the engine's node does.
-        from vllm import LLM
-
         from swe_fleet.llm.model import resolve_model
 
         self.replica = replica
@@ -111,35 +113,12 @@ class VLLMEngine:
         #: Requests taken out before their end: their caller gave up (a council cancelled or
         #: stopped), or vLLM refused their call.
         self.aborted_by_client: dict[str, int] = {}
-        path = resolve_model(model.name)
-        started = time.monotonic()
-        # The step thread builds the engine: vLLM's CPU worker binds the compute threads of the
-        # thread that builds it (its OpenMP team), and a thread that did not gets a team of its
-        # own, unbound. Measured here: LLM.chat from another thread than the one that built the
-        # engine ran 11% slower (260 against 290 output tokens/s, benchmarks' council workload).
-        loaded: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        serve = threading.Event()
-        self._thread = threading.Thread(
-            target=self._own_engine, args=(lambda: LLM(model=path, **llm_options(model)), loaded, serve),
-            name=f"vllm-steps-{replica}", daemon=True,
-        )  # fmt: skip
-        self._thread.start()
-        self.llm = loaded.result()  # what building it raised, raised here
-        self.max_model_len = model.max_model_len
-        self.tokenizer = self.llm.get_tokenizer()
-        self.start_seconds = time.monotonic() - started
-        self.started_at = time.time()
         #: (wall time, requests in the engine's running batch) at every change, and every
         #: TIMELINE_STEP_S while busy: how full the batch stayed (statistics for benchmarks,
         #: read with :meth:`timeline`).
         self._timeline: deque[tuple[float, int]] = deque(maxlen=TIMELINE_SAMPLES)
         self._inbox: queue.SimpleQueue[_Call | _Abort | None] = queue.SimpleQueue()
         self._by_request: dict[str, _Call] = {}
-        #: vLLM queues what it cannot run first come, first served: admit no more than it runs.
-        capacity = getattr(getattr(self.llm.llm_engine, "vllm_config", None), "scheduler_config", None)
-        self._admission: FairAdmission[tuple[_Call, int]] = FairAdmission(
-            int(getattr(capacity, "max_num_seqs", 0) or 256)
-        )
         self._failure: BaseException | None = None
         #: Orders "fail everything waiting" against a call joining the inbox (none is left behind).
         self._failing = threading.Lock()
@@ -149,7 +128,22 @@ class VLLMEngine:
         self._activity = threading.Lock()
         self._stopping = False
         self.idle_timeout_s = idle_timeout_s
-        serve.set()
+        self.max_model_len = model.max_model_len
+        # The step thread builds the engine it steps: vLLM's CPU worker binds the OpenMP threads
+        # of the thread that builds the engine, and another thread stepping it gets an unbound
+        # team of its own. Measured here: 20% fewer output tokens/s (255 against 314 on the
+        # pipeline benchmark's council).
+        path = resolve_model(model.name)
+        started = time.monotonic()
+        loaded: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._own_engine, args=(path, llm_options(model), loaded),
+            name=f"vllm-steps-{replica}", daemon=True,
+        )  # fmt: skip
+        self._thread.start()
+        loaded.result()  # what building the engine raised, raised here
+        self.start_seconds = time.monotonic() - started
+        self.started_at = time.time()
         if idle_timeout_s is not None:
             threading.Thread(target=self._stop_when_idle, name="idle-stop", daemon=True).start()
 
@@ -254,15 +248,23 @@ class VLLMEngine:
 
     # ---- the step thread: the only one that touches the engine and the tokenizer ------------
 
-    def _own_engine(self, build: Any, loaded: concurrent.futures.Future[Any], serve: threading.Event) -> None:
-        """Build the engine (handing it, or why it failed, to ``__init__``), then serve once
-        ``__init__`` is done."""
+    def _own_engine(
+        self, path: str, options: dict[str, Any], loaded: concurrent.futures.Future[None]
+    ) -> None:
+        """Build the engine (``loaded`` says when, or why it failed), then serve."""
+        # Imported here: the driver process never needs vLLM, only the engine's node does.
+        from vllm import LLM
+
         try:
-            loaded.set_result(build())
+            self.llm = LLM(model=path, **options)
+            self.tokenizer = self.llm.get_tokenizer()
+            #: vLLM queues what it cannot run first come, first served: admit no more than it runs.
+            capacity = getattr(getattr(self.llm.llm_engine, "vllm_config", None), "scheduler_config", None)
+            self._admission = FairAdmission(int(getattr(capacity, "max_num_seqs", 0) or 256))
         except BaseException as exc:
             loaded.set_exception(exc)
             return
-        serve.wait()
+        loaded.set_result(None)
         self._serve()
 
     def _serve(self) -> None:
