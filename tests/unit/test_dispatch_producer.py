@@ -8,6 +8,7 @@ from typing import Any
 import nats.errors
 import pytest
 
+from swe_fleet.dispatch import producer
 from swe_fleet.dispatch.producer import TICKET_OUTAGE_POLICY, _Waiter
 from swe_fleet.dispatch.requests import CouncilRequestDead, CouncilRequested, submission_id_for
 from swe_fleet.errors import CouncilIncomplete, DispatchTimeout, RequestRejected
@@ -192,3 +193,49 @@ async def test_the_ticket_ends_with_its_results_even_when_a_consumer_loses_its_c
     assert [r.task_id for r in run.result()] == ["t1", "t2"]
     assert events.swallowed + dead.swallowed >= 1  # the lost cancel happened
     assert conn.closed
+
+
+def _completed(task_id: str) -> DeliberationCompleted:
+    return DeliberationCompleted.model_validate_json(_result(task_id))
+
+
+async def _run_on(payloads: list[bytes]) -> list[DeliberationCompleted]:
+    conn = _Conn()
+    nats_conn = JetStreamConnection(nc=conn, js=None, url="nats://127.0.0.1:1", bound_s=1)
+    events = Subscription(conn, _DeliverThenSwallowOneCancel(payloads))
+    dead = Subscription(conn, _DeliverThenSwallowOneCancel([]))
+    return await asyncio.wait_for(_waiter().run(nats_conn, events, dead), 10)
+
+
+async def test_a_succeeded_job_whose_results_went_by_before_the_ticket_listened_resolves_from_the_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seen in a suite run: a second ticket for a request whose job was ending looked in the
+    results store before the job had completed its record, then listened after the results had
+    been published, and saw only `succeeded`. The job completes its record before it exits, so
+    the ticket reads the missing results from the store, in spec order."""
+    looked: list[str] = []
+
+    async def stored(conn: Any, sid: str, spec: Any) -> list[DeliberationCompleted]:
+        looked.append(sid)
+        return [_completed("t2"), _completed("t1")]
+
+    monkeypatch.setattr(producer, "_stored_results", stored)
+    out = await _run_on([_result("t1"), _status("succeeded")])
+    assert looked == [SID]
+    assert [r.task_id for r in out] == ["t1", "t2"]
+
+
+async def test_a_succeeded_job_with_results_in_neither_the_stream_nor_the_store_raises_council_incomplete(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store is read once; results that are nowhere are reported missing, not waited for."""
+
+    async def stored(conn: Any, sid: str, spec: Any) -> None:
+        return None
+
+    monkeypatch.setattr(producer, "_stored_results", stored)
+    with pytest.raises(CouncilIncomplete, match=r"ended succeeded.*missing: \['t2'\]") as info:
+        await _run_on([_result("t1"), _status("succeeded")])
+    assert info.value.state == "succeeded"
+    assert [r.task_id for r in info.value.results] == ["t1"]

@@ -17,7 +17,9 @@ a ``spec_ref`` request, when the job succeeded), and raises
 
 A request whose results are already in the results store (:mod:`swe_fleet.nats.results`: its job
 finished, the same council under the same ``request_id``) gets a ticket that is done at once,
-and nothing is published. Otherwise only events published after the call are seen.
+and nothing is published. Otherwise only events published after the call are seen; a job that
+succeeds with results the ticket did not see (it was ending when the ticket started listening)
+has them read from the results store, which the job completes before it exits.
 """
 
 from __future__ import annotations
@@ -142,15 +144,8 @@ async def request_council(
     )
     sid = submission_id_for(request.request_id)
     async with conn.setting_up():
-        stored = await _stored_results(conn, sid, spec)
-    if stored is not None:
-        log.info("request.already_done", request_id=request.request_id, submission_id=sid)
-        await conn.close()
-        done: asyncio.Future[list[DeliberationCompleted]] = asyncio.get_running_loop().create_future()
-        done.set_result(stored)
-        return CouncilTicket(request.request_id, sid, done)
-    async with conn.setting_up():
-        # Listening starts before the request exists: nothing it causes can be missed.
+        # Listening starts before the look in the results store and before the request exists:
+        # a job that ends after the look has its terminal status seen by the ticket.
         events = Subscription(
             conn.nc,
             await conn.bounded(
@@ -160,6 +155,15 @@ async def request_council(
         dead = Subscription(
             conn.nc, await conn.bounded(_listen(conn.js, requests_stream, [COUNCIL_REQUEST_DEAD]))
         )
+        stored = await _stored_results(conn, sid, spec)
+        if stored is not None:
+            log.info("request.already_done", request_id=request.request_id, submission_id=sid)
+            for sub in (events, dead):
+                await sub.unsubscribe()
+            await conn.close()
+            done: asyncio.Future[list[DeliberationCompleted]] = asyncio.get_running_loop().create_future()
+            done.set_result(stored)
+            return CouncilTicket(request.request_id, sid, done)
         publisher = JetStreamPublisher(conn.nc, requests_stream, PublishPolicy(), url=nats_url)
         ack = await publisher.publish(request)
     log.info("request.published", request_id=request.request_id, seq=ack.seq, duplicate=ack.duplicate)
@@ -232,6 +236,7 @@ class _Waiter:
         self.request = request
         self.sid = sid
         self.request_seq = request_seq
+        self.spec = spec
         self.task_ids = [t.id for t in spec.tasks] if spec is not None else None
         self.timeout_s = timeout_s
         self.results: dict[str, DeliberationCompleted] = {}
@@ -270,6 +275,8 @@ class _Waiter:
                     )
                 kind, data = getter.result()
                 outcome = self._take(kind, data)
+                if isinstance(outcome, CouncilJobStatus):
+                    return await self._from_store(conn, outcome)
                 if outcome is not None:
                     return outcome
         finally:
@@ -299,7 +306,10 @@ class _Waiter:
                 with contextlib.suppress(*FETCH_ERRORS):
                     await msg.ack()
 
-    def _take(self, kind: str, data: bytes) -> list[DeliberationCompleted] | None:
+    def _take(self, kind: str, data: bytes) -> list[DeliberationCompleted] | CouncilJobStatus | None:
+        """The outcome ``data`` settles: the results; a ``succeeded`` status with results
+        missing (look in the results store: :meth:`_from_store`); None (not yet). Raises for a
+        rejection or a job that ended otherwise."""
         rid = self.request.request_id
         if kind == "dead":
             try:
@@ -324,19 +334,39 @@ class _Waiter:
             if self.task_ids is not None and set(self.task_ids) <= set(self.results):
                 return self._ordered()
         elif isinstance(event, CouncilJobStatus) and event.state in TERMINAL_JOB_STATES:
-            missing = [t for t in self.task_ids or [] if t not in self.results]
-            if event.state == "succeeded" and not missing:
-                return self._ordered()
-            why = f": {event.message}" if event.message else ""
-            raise CouncilIncomplete(
-                f"the job of request {rid} ended {event.state}{why}; "
-                f"{len(self.results)} task result(s) arrived, missing: {missing or 'unknown'}",
-                state=event.state,
-                submission_id=self.sid,
-                results=self._ordered(),
-                request_id=rid,
-            )
+            if event.state != "succeeded":
+                raise self._incomplete(event)
+            return event if self._missing() else self._ordered()
         return None
+
+    async def _from_store(
+        self, conn: JetStreamConnection, status: CouncilJobStatus
+    ) -> list[DeliberationCompleted]:
+        """The job succeeded but results are missing: a second ticket for a request whose job was
+        ending listened after the job had published them. The job writes its complete record
+        before it exits, so the results store has them now (or they were lost: raise)."""
+        stored = await _stored_results(conn, self.sid, self.spec)
+        for result in stored or []:
+            self.results.setdefault(result.task_id, result)
+        if self._missing():
+            raise self._incomplete(status)
+        log.info("request.results_from_store", request_id=self.request.request_id, submission_id=self.sid)
+        return self._ordered()
+
+    def _missing(self) -> list[str]:
+        return [t for t in self.task_ids or [] if t not in self.results]
+
+    def _incomplete(self, status: CouncilJobStatus) -> CouncilIncomplete:
+        why = f": {status.message}" if status.message else ""
+        missing = self._missing()
+        return CouncilIncomplete(
+            f"the job of request {self.request.request_id} ended {status.state}{why}; "
+            f"{len(self.results)} task result(s) arrived, missing: {missing or 'unknown'}",
+            state=status.state,
+            submission_id=self.sid,
+            results=self._ordered(),
+            request_id=self.request.request_id,
+        )
 
     def _ordered(self) -> list[DeliberationCompleted]:
         order = self.task_ids or list(self.results)
