@@ -171,6 +171,14 @@ def _first_running(done: dict[str, Any]) -> float:
     return min(times)
 
 
+def at_once_spreads(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Each figure of the councils-at-once runs (:func:`at_once`), as a spread per configuration."""
+    return {
+        key: {config: spread([run[config][key] for run in runs]) for config in ("four", "single")}
+        for key in ("tokens_per_s", "generating_tokens_per_s", "start_s")
+    }
+
+
 def spread(values: list[float]) -> dict[str, float]:
     median = round(statistics.median(values), 2)
     return {"min": min(values), "median": median, "max": max(values), "n": len(values)}
@@ -193,9 +201,6 @@ def main() -> int:
     model_dir = prepare_local_model()
     walls: dict[str, list[float]] = {"per_job": [], "shared": [], "shared_first": [], "server": []}
     starts: list[float] = []
-    rates: dict[str, list[float]] = {"four": [], "single": []}
-    generating: dict[str, list[float]] = {"four": [], "single": []}
-    start: dict[str, list[float]] = {"four": [], "single": []}
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="swf-bench-fleet-") as tmp:
         stack = LocalStack(Path(tmp)).start()
@@ -236,9 +241,6 @@ def main() -> int:
                         council_doc("fleet-1", copies=4)
                     ]  # fmt: skip
                     run[config] = at_once(jobs, url, docs, f"fleet-{config}-{r}")
-                    rates[config].append(run[config]["tokens_per_s"])
-                    generating[config].append(run[config]["generating_tokens_per_s"])
-                    start[config].append(run[config]["start_s"])
                 runs.append(run)
             run_engine_job(jobs, "down")
         finally:
@@ -252,9 +254,7 @@ def main() -> int:
         },
         "wall_s": {name: spread(values) for name, values in walls.items()},
         "per_job_engine_start_s": spread(starts) if starts else None,
-        "tokens_per_s": {name: spread(values) for name, values in rates.items()},
-        "generating_tokens_per_s": {name: spread(values) for name, values in generating.items()},
-        "start_s": {name: spread(values) for name, values in start.items()},
+        **at_once_spreads(runs),
         "runs": runs,
     }  # fmt: skip
     out["ratio_wall_shared_vs_per_job"] = round(
