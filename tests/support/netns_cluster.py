@@ -60,9 +60,11 @@ FAST_HEALTH_CHECKS: Mapping[str, str] = {
 
 def node_env(token: str, temp_dir: Path, extra: Mapping[str, str]) -> dict[str, str]:
     """The environment an image would give a node: nothing inherited from the developer's RAY_*
-    or SWE_FLEET_* settings, token auth, 1 CPU, capped memory, a temp dir of its own (all the
-    "hosts" share one file system)."""
-    own = ("RAY_", "SWE_FLEET_", "HEAD_ADDRESS")
+    or SWE_FLEET_* settings or their PYTHONDONTWRITEBYTECODE (an image writes bytecode, and a
+    pip runtime_env's copy of the virtualenv has none: see ``swe_fleet.local.stack.ray_node_env``),
+    token auth, 1 CPU, capped memory, a temp dir of its own (all the "hosts" share one file
+    system)."""
+    own = ("RAY_", "SWE_FLEET_", "HEAD_ADDRESS", "PYTHONDONTWRITEBYTECODE")
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(own)}
     return {
         **inherited,
