@@ -39,6 +39,7 @@ from swe_fleet.nats.publisher import JetStreamPublisher
 from swe_fleet.spec import CouncilSpec, PublishSpec
 from swe_fleet.submit.jobs_api import JobsApi
 from swe_fleet.submit.request import attempt_job_id
+from swe_fleet.submit.wait import wait_until_terminal
 
 from support.councils import assert_complete_council, consume_all, on_server_backend, propose_events
 
@@ -335,7 +336,13 @@ def test_a_dispatched_council_over_the_permission_model_leaks_no_secret(
 
         rid, sid, results = asyncio.run(produce())
         assert [r.task_id for r in results] == [t.id for t in spec.tasks]
-        # The job stored its result; the producer may read it: asked again, the ticket is done at once.
+        # The ticket resolves on the last result event; the job writes the results store after
+        # it and completes it before it exits. Once the job has ended, the producer may read
+        # it: asked again, the ticket is done at once.
+        jobs = JobsApi(head.dashboard_url, auth_token=head.auth_token)
+        job_id = attempt_job_id(sid, 0)
+        ended = wait_until_terminal(jobs, job_id, timeout_s=120)
+        assert ended.value == "SUCCEEDED", jobs.logs(job_id)[-3000:]
         assert asyncio.run(ask_again(rid)) == (True, results)
         as_role("consumer")
         events = [e for e in consume_all(model.url, None, sid) if e["event"] != "council.job.status"]
@@ -348,8 +355,6 @@ def test_a_dispatched_council_over_the_permission_model_leaks_no_secret(
         )
         assert written.returncode == 0 and f"# Council {spec.name}: {sid}" in (tmp_path / "r.md").read_text()
 
-        jobs = JobsApi(head.dashboard_url, auth_token=head.auth_token)
-        job_id = attempt_job_id(sid, 0)
         info = json.dumps(jobs.info(job_id).model_dump(mode="json"))
         job_logs = jobs.logs(job_id)
         assert "runtime_env" in info and sid in info
