@@ -153,8 +153,8 @@ def ray_node_env(
     Bytecode: a pip runtime_env is a copy of the node's virtualenv without its ``*.pyc`` (Ray's
     clone leaves them out). A node that may not write bytecode compiles those modules again in
     every job's supervisor and driver, 0.3-0.8 CPU s more each (measured: a driver 1.9 CPU s
-    without, 1.05-1.4 s with), on the cores the engine needs. Allowed to, the first job writes them into
-    Ray's runtime_env cache (in the node's temp dir) and the later ones load them."""
+    without, 1.05-1.4 s with), on the cores the engine needs. Allowed to, the first job writes
+    them into Ray's runtime_env cache (in the node's temp dir) and the later ones load them."""
     env = {
         **with_python_first({**os.environ, **base}, ray_command[0] if ray_command else None),
         "RAY_AUTH_MODE": "token",
